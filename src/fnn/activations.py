@@ -1,0 +1,92 @@
+"""Element-wise activations, each paired with its hand-written derivative.
+
+An :class:`Activation` is a named pair ``(fn, grad)``: ``fn(z)`` is the
+activation and ``grad(z, y)`` its derivative ``f'(z)``, given both the
+pre-activation ``z`` and the output ``y = fn(z)`` so that rules such as
+``σ'(z) = y (1 - y)`` reuse the forward value instead of recomputing it.
+
+At points where ``f`` is not differentiable the derivative follows the
+convention of ``jax.grad`` (``relu'(0) = 0``, ``leaky_relu'(0) = 1``), so the
+hand-written backward pass and autodiff agree everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Activation(NamedTuple):
+    """A named element-wise activation and its derivative.
+
+    Attributes:
+      name: the name it is looked up and serialised by.
+      fn: ``z -> f(z)``.
+      grad: ``(z, y) -> f'(z)``, where ``y = f(z)``.
+    """
+
+    name: str
+    fn: Callable[[Array], Array]
+    grad: Callable[[Array, Array], Array]
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+
+def _step(z: Array) -> Array:
+    # The Heaviside step: differentiable nowhere useful, and its derivative is
+    # zero almost everywhere, which is exactly why it cannot be trained.
+    return jnp.where(z >= 0, 1.0, 0.0).astype(z.dtype)
+
+
+identity = Activation("identity", lambda z: z, lambda z, y: jnp.ones_like(z))
+step = Activation("step", _step, lambda z, y: jnp.zeros_like(z))
+sigmoid = Activation("sigmoid", jax.nn.sigmoid, lambda z, y: y * (1 - y))
+tanh = Activation("tanh", jnp.tanh, lambda z, y: 1 - y * y)
+relu = Activation(
+    "relu", jax.nn.relu, lambda z, y: jnp.where(z > 0, 1.0, 0.0).astype(z.dtype)
+)
+# softplus(z) = log(1 + e^z) = logaddexp(z, 0) never overflows; its derivative is σ(z).
+softplus = Activation(
+    "softplus", lambda z: jnp.logaddexp(z, 0.0), lambda z, y: jax.nn.sigmoid(z)
+)
+
+
+def leaky_relu(alpha: float = 0.01) -> Activation:
+    """Leaky ReLU ``f(z) = z if z >= 0 else α z``; ``f'(0) = 1`` as in ``jax.grad``."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"leaky_relu slope alpha must lie in [0, 1), got {alpha}.")
+    return Activation(
+        f"leaky_relu({alpha:g})" if alpha != 0.01 else "leaky_relu",
+        lambda z: jnp.where(z >= 0, z, alpha * z),
+        lambda z, y: jnp.where(z >= 0, 1.0, alpha).astype(z.dtype),
+    )
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a for a in (identity, step, sigmoid, tanh, relu, softplus, leaky_relu())
+}
+
+
+def get_activation(spec: str | Activation) -> Activation:
+    """Looks an activation up by name (``"relu"``, ``"leaky_relu(0.2)"``) or passes one through."""
+    if isinstance(spec, Activation):
+        return spec
+    if isinstance(spec, str):
+        if spec in ACTIVATIONS:
+            return ACTIVATIONS[spec]
+        if spec.startswith("leaky_relu(") and spec.endswith(")"):
+            try:
+                return leaky_relu(float(spec[len("leaky_relu(") : -1]))
+            except ValueError as err:
+                raise ValueError(f"Bad leaky_relu slope in {spec!r}: {err}") from None
+    raise ValueError(
+        f"Unknown activation {spec!r}. Known activations: "
+        f"{', '.join(sorted(ACTIVATIONS))} (or 'leaky_relu(ALPHA)', "
+        "or an fnn.Activation(name, fn, grad) of your own)."
+    )

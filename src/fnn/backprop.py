@@ -1,0 +1,220 @@
+"""The hand-written backward pass, and its bridge into JAX's autodiff.
+
+Backpropagation, batched (rows are examples), for ``l = L..1``:
+
+    δz_l = δy_l ⊙ f_l'(z_l)                 (backward activation)
+    ∂R/∂W_l = y_{l-1}ᵀ δz_l                 (parameter gradients)
+    ∂R/∂b_l = Σ_b δz_l
+    δy_{l-1} = δz_l W_lᵀ                    (backward affine)
+
+starting from ``δy_L = ∂R/∂y_L`` given by the loss. Nothing in this module
+calls ``jax.grad``, ``jax.vjp`` or ``jax.jacobian`` on the manual path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.losses import Loss, check_targets, get_loss, risk, risk_grad
+from fnn.network import MLP, Cache, Params, check_inputs, check_params, forward_with_cache
+
+Array = jax.Array
+
+
+def _flat(a: Array) -> Array:
+    # All leading axes are batch axes: (..., d) -> (N, d).
+    return jnp.reshape(a, (-1, a.shape[-1]))
+
+
+def backward_with_input_grad(
+    net: MLP, params: Params, cache: Cache, dout: Array, *, input_grad: bool = True
+) -> tuple[Params, Array | None]:
+    """The backward pass; also returns ``δy_0 = ∂R/∂x`` when ``input_grad``.
+
+    Args:
+      net, params: the network.
+      cache: from :func:`fnn.forward_with_cache` on the same params.
+      dout: ``δy_L = ∂R/∂y_L``, shape ``(..., d_L)`` (already divided by the batch size).
+      input_grad: whether to compute ``δy_0`` (one more matmul).
+
+    Returns:
+      ``(grads, δy_0)`` with ``grads`` shaped like ``params``.
+    """
+    grads = [None] * net.num_layers
+    delta_y = dout
+    for l in reversed(range(net.num_layers)):
+        if l < net.num_layers - 1 and cache.masks[l] is not None:
+            delta_y = delta_y * cache.masks[l]  # dropout: y = f(z) ⊙ m, so δf = δy ⊙ m
+        act = net.activations[l]
+        delta_z = delta_y * act.grad(cache.pre_activations[l], cache.outputs[l])
+        grads[l] = {
+            "W": _flat(cache.inputs[l]).T @ _flat(delta_z),
+            "b": jnp.sum(_flat(delta_z), axis=0),
+        }
+        if l > 0 or input_grad:
+            delta_y = delta_z @ params[l]["W"].T
+    return grads, (delta_y if input_grad else None)
+
+
+def backward(net: MLP, params: Params, cache: Cache, dout: Array) -> Params:
+    """Parameter gradients ``∂R/∂W_l, ∂R/∂b_l`` from the cache and ``dout = ∂R/∂y_L``.
+
+    Returns a list shaped like ``params``.
+    """
+    return backward_with_input_grad(net, params, cache, dout, input_grad=False)[0]
+
+
+def l2_penalty(params: Params, l2: float) -> Array:
+    """``(λ/2) Σ_l ‖W_l‖²``: weight decay on weights, not biases."""
+    return 0.5 * l2 * sum(jnp.sum(layer["W"] ** 2) for layer in params)
+
+
+def _add_l2_grad(grads: Params, params: Params, l2: float) -> Params:
+    if l2 == 0.0:
+        return grads
+    return [{"W": g["W"] + l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]
+
+
+def _objective(net, loss, params, x, v, weights, l2, dropout, key):
+    out, cache = forward_with_cache(net, params, x, dropout=dropout, key=key)
+    value = risk(loss, out, v, weights)
+    if l2:
+        value = value + l2_penalty(params, l2)
+    return value, out, cache
+
+
+def manual_value_and_grad(net, loss, params, x, v, weights=None, *, l2=0.0, dropout=0.0, key=None):
+    """``(R, ∂R/∂θ)`` by the hand-written forward and backward passes (no checks)."""
+    value, out, cache = _objective(net, loss, params, x, v, weights, l2, dropout, key)
+    grads = backward(net, params, cache, risk_grad(loss, out, v, weights))
+    return value, _add_l2_grad(grads, params, l2)
+
+
+def autodiff_value_and_grad(net, loss, params, x, v, weights=None, *, l2=0.0, dropout=0.0, key=None):
+    """``(R, ∂R/∂θ)`` by ``jax.value_and_grad`` of the same objective (the reference)."""
+    return jax.value_and_grad(
+        lambda p: _objective(net, loss, p, x, v, weights, l2, dropout, key)[0]
+    )(params)
+
+
+METHODS: dict[str, Callable] = {
+    "manual": manual_value_and_grad,
+    "autodiff": autodiff_value_and_grad,
+}
+
+
+def get_method(method: str) -> Callable:
+    if method not in METHODS:
+        raise ValueError(
+            f"Unknown gradient method {method!r}. Known methods: {', '.join(METHODS)}."
+        )
+    return METHODS[method]
+
+
+def value_and_grad(
+    net: MLP,
+    loss: str | Loss,
+    params: Params,
+    x: Array,
+    v: Array,
+    *,
+    method: str = "manual",
+    weights: Array | None = None,
+    l2: float = 0.0,
+    dropout: float = 0.0,
+    key: Array | None = None,
+) -> tuple[Array, Params]:
+    """The empirical risk and its gradient with respect to ``params``.
+
+        R(θ) = Σ_b w_b ℓ(f(x_b; θ), v_b) / Σ_b w_b + (λ/2) Σ_l ‖W_l‖²
+
+    Args:
+      net, params: the network.
+      loss: a loss name or :class:`fnn.Loss`.
+      x: inputs ``(B, d_0)``; v: targets ``(B, ...)``.
+      method: ``"manual"`` (the hand-written backward) or ``"autodiff"`` (``jax.grad``).
+      weights: optional per-example weights ``(B,)``; zero marks padding.
+      l2: weight-decay coefficient λ.
+      dropout, key: inverted dropout on hidden layers and its PRNG key.
+
+    Returns:
+      ``(R, grads)`` with ``grads`` shaped like ``params``.
+
+    Inputs are validated (shapes, label range, NaN) before any computation when
+    they are concrete; under ``jit`` only shapes can be checked.
+    """
+    loss = get_loss(loss)
+    fn = get_method(method)
+    validate(net, loss, params, x, v)
+    return fn(net, loss, params, x, v, weights, l2=l2, dropout=dropout, key=key)
+
+
+def validate(net: MLP, loss: Loss, params: Params, x, v) -> None:
+    """All the checks that :func:`value_and_grad` makes before computing."""
+    check_params(net, params)
+    check_inputs(net, x)
+    shape = jnp.shape(x)
+    check_targets(loss, v, net.out_dim, shape[0] if len(shape) > 1 else None)
+
+
+def _zero_cotangent(a: Array):
+    # Integer targets have no tangent space: their cotangent has dtype float0.
+    if jnp.issubdtype(a.dtype, jnp.integer) or a.dtype == jnp.bool_:
+        return np.zeros(a.shape, dtype=jax.dtypes.float0)
+    return jnp.zeros_like(a)
+
+
+def bridge(net: MLP) -> Callable[[Params, Array], Array]:
+    """``apply(params, x) -> y_L`` whose VJP is the hand-written backward pass.
+
+    ``jax.grad`` of any function of ``apply``'s output runs :func:`backward`
+    for the network part (the loss part is differentiated by JAX), under
+    ``jit`` and ``vmap`` alike.
+    """
+
+    @jax.custom_vjp
+    def apply(params, x):
+        return forward_with_cache(net, params, x)[0]
+
+    def fwd(params, x):
+        out, cache = forward_with_cache(net, params, x)
+        return out, (params, cache)
+
+    def bwd(res, dout):
+        params, cache = res
+        grads, delta_x = backward_with_input_grad(net, params, cache, dout)
+        return grads, delta_x
+
+    apply.defvjp(fwd, bwd)
+    return apply
+
+
+def bridged_loss(net: MLP, loss: str | Loss) -> Callable[[Params, Array, Array], Array]:
+    """``objective(params, x, v) -> R`` whose VJP is the fused hand-written gradient.
+
+    The loss and the network are differentiated together by hand: the
+    softmax/sigmoid cross-entropy uses ``softmax(z) − onehot(v)`` directly.
+    Targets are data, not parameters: their cotangent is zero.
+    """
+    loss = get_loss(loss)
+
+    @jax.custom_vjp
+    def objective(params, x, v):
+        return risk(loss, forward_with_cache(net, params, x)[0], v)
+
+    def fwd(params, x, v):
+        out, cache = forward_with_cache(net, params, x)
+        return risk(loss, out, v), (params, cache, out, v)
+
+    def bwd(res, g):
+        params, cache, out, v = res
+        grads, delta_x = backward_with_input_grad(net, params, cache, g * risk_grad(loss, out, v))
+        return grads, delta_x, _zero_cotangent(v)
+
+    objective.defvjp(fwd, bwd)
+    return objective

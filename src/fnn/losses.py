@@ -1,0 +1,235 @@
+"""Losses, each paired with its hand-written gradient.
+
+A :class:`Loss` works per example: ``value(y, v)`` maps network outputs ``y``
+of shape ``(..., d)`` and targets ``v`` to instance losses of shape ``(...)``,
+and ``grad(y, v)`` gives ``∂ℓ/∂y`` of shape ``(..., d)`` for each example. The
+empirical risk is the (optionally weighted) batch mean,
+
+    R = Σ_b w_b ℓ(y_b, v_b) / Σ_b w_b,    ∂R/∂y_b = w_b ∂ℓ/∂y_b / Σ_b w_b,
+
+computed once for every loss by :func:`risk` and :func:`risk_grad`. The
+weights default to one; zero weights mark padding examples that must not
+change the gradient (see :mod:`fnn.parallel`).
+
+Regression losses sum over output units. Cross-entropies take logits: the
+sigmoid or softmax is fused into the loss, so its gradient is
+``σ(z) − v`` or ``softmax(z) − onehot(v)``, the stable form the derivation gives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+class Loss(NamedTuple):
+    """A named instance loss and its gradient with respect to the network output.
+
+    Attributes:
+      name: the name it is looked up and serialised by.
+      value: ``(y, v) -> ℓ`` with ``y`` of shape ``(..., d)``, ``ℓ`` of shape ``(...)``.
+      grad: ``(y, v) -> ∂ℓ/∂y`` of shape ``(..., d)``.
+      kind: ``"regression"``, ``"binary"`` or ``"multiclass"``: how targets are
+        checked and what accuracy means.
+    """
+
+    name: str
+    value: Callable[[Array, Array], Array]
+    grad: Callable[[Array, Array], Array]
+    kind: str = "regression"
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r})"
+
+
+def _as_output_shape(y: Array, v: Array) -> Array:
+    # A single-output network may be given targets of shape (B,) instead of (B, 1).
+    return jnp.reshape(v, y.shape).astype(y.dtype)
+
+
+def _mse(y, v):
+    r = y - _as_output_shape(y, v)
+    return 0.5 * jnp.sum(r * r, axis=-1)
+
+
+def _mse_grad(y, v):
+    return y - _as_output_shape(y, v)
+
+
+def _mae(y, v):
+    return jnp.sum(jnp.abs(y - _as_output_shape(y, v)), axis=-1)
+
+
+def _mae_grad(y, v):
+    # jax.grad(jnp.abs)(0.0) == 1.0, so the kink takes the right-hand slope.
+    return jnp.where(y - _as_output_shape(y, v) >= 0, 1.0, -1.0).astype(y.dtype)
+
+
+def huber(delta: float = 1.0) -> Loss:
+    """Huber loss: ``½ r²`` for ``|r| ≤ δ``, ``δ (|r| − ½ δ)`` beyond; gradient ``clip(r, −δ, δ)``."""
+    delta = float(delta)
+    if delta <= 0:
+        raise ValueError(f"huber delta must be positive, got {delta}.")
+
+    def value(y, v):
+        r = jnp.abs(y - _as_output_shape(y, v))
+        return jnp.sum(jnp.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)), axis=-1)
+
+    def grad(y, v):
+        return jnp.clip(y - _as_output_shape(y, v), -delta, delta)
+
+    return Loss("huber" if delta == 1.0 else f"huber({delta:g})", value, grad)
+
+
+def _mape(y, v):
+    v = _as_output_shape(y, v)
+    return 100.0 * jnp.sum(jnp.abs((y - v) / v), axis=-1)
+
+
+def _mape_grad(y, v):
+    v = _as_output_shape(y, v)
+    return 100.0 * jnp.where(y - v >= 0, 1.0, -1.0).astype(y.dtype) / jnp.abs(v)
+
+
+def _bce(z, v):
+    # ℓ = −v log σ(z) − (1−v) log(1−σ(z)) = softplus(z) − v z, stable for |z| large.
+    return jnp.sum(jnp.logaddexp(z, 0.0) - _as_output_shape(z, v) * z, axis=-1)
+
+
+def _bce_grad(z, v):
+    return jax.nn.sigmoid(z) - _as_output_shape(z, v)
+
+
+def _soft_targets(z: Array, v: Array) -> Array:
+    if jnp.issubdtype(v.dtype, jnp.integer):
+        return jax.nn.one_hot(v, z.shape[-1], dtype=z.dtype)
+    return v.astype(z.dtype)
+
+
+def _softmax_ce(z, v):
+    if jnp.issubdtype(v.dtype, jnp.integer):
+        picked = jnp.take_along_axis(z, v[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return jax.nn.logsumexp(z, axis=-1) - picked
+    v = v.astype(z.dtype)
+    return jax.nn.logsumexp(z, axis=-1) * jnp.sum(v, axis=-1) - jnp.sum(v * z, axis=-1)
+
+
+def _softmax_ce_grad(z, v):
+    t = _soft_targets(z, v)
+    return jax.nn.softmax(z, axis=-1) * jnp.sum(t, axis=-1, keepdims=True) - t
+
+
+mse = Loss("mse", _mse, _mse_grad)
+mae = Loss("mae", _mae, _mae_grad)
+mape = Loss("mape", _mape, _mape_grad)
+binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, "binary")
+softmax_cross_entropy = Loss(
+    "softmax_cross_entropy", _softmax_ce, _softmax_ce_grad, "multiclass"
+)
+
+LOSSES: dict[str, Loss] = {
+    l.name: l
+    for l in (mse, mae, huber(), mape, binary_cross_entropy, softmax_cross_entropy)
+}
+
+
+def get_loss(spec: str | Loss) -> Loss:
+    """Looks a loss up by name (``"mse"``, ``"huber(0.5)"``) or passes one through."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str):
+        if spec in LOSSES:
+            return LOSSES[spec]
+        if spec.startswith("huber(") and spec.endswith(")"):
+            try:
+                return huber(float(spec[len("huber(") : -1]))
+            except ValueError as err:
+                raise ValueError(f"Bad huber delta in {spec!r}: {err}") from None
+    raise ValueError(
+        f"Unknown loss {spec!r}. Known losses: {', '.join(sorted(LOSSES))} "
+        "(or 'huber(DELTA)', or an fnn.Loss(name, value, grad) of your own)."
+    )
+
+
+def _normaliser(weights: Array | None, batch_shape: tuple[int, ...], dtype) -> tuple[Array, Array]:
+    if weights is None:
+        w = jnp.ones(batch_shape, dtype)
+    else:
+        w = jnp.broadcast_to(jnp.asarray(weights, dtype), batch_shape)
+    return w, jnp.maximum(jnp.sum(w), jnp.finfo(dtype).tiny)
+
+
+def risk(loss: Loss, y: Array, v: Array, weights: Array | None = None) -> Array:
+    """Empirical risk ``R = Σ_b w_b ℓ(y_b, v_b) / Σ_b w_b`` (a scalar)."""
+    per_example = loss.value(y, v)
+    w, total = _normaliser(weights, per_example.shape, y.dtype)
+    return jnp.sum(w * per_example) / total
+
+
+def risk_grad(loss: Loss, y: Array, v: Array, weights: Array | None = None) -> Array:
+    """``∂R/∂y``: the per-example gradients weighted and divided by ``Σ_b w_b``."""
+    w, total = _normaliser(weights, y.shape[:-1], y.dtype)
+    return loss.grad(y, v) * (w / total)[..., None]
+
+
+def check_targets(loss: Loss, v, out_dim: int, batch: int | None = None) -> None:
+    """Raises one clear ``ValueError`` if targets do not fit the loss.
+
+    Only concrete arrays are checked; under ``jit`` the values are not known and
+    the check is skipped (the shapes are still checked by the computation).
+    """
+    if isinstance(v, jax.core.Tracer):
+        return
+    v = np.asarray(v)
+    if batch is not None and (v.ndim == 0 or v.shape[0] != batch):
+        raise ValueError(
+            f"Targets have {v.shape[0] if v.ndim else 0} rows but the inputs have {batch}: "
+            "give one target per input example."
+        )
+    if loss.kind == "multiclass":
+        if np.issubdtype(v.dtype, np.integer):
+            if v.size and (v.min() < 0 or v.max() >= out_dim):
+                raise ValueError(
+                    f"Labels must lie in [0, {out_dim}) for a network with {out_dim} outputs, "
+                    f"but they range over [{v.min()}, {v.max()}]. Remap the labels to "
+                    f"0..{out_dim - 1} or widen the output layer."
+                )
+            return
+        if np.issubdtype(v.dtype, np.floating):
+            if v.ndim == 0 or v.shape[-1] != out_dim:
+                raise ValueError(
+                    f"Float targets for {loss.name} must be one-hot or soft labels of width "
+                    f"{out_dim}, got shape {v.shape}. Pass integer class labels instead, or "
+                    "one-hot rows."
+                )
+            if not np.all(np.isfinite(v)) or v.min(initial=0) < 0:
+                raise ValueError(
+                    f"Soft targets for {loss.name} must be finite and non-negative."
+                )
+            return
+        raise ValueError(
+            f"Targets for {loss.name} must be integer labels or float one-hot rows, "
+            f"got dtype {v.dtype}."
+        )
+    if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
+        raise ValueError(f"Targets for {loss.name} must be real numbers, got dtype {v.dtype}.")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"Targets for {loss.name} contain NaN or Inf: clean the data first.")
+    per_example = int(np.prod(v.shape[1:])) if batch is not None else int(np.prod(v.shape[-1:]))
+    if per_example != out_dim:
+        raise ValueError(
+            f"Targets of shape {v.shape} do not match a network with {out_dim} outputs: "
+            f"{loss.name} needs {out_dim} target value(s) per example."
+        )
+    if loss.kind == "binary" and v.size and (v.min() < 0 or v.max() > 1):
+        raise ValueError(
+            f"Targets for {loss.name} must lie in [0, 1] (labels or probabilities), "
+            f"got range [{v.min()}, {v.max()}]."
+        )
+    if loss.name == "mape" and v.size and np.any(v == 0):
+        raise ValueError("mape divides by the target, and some targets are zero: use mae or mse.")

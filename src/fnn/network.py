@@ -1,0 +1,268 @@
+"""The static network spec, parameter initialisation and the forward pass.
+
+A network of L layers maps ``y_0 = x`` through, for ``l = 1..L``,
+
+    z_l = y_{l-1} W_l + b_l,     y_l = f_l(z_l),
+
+with ``W_l`` of shape ``(d_{l-1}, d_l)``. Rows of ``x`` are examples; any
+leading dimensions are batch dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn.activations import Activation, get_activation
+
+Array = jax.Array
+Params = list  # list of {"W": (d_in, d_out), "b": (d_out,)} dicts
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    """A multilayer perceptron's architecture: static, hashable, never traced.
+
+    Attributes:
+      sizes: ``(d_0, d_1, ..., d_L)``, input width first, output width last.
+      activations: one activation per layer (``L`` of them), by name or as
+        :class:`fnn.Activation` objects. The last is usually ``"identity"``:
+        cross-entropy losses take logits.
+
+    Example::
+
+      net = fnn.MLP(sizes=(64, 128, 10), activations=("relu", "identity"))
+    """
+
+    sizes: tuple[int, ...]
+    activations: tuple[Activation, ...]
+
+    def __init__(self, sizes: Sequence[int], activations: Sequence[str | Activation] | str):
+        sizes = tuple(sizes)
+        if len(sizes) < 2:
+            raise ValueError(
+                f"MLP needs at least an input and an output size, got sizes={sizes}."
+            )
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0:
+                raise ValueError(f"Layer sizes must be positive integers, got sizes={sizes}.")
+        if isinstance(activations, (str, Activation)):
+            # One name for the hidden layers; the output layer stays linear.
+            activations = (activations,) * (len(sizes) - 2) + ("identity",)
+        activations = tuple(get_activation(a) for a in activations)
+        if len(activations) != len(sizes) - 1:
+            raise ValueError(
+                f"MLP with sizes={sizes} has {len(sizes) - 1} layers and needs one activation "
+                f"per layer, got {len(activations)}."
+            )
+        object.__setattr__(self, "sizes", tuple(int(s) for s in sizes))
+        object.__setattr__(self, "activations", activations)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def in_dim(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def out_dim(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def num_params(self) -> int:
+        return sum((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready description (activations by name)."""
+        return {"sizes": list(self.sizes), "activations": [a.name for a in self.activations]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MLP":
+        return cls(d["sizes"], d["activations"])
+
+    def __repr__(self) -> str:
+        acts = ", ".join(a.name for a in self.activations)
+        return f"MLP(sizes={self.sizes}, activations=({acts}))"
+
+
+Initializer = Callable[[Array, tuple[int, ...], jnp.dtype], Array]
+
+SCHEMES: dict[str, Initializer] = {
+    # Glorot/Xavier: Var W = 2 / (fan_in + fan_out), for tanh/sigmoid.
+    "glorot": jax.nn.initializers.glorot_uniform(),
+    "xavier": jax.nn.initializers.glorot_uniform(),
+    # He/Kaiming: Var W = 2 / fan_in, for relu.
+    "he": jax.nn.initializers.he_normal(),
+    "kaiming": jax.nn.initializers.he_normal(),
+    # LeCun: Var W = 1 / fan_in.
+    "lecun": jax.nn.initializers.lecun_normal(),
+}
+
+
+def get_scheme(scheme: str | Initializer, sigma: float = 0.01) -> Initializer:
+    """An initializer by name, ``"normal"`` with standard deviation ``sigma``, or a callable."""
+    if callable(scheme):
+        return scheme
+    if scheme == "normal":
+        return jax.nn.initializers.normal(stddev=sigma)
+    if scheme in SCHEMES:
+        return SCHEMES[scheme]
+    raise ValueError(
+        f"Unknown init scheme {scheme!r}. Known schemes: "
+        f"{', '.join(sorted([*SCHEMES, 'normal']))} "
+        "(or any jax.nn.initializers-style function (key, shape, dtype) -> array)."
+    )
+
+
+def default_float() -> jnp.dtype:
+    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
+    return jnp.zeros(()).dtype
+
+
+def init(
+    key: Array,
+    net: MLP,
+    scheme: str | Initializer = "glorot",
+    *,
+    sigma: float = 0.01,
+    dtype=None,
+) -> Params:
+    """Initial parameters: a list of ``{"W": (d_in, d_out), "b": (d_out,)}``.
+
+    Weights are drawn by ``scheme``; biases start at zero. Each layer gets its
+    own key split from ``key``.
+
+    Args:
+      key: a ``jax.random`` key.
+      net: the architecture.
+      scheme: ``"glorot"``/``"xavier"``, ``"he"``/``"kaiming"``, ``"lecun"``,
+        ``"normal"`` (N(0, sigma²)), or a ``jax.nn.initializers`` function.
+      sigma: standard deviation for ``"normal"``.
+      dtype: defaults to float32, or float64 when x64 is enabled.
+    """
+    init_w = get_scheme(scheme, sigma)
+    dtype = default_float() if dtype is None else dtype
+    keys = jax.random.split(key, net.num_layers)
+    return [
+        {"W": init_w(k, (d_in, d_out), dtype), "b": jnp.zeros((d_out,), dtype)}
+        for k, d_in, d_out in zip(keys, net.sizes[:-1], net.sizes[1:])
+    ]
+
+
+def check_params(net: MLP, params) -> None:
+    """Raises one clear ``ValueError`` if ``params`` does not fit ``net``."""
+    if not isinstance(params, (list, tuple)):
+        raise ValueError(
+            f"params must be a list of {{'W', 'b'}} dicts (one per layer), got {type(params).__name__}."
+        )
+    if len(params) != net.num_layers:
+        raise ValueError(
+            f"{net!r} has {net.num_layers} layers but params has {len(params)}: "
+            "create params with fnn.init(key, net) for this network."
+        )
+    for l, (layer, d_in, d_out) in enumerate(zip(params, net.sizes[:-1], net.sizes[1:]), 1):
+        if not isinstance(layer, dict) or set(layer) != {"W", "b"}:
+            keys = sorted(layer) if isinstance(layer, dict) else type(layer).__name__
+            raise ValueError(f"Layer {l} params must be a dict with keys 'W' and 'b', got {keys}.")
+        w_shape, b_shape = jnp.shape(layer["W"]), jnp.shape(layer["b"])
+        if w_shape != (d_in, d_out) or b_shape != (d_out,):
+            raise ValueError(
+                f"Layer {l} params have W {w_shape} and b {b_shape}, but {net!r} needs "
+                f"W {(d_in, d_out)} and b {(d_out,)}: these params belong to another network."
+            )
+
+
+def check_inputs(net: MLP, x) -> None:
+    """Raises one clear ``ValueError`` if ``x`` cannot be fed to ``net``."""
+    shape = jnp.shape(x)
+    if len(shape) == 0 or shape[-1] != net.in_dim:
+        raise ValueError(
+            f"Input of shape {shape} does not fit {net!r}: its last axis must be the "
+            f"{net.in_dim} input features (rows are examples)."
+        )
+    if not isinstance(x, jax.core.Tracer):
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"Inputs must be floating point, got dtype {x.dtype}: cast with x.astype(np.float32).")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("Inputs contain NaN or Inf: clean or impute the data before training.")
+
+
+def affine(y: Array, w: Array, b: Array) -> Array:
+    """``z = y W + b`` for ``y`` of shape ``(..., d_in)``, broadcasting ``b`` explicitly."""
+    return y @ w + jnp.reshape(b, (1,) * (jnp.ndim(y) - 1) + jnp.shape(b))
+
+
+class Cache(NamedTuple):
+    """What the forward pass keeps for the backward pass (tuples with one entry per layer).
+
+    Attributes:
+      inputs: ``y_{l-1}`` as fed into layer ``l`` (after dropout, if any).
+      pre_activations: ``z_l = y_{l-1} W_l + b_l``.
+      outputs: ``f_l(z_l)``, before dropout.
+      masks: the inverted-dropout multiplier applied to each hidden layer's
+        output (``keep / (1 - rate)``), or ``None`` where no dropout was applied.
+    """
+
+    inputs: tuple
+    pre_activations: tuple
+    outputs: tuple
+    masks: tuple
+
+
+def forward_with_cache(
+    net: MLP,
+    params: Params,
+    x: Array,
+    *,
+    dropout: float = 0.0,
+    key: Array | None = None,
+) -> tuple[Array, Cache]:
+    """The forward pass, keeping ``z_l`` and ``y_l`` of every layer.
+
+    Args:
+      net, params: the network.
+      x: inputs of shape ``(..., d_0)``.
+      dropout: inverted-dropout rate on hidden layers' outputs (training only):
+        each unit is zeroed with probability ``dropout`` and the survivors are
+        scaled by ``1 / (1 - dropout)`` so that the expected value is unchanged.
+      key: PRNG key for the dropout masks; required when ``dropout > 0``.
+
+    Returns:
+      ``(y_L, cache)``.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout rate must lie in [0, 1), got {dropout}.")
+    if dropout > 0.0 and key is None:
+        raise ValueError("dropout > 0 needs a PRNG key: pass key=jax.random.key(...).")
+    keys = jax.random.split(key, net.num_layers) if dropout > 0.0 else [None] * net.num_layers
+    inputs, pres, outs, masks = [], [], [], []
+    y = x
+    for l, (layer, act) in enumerate(zip(params, net.activations)):
+        inputs.append(y)
+        z = affine(y, layer["W"], layer["b"])
+        y = act.fn(z)
+        pres.append(z)
+        outs.append(y)
+        if l < net.num_layers - 1:
+            mask = None
+            if dropout > 0.0:
+                keep = jax.random.bernoulli(keys[l], 1.0 - dropout, y.shape)
+                mask = keep.astype(y.dtype) / (1.0 - dropout)
+                y = y * mask
+            masks.append(mask)
+    return y, Cache(tuple(inputs), tuple(pres), tuple(outs), tuple(masks))
+
+
+def forward(net: MLP, params: Params, x: Array) -> Array:
+    """The network output ``y_L`` for inputs ``x`` of shape ``(..., d_0)`` (no dropout).
+
+    Under ``jit`` the unused cache costs nothing: XLA drops it.
+    """
+    return forward_with_cache(net, params, x)[0]

@@ -1,0 +1,24 @@
+"""Test configuration in the style of equinox's: strict promotion, fake devices."""
+
+import jax
+
+# Several fake CPU devices for the sharding tests; must precede any JAX computation.
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import hypothesis  # noqa: E402
+import pytest  # noqa: E402
+
+hypothesis.settings.register_profile(
+    "fnn", max_examples=20, deadline=None, print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile("fnn")
+
+
+@pytest.fixture
+def x64():
+    """Runs the test with float64 enabled."""
+    with jax.enable_x64(True):
+        yield
