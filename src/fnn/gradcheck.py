@@ -14,6 +14,7 @@ parameter tensor: ``(R(θ + εu) − R(θ − εu)) / 2ε ≈ ⟨∇R, u⟩``. T
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -121,30 +122,41 @@ def gradcheck(
     fd_tol = fd_tol if fd_tol is not None else (1e-6 if f64 else 1e-2)
     key = jax.random.key(0) if key is None else key
 
-    manual = jax.jit(manual_value_and_grad, static_argnums=(0, 1))(net, loss, params, x, v)[1]
-    auto = jax.jit(autodiff_value_and_grad, static_argnums=(0, 1))(net, loss, params, x, v)[1]
-    risk_at = jax.jit(lambda p: _objective(net, loss, p, x, v, None, 0.0, 0.0, None)[0])
-
+    manual, auto, fd, directional = _compute(net, loss, params, x, v, key, directions, eps)
     rows = []
     for l in range(net.num_layers):
         for name in ("W", "b"):
             g = np.asarray(manual[l][name])
-            key, sub = jax.random.split(key)
-            us = jax.random.normal(sub, (directions, *g.shape), dtype)
-            us = us / jnp.linalg.norm(us.reshape(directions, -1), axis=1).reshape(-1, *[1] * g.ndim)
-            fd_err = 0.0
-            for u in us:
-                def shifted(s, u=u):
-                    p = [dict(layer) for layer in params]
-                    p[l] = {**p[l], name: p[l][name] + s * u}
-                    return p
-                fd = float((risk_at(shifted(eps)) - risk_at(shifted(-eps))) / (2 * eps))
-                directional = float(jnp.vdot(g, u))
-                # Error relative to the gradient's norm: the directional derivative
-                # can be near zero by chance even when the gradient is not.
-                scale = max(np.linalg.norm(g), abs(fd))
-                fd_err = max(fd_err, 0.0 if scale == 0 else abs(fd - directional) / scale)
+            fd_lp, dir_lp = np.asarray(fd[l][name]), np.asarray(directional[l][name])
+            # Error relative to the gradient's norm: a directional derivative can be
+            # near zero by chance even when the gradient is not.
+            scale = max(np.linalg.norm(g), np.abs(fd_lp).max())
+            fd_err = 0.0 if scale == 0 else float(np.abs(fd_lp - dir_lp).max() / scale)
             rows.append(
                 GradcheckRow(l + 1, name, float(np.linalg.norm(g)), _rel(g, np.asarray(auto[l][name])), fd_err)
             )
     return GradcheckReport(tuple(rows), autodiff_tol, fd_tol, str(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 6, 7))
+def _compute(net, loss, params, x, v, key, directions, eps):
+    # One compiled call: both gradients, and every finite difference as a vmap.
+    _, manual = manual_value_and_grad(net, loss, params, x, v)
+    _, auto = autodiff_value_and_grad(net, loss, params, x, v)
+    risk_at = lambda p: _objective(net, loss, p, x, v, None, 0.0, 0.0, None)[0]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+
+    def per_tensor(i, leaf, k):
+        u = jax.random.normal(k, (directions, *leaf.shape), leaf.dtype)
+        u = u / jnp.sqrt(jnp.sum(u * u, axis=tuple(range(1, u.ndim)), keepdims=True))
+
+        def fd_along(u_one):
+            def shifted(s):
+                return treedef.unflatten([a + s * u_one if j == i else a for j, a in enumerate(leaves)])
+            return (risk_at(shifted(eps)) - risk_at(shifted(-eps))) / (2 * eps)
+
+        return jax.vmap(fd_along)(u), jnp.tensordot(u, jax.tree.leaves(manual)[i], axes=leaf.ndim)
+
+    out = [per_tensor(i, leaf, k) for i, (leaf, k) in enumerate(zip(leaves, keys))]
+    return (manual, auto, treedef.unflatten([o[0] for o in out]), treedef.unflatten([o[1] for o in out]))
