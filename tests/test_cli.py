@@ -85,3 +85,13 @@ def test_help_documents_every_flag():
     for flag in ("--dataset", "--hidden", "--activation", "--loss", "--init", "--optimizer", "--lr",
                  "--batch-size", "--epochs", "--seed", "--method", "--out", "--resume", "--devices"):
         assert flag in out
+
+
+def test_train_on_several_devices_matches_one(tmp_path):
+    one = ["train", *SMALL, "--no-plot", "--no-gradcheck", "--batch-size", "30"]
+    assert main([*one, "--out", str(tmp_path / "one")]) == 0
+    assert main([*one, "--devices", "4", "--out", str(tmp_path / "four")]) == 0
+    a = checkpoint.load(tmp_path / "one" / "checkpoint.npz").params
+    b = checkpoint.load(tmp_path / "four" / "checkpoint.npz").params
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x["W"], y["W"], rtol=1e-4, atol=1e-6)  # float32 reduction order

@@ -147,14 +147,22 @@ def _gd_loop(net, loss, method, learning_rate, eps, max_steps, l2, params, x, v)
 # --- minibatch SGD -----------------------------------------------------------------------------
 
 def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
-                  method: str = "manual", l2: float = 0.0, dropout: float = 0.0) -> Callable:
+                  method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None) -> Callable:
     """``epoch(params, opt_state, x, v, key) -> (params, opt_state, losses)``, one compiled call.
 
     The data stay on the device; the epoch's permutation is drawn there from
     ``key`` and the ``n // batch_size`` full batches are visited by ``lax.scan``
     (the remainder of the permutation is left out of that epoch).
+
+    With a ``mesh`` (see :mod:`fnn.parallel`) each batch is split over its
+    devices, padded with zero-weight examples to a multiple of their number.
     """
     update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout)
+    if mesh is not None:
+        from fnn.parallel import batch_sharded, padded_size
+
+        data_sharding = batch_sharded(mesh)
+        padded = padded_size(batch_size, mesh)
 
     def epoch(params, opt_state, x, v, key):
         n = x.shape[0]
@@ -167,7 +175,16 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
             params, opt_state = carry
             index, i = inputs
             step_key = jax.random.fold_in(dropout_key, i) if dropout > 0 else None
-            new_params, new_opt_state, metrics = update(params, opt_state, x[index], v[index], step_key)
+            weights = None
+            if mesh is not None:
+                # Padding rows repeat the batch's first example with weight zero.
+                index = jnp.concatenate([index, jnp.repeat(index[:1], padded - batch_size)])
+                weights = (jnp.arange(padded) < batch_size).astype(x.dtype)
+                weights = jax.lax.with_sharding_constraint(weights, data_sharding)
+            xb, vb = x[index], v[index]
+            if mesh is not None:
+                xb, vb = (jax.lax.with_sharding_constraint(a, data_sharding) for a in (xb, vb))
+            new_params, new_opt_state, metrics = update(params, opt_state, xb, vb, step_key, weights)
             # A non-finite loss leaves the state as it was, so the epoch returns the
             # last good parameters (its inputs are donated and cannot be kept).
             finite = jnp.isfinite(metrics["loss"])
@@ -210,6 +227,7 @@ def fit(
     dropout: float = 0.0,
     test: tuple | None = None,
     state: TrainState | None = None,
+    mesh=None,
     on_epoch: Callable[[TrainState, dict], None] | None = None,
     progress: bool = False,
 ) -> tuple[Params, dict]:
@@ -227,6 +245,8 @@ def fit(
       batch_size, method, l2, dropout: as in :func:`fnn.make_update_step`.
       test: optional ``(x_test, v_test)`` evaluated after every epoch.
       state: a :class:`TrainState` to resume from (its params replace ``params``).
+      mesh: a ``jax.sharding.Mesh`` to split every batch over (data parallelism,
+        see :func:`fnn.parallel.fit_parallel`); params stay replicated.
       on_epoch: called after every epoch with the new state and its metrics
         (e.g. to write a checkpoint).
       progress: show a progress bar.
@@ -253,7 +273,12 @@ def fit(
         # Copy: the epoch function donates its inputs, and the caller keeps theirs.
         params = jax.tree.map(jnp.array, params)
         state = TrainState(params, optimizer.init(params), 0, key)
-    epoch_fn = make_epoch_fn(net, loss, optimizer, batch_size=batch_size, method=method, l2=l2, dropout=dropout)
+    epoch_fn = make_epoch_fn(net, loss, optimizer, batch_size=batch_size, method=method, l2=l2,
+                             dropout=dropout, mesh=mesh)
+    if mesh is not None:
+        from fnn.parallel import replicated
+
+        x, v, state = jax.device_put((x, v, state), replicated(mesh))
     steps_per_epoch = len(x) // batch_size
     history: dict[str, list] = {"epoch": [], "train_loss": []}
     bar = None

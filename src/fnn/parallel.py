@@ -1,0 +1,107 @@
+"""Data-parallel training over devices with JAX's own sharding.
+
+Parameters and optimizer state are replicated over a 1-D ``Mesh`` with axis
+``"data"``; each batch is split along its first axis. ``jit`` inserts the
+gradient all-reduce itself: the risk is a mean over the whole (sharded)
+batch, so its gradient is the same number as on one device. Nothing here is
+hand-written communication.
+
+A batch whose size the device count does not divide is padded with copies
+of its first example carrying weight zero, which changes neither the risk
+nor its gradient (see :func:`fnn.risk`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fnn.losses import Loss
+from fnn.network import MLP, Params
+from fnn.optim import make_update_fn
+
+AXIS = "data"
+
+
+def make_mesh(devices: int | None = None) -> Mesh:
+    """A 1-D mesh over the first ``devices`` devices (all by default)."""
+    available = jax.devices()
+    n = len(available) if devices is None else devices
+    if not 1 <= n <= len(available):
+        raise ValueError(
+            f"Asked for {n} devices but {len(available)} are available ({available[0].platform}). "
+            "On CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N (or "
+            "jax.config.update('jax_num_cpu_devices', N)) before JAX starts."
+        )
+    return Mesh(np.array(available[:n]), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def padded_size(batch: int, mesh: Mesh) -> int:
+    """The smallest multiple of the device count that holds ``batch`` examples."""
+    n = mesh.devices.size
+    return -(-batch // n) * n
+
+
+def pad_batch(x, v, mesh: Mesh):
+    """``(x, v, weights)`` padded to a multiple of the device count; padding has weight 0."""
+    batch = jnp.shape(x)[0]
+    pad = padded_size(batch, mesh) - batch
+    weights = jnp.concatenate([jnp.ones(batch, jnp.result_type(x)), jnp.zeros(pad, jnp.result_type(x))])
+    if pad:
+        x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)])
+        v = jnp.concatenate([v, jnp.repeat(v[:1], pad, axis=0)])
+    return x, v, weights
+
+
+def make_parallel_update_step(
+    net: MLP,
+    loss: str | Loss,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    method: str = "manual",
+    *,
+    l2: float = 0.0,
+    dropout: float = 0.0,
+) -> Callable:
+    """The update step of :func:`fnn.make_update_step`, sharded over ``mesh``.
+
+        step(params, opt_state, x, v, key=None) -> (params, opt_state, metrics)
+
+    The batch is padded to a multiple of the device count with zero-weight
+    examples and split over the devices; params and state stay replicated.
+    """
+    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout)
+    rep, data = replicated(mesh), batch_sharded(mesh)
+    sharded = jax.jit(
+        update,
+        in_shardings=(rep, rep, data, data, rep, data),
+        out_shardings=(rep, rep, rep),
+        donate_argnums=(0, 1),
+    )
+
+    def step(params, opt_state, x, v, key=None):
+        x, v, weights = pad_batch(jnp.asarray(x), jnp.asarray(v), mesh)
+        return sharded(params, opt_state, x, v, key, weights)
+
+    return step
+
+
+def fit_parallel(net: MLP, loss: str | Loss, params: Params, x, v, *, devices: int | None = None,
+                 **fit_kwargs):
+    """:func:`fnn.fit` with every batch split over ``devices`` devices (same results, up to rounding)."""
+    from fnn.train import fit
+
+    return fit(net, loss, params, x, v, mesh=make_mesh(devices), **fit_kwargs)
