@@ -1,9 +1,381 @@
-"""Placeholder replaced by the benchmark module."""
+"""``fnn bench``: one training step (forward, backward, SGD update; softmax cross-entropy, ReLU)
+timed for fnn's hand-written backward, fnn with ``jax.grad``, the scan-fused epoch, and the
+peers a researcher would otherwise use (PyTorch eager, Flax NNX, Equinox) when installed.
+
+Every row is timed in the same process, interleaved round by round so that drift hits all
+rows alike; the figure is the median over rounds of the per-step time. The machine's
+float32 matmul throughput is measured on the very GEMM shapes the step uses (forward
+``y W``, backward ``yᵀ δz`` and ``δz Wᵀ``), best of several runs, and every row reports
+its achieved GFLOP/s (6 × batch × weights per step) as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "digits": ((64, 128, 128, 10), 128),
+    "mnist": ((784, 1024, 1024, 10), 256),
+    "wide": ((2048, 4096, 4096, 10), 1024),
+}
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="which configurations (default: all)")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="steps per round (default: enough for about 0.1 s per row)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu", "tpu"], help="(default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype; bfloat16 keeps float32 master weights (default: %(default)s)")
+    p.add_argument("--peers", nargs="*", default=["torch", "flax", "equinox"],
+                   help="peer libraries to time when installed (default: %(default)s)")
+    p.add_argument("--out", default="experiments/results", help="folder for benchmark.{json,md,png}")
+    p.add_argument("--leak-steps", type=int, default=0,
+                   help="also run this many steps of the digits config and report memory growth")
 
 
-def run(args):
-    raise NotImplementedError
+def _flops(sizes, batch) -> float:
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return 6.0 * batch * weights
+
+
+def _fnn_rows(sizes, batch, dtype_name, device):
+    """name -> (run(k) callable that performs k steps and blocks, steps_per_call)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import fnn
+    from fnn.train import make_epoch_fn
+
+    dev = jax.devices(device)[0]
+    compute = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
+    net = fnn.MLP(sizes, "relu")
+    loss = fnn.get_loss("softmax_cross_entropy")
+    params = jax.device_put(fnn.init(jax.random.key(0), net, "he"), dev)
+    k1, k2 = jax.random.split(jax.random.key(1))
+    x = jax.device_put(jax.random.normal(k1, (batch, sizes[0]), compute), dev)
+    v = jax.device_put(jax.random.randint(k2, (batch,), 0, sizes[-1]), dev)
+    opt = optax.sgd(0.01)
+    rows = {}
+
+    def cast(p):
+        # bf16 compute, float32 master weights: gradients flow back through the cast.
+        return jax.tree.map(lambda a: a.astype(compute), p) if compute != jnp.float32 else p
+
+    for method in ("manual", "autodiff"):
+        grad_fn = fnn.backprop.get_method(method)
+
+        def update(p, s, x, v, grad_fn=grad_fn):
+            _, g = grad_fn(net, loss, cast(p), x, v)
+            g = jax.tree.map(lambda a: a.astype(jnp.float32), g)
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        step = jax.jit(update, donate_argnums=(0, 1))
+        state = {"p": jax.tree.map(jnp.array, params), "s": opt.init(params)}
+
+        def run(k, step=step, state=state):
+            p, s = state["p"], state["s"]
+            for _ in range(k):
+                p, s = step(p, s, x, v)
+            jax.block_until_ready(p)
+            state["p"], state["s"] = p, s
+
+        rows[f"fnn manual (step per call)" if method == "manual" else "fnn jax.grad (step per call)"] = run
+
+    # Scan-fused epoch: 64 batches drawn on device and stepped inside one compiled call.
+    steps_per_epoch = 64
+    data_x = jax.device_put(jax.random.normal(k1, (batch * steps_per_epoch, sizes[0]), compute), dev)
+    data_v = jax.device_put(jax.random.randint(k2, (batch * steps_per_epoch,), 0, sizes[-1]), dev)
+    epoch = make_epoch_fn(net, loss, opt, batch_size=batch)
+    if compute != jnp.float32:
+        epoch = None  # the library's epoch trains in the parameters' dtype; bf16 rows use the step
+    if epoch is not None:
+        state = {"p": jax.tree.map(jnp.array, params), "s": opt.init(params), "i": 0}
+
+        def run_epoch(k):
+            p, s = state["p"], state["s"]
+            for _ in range(max(1, k // steps_per_epoch)):
+                state["i"] += 1
+                p, s, losses = epoch(p, s, data_x, data_v, jax.random.key(state["i"]))
+            jax.block_until_ready(p)
+            state["p"], state["s"] = p, s
+
+        run_epoch.steps_per_call = steps_per_epoch
+        rows["fnn manual (scan-fused epoch)"] = run_epoch
+    return rows
+
+
+def _matmul_peak(sizes, batch, dtype_name, device, repeats=7) -> float:
+    """GFLOP/s of the step's own GEMMs (3 per layer), best of ``repeats``."""
+    import jax
+    import jax.numpy as jnp
+
+    dev = jax.devices(device)[0]
+    dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
+    key = jax.random.key(0)
+    mats = []
+    for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+        k1, k2, k3, key = jax.random.split(key, 4)
+        mats.append(jax.device_put((jax.random.normal(k1, (batch, d_in), dtype),
+                                    jax.random.normal(k2, (d_in, d_out), dtype),
+                                    jax.random.normal(k3, (batch, d_out), dtype)), dev))
+
+    @jax.jit
+    def gemms(mats):
+        return [(y @ w, y.T @ dz, dz @ w.T) for y, w, dz in mats]
+
+    jax.block_until_ready(gemms(mats))
+    reps = 10
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(reps):
+            out = gemms(mats)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return _flops(sizes, batch) / best / 1e9
+
+
+def _torch_row(sizes, batch):
+    import torch
+
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(batch, sizes[0])
+    v = torch.randint(0, sizes[-1], (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run(k):
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), v).backward()
+            opt.step()
+
+    return {f"PyTorch {torch.__version__} eager": run}
+
+
+def _equinox_row(sizes, batch):
+    import equinox as eqx
+    import jax
+    import optax
+
+    model = eqx.nn.MLP(sizes[0], sizes[-1], sizes[1], len(sizes) - 2, activation=jax.nn.relu,
+                       key=jax.random.key(0))
+    if len(set(sizes[1:-1])) > 1:
+        raise ValueError("equinox MLP needs equal hidden widths")
+    opt = optax.sgd(0.01)
+    x = jax.random.normal(jax.random.key(1), (batch, sizes[0]))
+    v = jax.random.randint(jax.random.key(2), (batch,), 0, sizes[-1])
+
+    @eqx.filter_jit
+    def step(model, state, x, v):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), v).mean()
+
+        g = eqx.filter_grad(loss)(model)
+        u, state = opt.update(g, state, model)
+        return eqx.apply_updates(model, u), state
+
+    st = {"m": model, "s": opt.init(eqx.filter(model, eqx.is_array))}
+
+    def run(k):
+        m, s = st["m"], st["s"]
+        for _ in range(k):
+            m, s = step(m, s, x, v)
+        jax.block_until_ready(eqx.filter(m, eqx.is_array))
+        st["m"], st["s"] = m, s
+
+    return {f"Equinox {eqx.__version__}": run}
+
+
+def _flax_row(sizes, batch):
+    import flax
+    import jax
+    import optax
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+
+        def __call__(self, x):
+            for layer in self.layers[:-1]:
+                x = jax.nn.relu(layer(x))
+            return self.layers[-1](x)
+
+    model = MLP(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.sgd(0.01), wrt=nnx.Param)
+    x = jax.random.normal(jax.random.key(1), (batch, sizes[0]))
+    v = jax.random.randint(jax.random.key(2), (batch,), 0, sizes[-1])
+
+    @nnx.jit
+    def step(model, opt, x, v):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), v).mean()
+
+        grads = nnx.grad(loss)(model)
+        opt.update(model, grads)
+
+    def run(k):
+        for _ in range(k):
+            step(model, opt, x, v)
+        jax.block_until_ready(nnx.state(model))
+
+    return {f"Flax NNX {flax.__version__}": run}
+
+
+PEERS = {"torch": _torch_row, "flax": _flax_row, "equinox": _equinox_row}
+
+
+def bench_config(name, args) -> dict:
+    sizes, batch = CONFIGS[name]
+    rows = _fnn_rows(sizes, batch, args.dtype, args.device)
+    skipped = {}
+    if args.device == "cpu" and args.dtype == "float32":
+        for peer in args.peers:
+            try:
+                rows.update(PEERS[peer](sizes, batch))
+            except ImportError as err:
+                skipped[peer] = f"not installed ({err.name}); pip install -e '.[bench]'"
+            except Exception as err:  # a peer that fails is reported, not fatal
+                skipped[peer] = f"failed: {type(err).__name__}: {err}"
+    flops = _flops(sizes, batch)
+    # Warm-up (compilation) and a step count giving ~0.1 s per row per round.
+    per_call = {}
+    for row, run in rows.items():
+        spc = getattr(run, "steps_per_call", 1)
+        run(spc)
+        t = time.perf_counter()
+        run(spc)
+        per_call[row] = max(spc, int(round(0.1 / max((time.perf_counter() - t) / spc, 1e-7) / spc)) * spc)
+        if args.steps:
+            per_call[row] = max(spc, args.steps // spc * spc)
+    peak = _matmul_peak(sizes, batch, args.dtype, args.device)
+    times = {row: [] for row in rows}
+    for _ in range(args.rounds):
+        for row, run in rows.items():
+            t = time.perf_counter()
+            run(per_call[row])
+            times[row].append((time.perf_counter() - t) / per_call[row])
+    peak = max(peak, _matmul_peak(sizes, batch, args.dtype, args.device))
+    manual = statistics.median(times["fnn manual (step per call)"])
+    table = []
+    for row, ts in times.items():
+        med = statistics.median(ts)
+        table.append({"impl": row, "ms_per_step": med * 1e3, "gflops": flops / med / 1e9,
+                      "fraction_of_matmul_peak": flops / med / 1e9 / peak,
+                      "ratio_to_fnn_manual": med / manual, "steps_per_round": per_call[row]})
+    return {"config": name, "sizes": sizes, "batch": batch, "matmul_peak_gflops": peak,
+            "rows": table, "skipped": skipped}
+
+
+def run(args) -> int:
+    import jax
+
+    if args.device != "cpu" and not any(d.platform == args.device for d in jax.devices()):
+        raise ValueError(f"No {args.device} device here: JAX sees {jax.devices()}.")
+    results = {"device": str(jax.devices(args.device)[0].device_kind), "jax": jax.__version__,
+               "dtype": args.dtype, "rounds": args.rounds, "cpu_count": os.cpu_count(), "configs": []}
+    for name in args.configs:
+        res = bench_config(name, args)
+        results["configs"].append(res)
+        _print_config(res)
+    if args.leak_steps:
+        results["leak_check"] = _leak_check(args.leak_steps)
+        print(f"leak check: {results['leak_check']}")
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of the benchmark process: {results['peak_rss_mb']:.0f} MB")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if (args.device, args.dtype) == ("cpu", "float32") else f"_{args.device}_{args.dtype}"
+    (out / f"benchmark{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"benchmark{suffix}.md").write_text(_markdown(results))
+    _plot(results, out / f"benchmark{suffix}.png")
+    print(f"wrote {out}/benchmark{suffix}.{{json,md,png}}")
+    return 0
+
+
+def _leak_check(steps: int) -> dict:
+    """Runs ``steps`` digits-size steps and reports resident-memory growth after a warm-up."""
+    import gc
+
+    sizes, batch = CONFIGS["digits"]
+    run = _fnn_rows(sizes, batch, "float32", "cpu")["fnn manual (step per call)"]
+    run(1000)
+    gc.collect()
+    before = _rss_mb()
+    run(steps)
+    gc.collect()
+    return {"steps": steps, "rss_before_mb": before, "rss_after_mb": _rss_mb(),
+            "growth_mb": _rss_mb() - before}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _print_config(res):
+    print(f"\n{res['config']}: sizes {res['sizes']}, batch {res['batch']}, "
+          f"measured matmul peak {res['matmul_peak_gflops']:.1f} GFLOP/s")
+    print(f"{'implementation':<34} {'ms/step':>9} {'GFLOP/s':>9} {'% peak':>7} {'vs manual':>9}")
+    for r in res["rows"]:
+        print(f"{r['impl']:<34} {r['ms_per_step']:>9.4f} {r['gflops']:>9.1f} "
+              f"{100 * r['fraction_of_matmul_peak']:>6.1f}% {r['ratio_to_fnn_manual']:>9.3f}")
+    for peer, why in res["skipped"].items():
+        print(f"{peer:<34} skipped: {why}")
+
+
+def _markdown(results) -> str:
+    lines = [f"# Benchmark: one training step (forward, backward, SGD), softmax CE, ReLU",
+             "", f"Device: {results['device']} ({results['cpu_count']} CPUs visible), JAX {results['jax']}, "
+             f"{results['dtype']}, median of {results['rounds']} interleaved rounds.", ""]
+    for res in results["configs"]:
+        lines += [f"## {res['config']}: {res['sizes']}, batch {res['batch']}",
+                  f"Measured matmul peak on the step's GEMM shapes: {res['matmul_peak_gflops']:.1f} GFLOP/s", "",
+                  "| implementation | ms/step | GFLOP/s | % of matmul peak | time vs fnn manual |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in res["rows"]:
+            lines.append(f"| {r['impl']} | {r['ms_per_step']:.4f} | {r['gflops']:.1f} | "
+                         f"{100 * r['fraction_of_matmul_peak']:.1f}% | {r['ratio_to_fnn_manual']:.3f} |")
+        for peer, why in res["skipped"].items():
+            lines.append(f"| {peer} | skipped: {why} | | | |")
+        lines.append("")
+    if "leak_check" in results:
+        lines.append(f"Leak check: {results['leak_check']}")
+    lines.append(f"Peak resident memory of the benchmark process: {results['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = results["configs"]
+    fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 4), squeeze=False)
+    for ax, res in zip(axes[0], configs):
+        names = [r["impl"] for r in res["rows"]]
+        ax.barh(names, [100 * r["fraction_of_matmul_peak"] for r in res["rows"]])
+        ax.set(xlabel="% of measured matmul peak", title=f"{res['config']} (batch {res['batch']})")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

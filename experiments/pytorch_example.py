@@ -1,0 +1,101 @@
+"""Experiment 8: the lectures' PyTorch example reproduced with fnn.
+
+    model = Sequential(Linear(2, 3), ReLU(), Linear(3, 1), Flatten(0, 1))
+    loss_fn = MSELoss(reduction='sum'); SGD(lr=1e-3); 2000 steps, loss printed every 100
+
+The slide elides the data (x = …, y = …); here x is 2000 points of [−π, π], the two
+input features are (x, x²) and the target is sin(x). MSELoss(sum) is Σ(y − v)², which is
+2B times fnn's mse risk (½(y − v)², batch mean), so SGD with lr 1e-3 on the sum equals
+fnn.plain_gd with lr 2B·1e-3 on the mean: the same updates, and the printed loss is
+2B·R. When PyTorch is installed the same model is trained from the same initial weights
+and both loss columns are reported.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fnn
+from common import figure, parse_args, table, write
+
+LR = 1e-3
+
+
+def _data(n):
+    x = np.linspace(-np.pi, np.pi, n, dtype=np.float64)
+    return np.stack([x, x**2], 1), np.sin(x)[:, None]
+
+
+def _torch_losses(params, xx, y, steps):
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1), torch.nn.Flatten(0, 1))
+    with torch.no_grad():
+        for layer, p in zip((model[0], model[2]), params):
+            layer.weight.copy_(torch.tensor(np.asarray(p["W"]).T))
+            layer.bias.copy_(torch.tensor(np.asarray(p["b"])))
+    loss_fn = torch.nn.MSELoss(reduction="sum")
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    xt, yt = torch.tensor(xx), torch.tensor(y[:, 0])
+    losses = {}
+    for t in range(steps):
+        loss = loss_fn(model(xt), yt)
+        if t % 100 == 99:
+            losses[t] = loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return losses
+
+
+def run(quick: bool = False) -> dict:
+    n = 200 if quick else 2000
+    steps = 2000
+    with jax.enable_x64(True):
+        xx, y = _data(n)
+        net = fnn.MLP((2, 3, 1), ("relu", "identity"))
+        # PyTorch's default Linear init: U(−1/√fan_in, 1/√fan_in) for weights and biases.
+        keys = jax.random.split(jax.random.key(0), 4)
+        params = [{"W": jax.random.uniform(keys[2 * i], (a, b), minval=-a**-0.5, maxval=a**-0.5),
+                   "b": jax.random.uniform(keys[2 * i + 1], (b,), minval=-a**-0.5, maxval=a**-0.5)}
+                  for i, (a, b) in enumerate(((2, 3), (3, 1)))]
+        step = fnn.make_update_step(net, "mse", fnn.plain_gd(2 * n * LR))
+        p, s = jax.tree.map(jnp.array, params), fnn.plain_gd(1.0).init(params)
+        fnn_losses = {}
+        for t in range(steps):
+            p, s, m = step(p, s, xx, y)
+            if t % 100 == 99:
+                fnn_losses[t] = float(2 * n * m["loss"])
+        try:
+            torch_losses = _torch_losses(params, xx, y, steps)
+        except ImportError:
+            torch_losses = None
+    return {"n": n, "steps": steps, "fnn": fnn_losses, "torch": torch_losses}
+
+
+def report(res):
+    rows = [[t, res["fnn"][t], res["torch"][t] if res["torch"] else "not installed"] for t in res["fnn"]]
+    md = ["# The lectures' PyTorch example in fnn", "",
+          f"{res['n']} points, features (x, x²), target sin(x), Linear(2,3)-ReLU-Linear(3,1), "
+          f"sum-of-squares loss, SGD lr 1e-3, {res['steps']} steps, float64, same initial weights.", "",
+          table(["step", "fnn loss", "PyTorch loss"], rows)]
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.semilogy(list(res["fnn"]), list(res["fnn"].values()), "o-", label="fnn")
+    if res["torch"]:
+        ax.semilogy(list(res["torch"]), list(res["torch"].values()), "x--", label="PyTorch")
+    ax.set(xlabel="step", ylabel="sum of squared errors")
+    ax.legend()
+    fig.tight_layout()
+    return "\n".join(md), fig
+
+
+if __name__ == "__main__":
+    args = parse_args(__doc__)
+    res = run(args.quick)
+    md, fig = report(res)
+    write("pytorch_example", res, md, fig, args.out)
+    print(md)

@@ -1,0 +1,78 @@
+"""Every experiment in --quick mode, with its lesson asserted where the lecture makes a claim."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+
+def _run(name, tmp_path):
+    module = __import__(name)
+    res = module.run(quick=True)
+    md, fig = module.report(res)
+    from common import write
+
+    write(name, res, md, fig, tmp_path)
+    assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.md").read_text()
+    return res
+
+
+def test_backprop_by_hand(tmp_path):
+    r = _run("backprop_by_hand", tmp_path)
+    assert r["sum_times_product"]["manual"] == r["sum_times_product"]["jax_grad"] == [-4.0, -4.0, 3.0]
+    assert round(r["logistic"]["loss"], 5) == 0.47408
+    assert np.round(r["logistic"]["manual"], 4).tolist() == [-0.3775] * 3
+    assert r["chain"]["manual"] == pytest.approx(4.0) == r["chain"]["jax_grad"]
+    assert r["net_2322"]["max_abs_diff_vs_jax_grad"] < 1e-12
+
+
+def test_activations(tmp_path):
+    r = _run("activations", tmp_path)["runs"]
+    # Step: hidden-layer gradients exactly zero; the output layer still gets one.
+    assert r["step"]["grad_norms_at_init"][:2] == [0.0, 0.0] and r["step"]["grad_norms_at_init"][2] > 0
+    assert r["relu"]["epochs_to_target"] is not None
+    assert r["sigmoid"]["epochs_to_target"] is None or r["relu"]["epochs_to_target"] < r["sigmoid"]["epochs_to_target"]
+    assert r["relu"]["test_accuracy"][-1] > r["step"]["test_accuracy"][-1] + 0.1
+
+
+def test_cross_entropy_beats_mse_on_softmax(tmp_path):
+    r = _run("cross_entropy_vs_mse", tmp_path)
+    ce, mse = r["softmax"]["cross_entropy"]["test_accuracy"], r["softmax"]["mse"]["test_accuracy"]
+    assert ce[0] > mse[0] + 0.1 and ce[-1] > mse[-1]  # faster convergence, better after the same epochs
+    assert all(r[o][l]["gradcheck_ok"] for o in ("softmax", "sigmoid") for l in ("cross_entropy", "mse"))
+
+
+def test_error_falls_with_width(tmp_path):
+    r = _run("universal_approximation", tmp_path)
+    rmse = [s["rmse"] for s in r["shallow"]]
+    assert rmse[-1] < 0.5 * rmse[0] and r["loglog_slope"] < 0
+    assert min(d["rmse"] for d in r["deep"]) < min(rmse)  # a deeper net with fewer units beats them all
+
+
+def test_mlp_beats_linear_where_no_line_separates(tmp_path):
+    r = _run("linear_vs_nonlinear", tmp_path)["runs"]
+    for name in ("xor", "spirals"):
+        assert r[f"{name}/mlp"]["test_accuracy"] > 0.95 > 0.75 > r[f"{name}/linear"]["test_accuracy"]
+
+
+def test_manual_and_autodiff_training_agree(tmp_path):
+    r = _run("manual_vs_autodiff", tmp_path)
+    assert max(r["float64"]) < 1e-12 and max(r["float32"]) < 1e-4
+
+
+def test_pytorch_example(tmp_path):
+    r = _run("pytorch_example", tmp_path)
+    losses = list(r["fnn"].values())
+    assert len(losses) == 20 and losses[-1] < losses[0]
+    if r["torch"] is not None:
+        np.testing.assert_allclose(losses, list(r["torch"].values()), rtol=1e-8)
+
+
+def test_vanishing_gradients(tmp_path):
+    r = _run("vanishing_gradients", tmp_path)["runs"]
+    ratio = lambda k: r[k]["init"][0] / r[k]["init"][-1]
+    assert ratio("sigmoid/glorot/10") < 1e-4 < ratio("relu/he/10")  # sigmoid vanishes, relu+he does not
+    assert ratio("sigmoid/glorot/10") < ratio("sigmoid/glorot/2")  # and it gets worse with depth
