@@ -13,8 +13,6 @@ import numpy as np
 import fnn
 from common import figure, parse_args, table, write
 
-jax.config.update("jax_enable_x64", True)
-
 
 def _layer(w):
     w = jnp.asarray(w, jnp.float64)
@@ -22,6 +20,11 @@ def _layer(w):
 
 
 def run(quick: bool = False) -> dict:
+    with jax.enable_x64(True):
+        return _run()
+
+
+def _run() -> dict:
     results = {}
     # (x + y) z at (-2, 5, -4): one identity layer computes q = x + y; ∂f/∂q = z.
     net = fnn.MLP((2, 1), ("identity",))

@@ -66,9 +66,14 @@ def test_manual_and_autodiff_training_agree(tmp_path):
 def test_pytorch_example(tmp_path):
     r = _run("pytorch_example", tmp_path)
     losses = list(r["fnn"].values())
-    assert len(losses) == 20 and losses[-1] < losses[0]
+    assert len(losses) == 21 and losses[-1] < losses[0]
     if r["torch"] is not None:
-        np.testing.assert_allclose(losses, list(r["torch"].values()), rtol=1e-8)
+        torch_losses = list(r["torch"].values())
+        # Same float64 computation, different summation order: the initial loss agrees to
+        # rounding; the lr puts SGD in an oscillating phase (the loss rises at step 199) that
+        # amplifies 1e-16 differences over 2000 steps to ~1e-6, so the trajectory is held to 1e-5.
+        assert losses[0] == pytest.approx(torch_losses[0], rel=1e-12)
+        np.testing.assert_allclose(losses, torch_losses, rtol=1e-5)
 
 
 def test_vanishing_gradients(tmp_path):

@@ -92,8 +92,8 @@ def _fnn_rows(sizes, batch, dtype_name, device):
 
         rows[f"fnn manual (step per call)" if method == "manual" else "fnn jax.grad (step per call)"] = run
 
-    # Scan-fused epoch: 64 batches drawn on device and stepped inside one compiled call.
-    steps_per_epoch = 64
+    # Scan-fused epoch: 16 batches drawn on device and stepped inside one compiled call.
+    steps_per_epoch = 16
     data_x = jax.device_put(jax.random.normal(k1, (batch * steps_per_epoch, sizes[0]), compute), dev)
     data_v = jax.device_put(jax.random.randint(k2, (batch * steps_per_epoch,), 0, sizes[-1]), dev)
     epoch = make_epoch_fn(net, loss, opt, batch_size=batch)

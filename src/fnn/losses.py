@@ -121,6 +121,8 @@ def _softmax_ce(z, v):
 
 def _softmax_ce_grad(z, v):
     t = _soft_targets(z, v)
+    if jnp.issubdtype(v.dtype, jnp.integer):  # one-hot rows sum to one
+        return jax.nn.softmax(z, axis=-1) - t
     return jax.nn.softmax(z, axis=-1) * jnp.sum(t, axis=-1, keepdims=True) - t
 
 

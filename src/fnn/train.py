@@ -59,9 +59,9 @@ def _metrics(net: MLP, loss: Loss, params: Params, x: Array, v: Array) -> dict:
     metrics = {"loss": risk(loss, out, v)}
     if loss.kind == "multiclass":
         labels = v if jnp.issubdtype(v.dtype, jnp.integer) else jnp.argmax(v, -1)
-        metrics["accuracy"] = jnp.mean(jnp.argmax(out, -1) == labels)
+        metrics["accuracy"] = jnp.mean((jnp.argmax(out, -1).astype(labels.dtype) == labels).astype(out.dtype))
     elif loss.kind == "binary":
-        metrics["accuracy"] = jnp.mean((out > 0) == (jnp.reshape(v, out.shape) > 0.5))
+        metrics["accuracy"] = jnp.mean(((out > 0) == (jnp.reshape(v, out.shape) > 0.5)).astype(out.dtype))
     else:
         v = jnp.reshape(v, out.shape).astype(out.dtype)
         residual = jnp.sum((out - v) ** 2)
