@@ -7,12 +7,14 @@ almost everywhere), so only its output layer ever changes.
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 import optax
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 ACTIVATIONS = ["step", "sigmoid", "tanh", "relu", "leaky_relu"]
 TARGET = 0.95
@@ -71,8 +73,4 @@ def report(res: dict):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    res = run(args.quick)
-    md, fig = report(res)
-    write("activations", res, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

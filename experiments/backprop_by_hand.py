@@ -6,12 +6,14 @@ backward message as a table, with jax.grad's numbers beside the hand-written one
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 
 def _layer(w):
@@ -108,8 +110,4 @@ def report(r: dict) -> tuple[str, object]:
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    results = run(args.quick)
-    md, fig = report(results)
-    write("backprop_by_hand", results, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

@@ -10,11 +10,29 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a short run (what the test suite runs)")
     p.add_argument("--out", default=str(RESULTS), help="results folder (default: experiments/results)")
-    return p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(module, argv=None) -> dict:
+    """The command line of every experiment module: ``python experiments/NAME.py [--quick] [--out DIR]``.
+
+    Calls ``module.run(quick)`` and ``module.report(results)``, writes NAME.{json,md,png} and
+    prints the markdown. Keys listed in ``module.JSON_OMITS`` (data the figure needs but the
+    json should not hold) are left out of the json. Returns the results as written.
+    """
+    name = Path(module.__file__).stem
+    args = parse_args(module.__doc__, argv)
+    results = module.run(args.quick)
+    markdown, fig = module.report(results)
+    for key in getattr(module, "JSON_OMITS", ()):
+        results.pop(key)
+    write(name, results, markdown, fig, args.out)
+    print(markdown)
+    return results
 
 
 def figure():

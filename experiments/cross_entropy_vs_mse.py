@@ -11,12 +11,14 @@ The σ(1 − σ) factor is why MSE learns slowly when the output saturates on th
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import optax
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 
 def _softmax_mse_value(z, v):
@@ -88,8 +90,4 @@ def report(res):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    res = run(args.quick)
-    md, fig = report(res)
-    write("cross_entropy_vs_mse", res, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

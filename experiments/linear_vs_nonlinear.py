@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 import optax
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 DATASETS = ["xor", "moons", "spirals"]
+
+JSON_OMITS = ("grids",)  # the decision-boundary grids are in the figure
 
 
 def run(quick: bool = False) -> dict:
@@ -57,9 +61,4 @@ def report(res):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    res = run(args.quick)
-    md, fig = report(res)
-    res.pop("grids")  # the figure holds them; keep the json small
-    write("linear_vs_nonlinear", res, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

@@ -3,12 +3,14 @@ report the largest parameter difference after every epoch, in float32 and float6
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 import optax
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 
 def run(quick: bool = False) -> dict:
@@ -51,8 +53,4 @@ def report(res):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    res = run(args.quick)
-    md, fig = report(res)
-    write("manual_vs_autodiff", res, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

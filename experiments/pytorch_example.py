@@ -15,12 +15,14 @@ and both loss columns are reported.
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 LR = 1e-3
 
@@ -96,8 +98,4 @@ def report(res):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    res = run(args.quick)
-    md, fig = report(res)
-    write("pytorch_example", res, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

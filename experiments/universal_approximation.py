@@ -7,13 +7,15 @@ full-batch Adam to convergence-ish; the error is the RMSE on a dense grid.
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 
 def target(x):
@@ -82,8 +84,4 @@ def report(res):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    res = run(args.quick)
-    md, fig = report(res)
-    write("universal_approximation", res, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

@@ -3,12 +3,14 @@ he and glorot init, at initialisation and after some training: heat maps."""
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 import optax
 
 import fnn
-from common import figure, parse_args, table, write
+from common import figure, main, table
 
 SETUPS = [("sigmoid", "glorot"), ("tanh", "glorot"), ("relu", "glorot"), ("relu", "he")]
 
@@ -65,8 +67,4 @@ def report(res):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    res = run(args.quick)
-    md, fig = report(res)
-    write("vanishing_gradients", res, md, fig, args.out)
-    print(md)
+    main(sys.modules[__name__])

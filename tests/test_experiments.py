@@ -1,5 +1,6 @@
 """Every experiment in --quick mode, with its lesson asserted where the lecture makes a claim."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,13 +11,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 
 def _run(name, tmp_path):
-    module = __import__(name)
-    res = module.run(quick=True)
-    md, fig = module.report(res)
-    from common import write
+    """Runs the experiment's own command line, ``python experiments/NAME.py --quick --out DIR``."""
+    from common import main
 
-    write(name, res, md, fig, tmp_path)
+    module = __import__(name)
+    res = main(module, argv=["--quick", "--out", str(tmp_path)])
     assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.md").read_text()
+    assert json.loads((tmp_path / f"{name}.json").read_text()).keys() == res.keys()
     return res
 
 
