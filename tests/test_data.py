@@ -28,6 +28,10 @@ def test_digits_matches_scikit_learn():
     d = datasets.digits()
     assert len(d.x_train) + len(d.x_test) == 1797 and d.in_dim == 64
     assert sorted(np.concatenate([d.y_train, d.y_test])) == sorted(load_digits().target)
+    # The kept statistics undo the standardisation: back to the 0..16 pixel intensities.
+    raw = np.concatenate([d.x_train, d.x_test]) * d.x_std + d.x_mean
+    np.testing.assert_allclose(raw, np.round(raw), atol=1e-4)
+    assert sorted(map(tuple, np.round(raw).astype(int))) == sorted(map(tuple, load_digits().data.astype(int)))
 
 
 def test_mnist1d_is_generated_offline_without_side_effects(tmp_path, monkeypatch):

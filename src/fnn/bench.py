@@ -12,6 +12,7 @@ its achieved GFLOP/s (6 × batch × weights per step) as a fraction of it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -19,11 +20,18 @@ import statistics
 import time
 from pathlib import Path
 
+PEER_NAMES = ("torch", "torch-compile", "flax", "equinox")
 CONFIGS = {
     "digits": ((64, 128, 128, 10), 128),
     "mnist": ((784, 1024, 1024, 10), 256),
     "wide": ((2048, 4096, 4096, 10), 1024),
 }
+
+
+FLOOR_ROW = "floor: scanned update, one fixed batch (diagnostic)"
+
+# Steps per scan-fused epoch call: the wide step takes about a second on a 2-core CPU.
+SCAN_STEPS = {"digits": 16, "mnist": 16, "wide": 4}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu", "tpu"], help="(default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype; bfloat16 keeps float32 master weights (default: %(default)s)")
-    p.add_argument("--peers", nargs="*", default=["torch", "flax", "equinox"],
+    p.add_argument("--peers", nargs="*", default=list(PEER_NAMES), choices=list(PEER_NAMES),
                    help="peer libraries to time when installed (default: %(default)s)")
     p.add_argument("--out", default="experiments/results", help="folder for benchmark.{json,md,png}")
     p.add_argument("--leak-steps", type=int, default=0,
@@ -47,7 +55,7 @@ def _flops(sizes, batch) -> float:
     return 6.0 * batch * weights
 
 
-def _fnn_rows(sizes, batch, dtype_name, device):
+def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16):
     """name -> (run(k) callable that performs k steps and blocks, steps_per_call)."""
     import jax
     import jax.numpy as jnp
@@ -90,10 +98,10 @@ def _fnn_rows(sizes, batch, dtype_name, device):
             jax.block_until_ready(p)
             state["p"], state["s"] = p, s
 
+        run.memory_mb = _compiled_memory_mb(step, state["p"], state["s"], x, v)
         rows[f"fnn manual (step per call)" if method == "manual" else "fnn jax.grad (step per call)"] = run
 
-    # Scan-fused epoch: 16 batches drawn on device and stepped inside one compiled call.
-    steps_per_epoch = 16
+    # Scan-fused epoch: steps_per_epoch batches drawn on device and stepped inside one compiled call.
     data_x = jax.device_put(jax.random.normal(k1, (batch * steps_per_epoch, sizes[0]), compute), dev)
     data_v = jax.device_put(jax.random.randint(k2, (batch * steps_per_epoch,), 0, sizes[-1]), dev)
     epoch = make_epoch_fn(net, loss, opt, batch_size=batch)
@@ -111,12 +119,56 @@ def _fnn_rows(sizes, batch, dtype_name, device):
             state["p"], state["s"] = p, s
 
         run_epoch.steps_per_call = steps_per_epoch
+        run_epoch.memory_mb = _compiled_memory_mb(epoch, state["p"], state["s"], data_x, data_v, jax.random.key(0))
         rows["fnn manual (scan-fused epoch)"] = run_epoch
+
+        # Diagnostic floor: the same update scanned over one fixed batch, with no shuffle and
+        # no gather. Neither dispatch nor data movement is left, so no fusion of whole steps
+        # can beat it; the epoch's distance from it is what shuffling and batching cost.
+        update = fnn.make_update_fn(net, loss, opt, "manual")
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def fixed_batch(p, s, x, v):
+            def body(carry, _):
+                p, s, metrics = update(*carry, x, v)
+                return (p, s), metrics["loss"]
+
+            (p, s), _ = jax.lax.scan(body, (p, s), None, length=steps_per_epoch)
+            return p, s
+
+        floor = {"p": jax.tree.map(jnp.array, params), "s": opt.init(params)}
+
+        def run_floor(k):
+            p, s = floor["p"], floor["s"]
+            for _ in range(max(1, k // steps_per_epoch)):
+                p, s = fixed_batch(p, s, x, v)
+            jax.block_until_ready(p)
+            floor["p"], floor["s"] = p, s
+
+        run_floor.steps_per_call = steps_per_epoch
+        run_floor.memory_mb = _compiled_memory_mb(fixed_batch, floor["p"], floor["s"], x, v)
+        rows[FLOOR_ROW] = run_floor
     return rows
 
 
+def _compiled_memory_mb(fn, *args) -> float | None:
+    """XLA's own account of a compiled call's peak memory: arguments, outputs and temporaries."""
+    try:
+        stats = fn.lower(*args).compile().memory_analysis()
+        return stats.peak_memory_in_bytes / 2**20
+    except Exception:  # not every backend reports it
+        return None
+
+
 def _matmul_peak(sizes, batch, dtype_name, device, repeats=7) -> float:
-    """GFLOP/s of the step's own GEMMs (3 per layer), best of ``repeats``."""
+    """GFLOP/s of the step's own GEMMs (3 per layer), best of ``repeats`` and of two ways.
+
+    Called once per GEMM set from Python (what a per-step dispatch pays), and looped
+    ``reps`` times inside one compiled call (no dispatch cost: the best the arithmetic
+    can do). Each loop iteration feeds its products back into its operands, scaled by
+    1e-6, so XLA can neither hoist nor drop any GEMM; the few element-wise adds it costs
+    are of the size an SGD update writes anyway. The larger figure is the peak.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -134,14 +186,27 @@ def _matmul_peak(sizes, batch, dtype_name, device, repeats=7) -> float:
     def gemms(mats):
         return [(y @ w, y.T @ dz, dz @ w.T) for y, w, dz in mats]
 
-    jax.block_until_ready(gemms(mats))
     reps = 10
+
+    @jax.jit
+    def looped(mats):
+        c = jnp.asarray(1e-6, dtype)
+
+        def body(_, mats):
+            return [(y + c * (dz @ w.T), w + c * (y.T @ dz), dz + c * (y @ w)) for y, w, dz in mats]
+
+        return jax.lax.fori_loop(0, reps, body, mats)
+
+    jax.block_until_ready((gemms(mats), looped(mats)))
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(reps):
             out = gemms(mats)
         jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / reps)
+        t = time.perf_counter()
+        jax.block_until_ready(looped(mats))
         best = min(best, (time.perf_counter() - t) / reps)
     return _flops(sizes, batch) / best / 1e9
 
@@ -167,7 +232,27 @@ def _torch_row(sizes, batch):
             loss_fn(model(x), v).backward()
             opt.step()
 
+    run.parts = (model, opt, x, v, loss_fn)
     return {f"PyTorch {torch.__version__} eager": run}
+
+
+def _torch_compile_row(sizes, batch):
+    """The same PyTorch step with the model and the optimizer step under ``torch.compile``."""
+    import torch
+
+    eager = _torch_row(sizes, batch)
+    (run,) = eager.values()
+    model, opt, x, v, loss_fn = run.parts
+    compiled = torch.compile(model)
+    opt_step = torch.compile(opt.step)
+
+    def run_compiled(k):
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(compiled(x), v).backward()
+            opt_step()
+
+    return {f"PyTorch {torch.__version__} torch.compile": run_compiled}
 
 
 def _equinox_row(sizes, batch):
@@ -240,12 +325,14 @@ def _flax_row(sizes, batch):
     return {f"Flax NNX {flax.__version__}": run}
 
 
-PEERS = {"torch": _torch_row, "flax": _flax_row, "equinox": _equinox_row}
+PEERS = {"torch": _torch_row, "torch-compile": _torch_compile_row, "flax": _flax_row,
+         "equinox": _equinox_row}
+assert tuple(PEERS) == PEER_NAMES
 
 
 def bench_config(name, args) -> dict:
     sizes, batch = CONFIGS[name]
-    rows = _fnn_rows(sizes, batch, args.dtype, args.device)
+    rows = _fnn_rows(sizes, batch, args.dtype, args.device, SCAN_STEPS[name])
     skipped = {}
     if args.device == "cpu" and args.dtype == "float32":
         for peer in args.peers:
@@ -280,7 +367,8 @@ def bench_config(name, args) -> dict:
         med = statistics.median(ts)
         table.append({"impl": row, "ms_per_step": med * 1e3, "gflops": flops / med / 1e9,
                       "fraction_of_matmul_peak": flops / med / 1e9 / peak,
-                      "ratio_to_fnn_manual": med / manual, "steps_per_round": per_call[row]})
+                      "ratio_to_fnn_manual": med / manual, "steps_per_round": per_call[row],
+                      "compiled_peak_memory_mb": getattr(rows[row], "memory_mb", None)})
     return {"config": name, "sizes": sizes, "batch": batch, "matmul_peak_gflops": peak,
             "rows": table, "skipped": skipped}
 
@@ -334,12 +422,17 @@ def _rss_mb() -> float:
 def _print_config(res):
     print(f"\n{res['config']}: sizes {res['sizes']}, batch {res['batch']}, "
           f"measured matmul peak {res['matmul_peak_gflops']:.1f} GFLOP/s")
-    print(f"{'implementation':<34} {'ms/step':>9} {'GFLOP/s':>9} {'% peak':>7} {'vs manual':>9}")
+    print(f"{'implementation':<40} {'ms/step':>9} {'GFLOP/s':>9} {'% peak':>7} {'vs manual':>9} {'XLA MB':>7}")
     for r in res["rows"]:
-        print(f"{r['impl']:<34} {r['ms_per_step']:>9.4f} {r['gflops']:>9.1f} "
-              f"{100 * r['fraction_of_matmul_peak']:>6.1f}% {r['ratio_to_fnn_manual']:>9.3f}")
+        print(f"{r['impl']:<40} {r['ms_per_step']:>9.4f} {r['gflops']:>9.1f} "
+              f"{100 * r['fraction_of_matmul_peak']:>6.1f}% {r['ratio_to_fnn_manual']:>9.3f} "
+              f"{_mb(r['compiled_peak_memory_mb']):>7}")
     for peer, why in res["skipped"].items():
-        print(f"{peer:<34} skipped: {why}")
+        print(f"{peer:<40} skipped: {why}")
+
+
+def _mb(mb) -> str:
+    return "n/a" if mb is None else f"{mb:.1f}"
 
 
 def _markdown(results) -> str:
@@ -349,13 +442,14 @@ def _markdown(results) -> str:
     for res in results["configs"]:
         lines += [f"## {res['config']}: {res['sizes']}, batch {res['batch']}",
                   f"Measured matmul peak on the step's GEMM shapes: {res['matmul_peak_gflops']:.1f} GFLOP/s", "",
-                  "| implementation | ms/step | GFLOP/s | % of matmul peak | time vs fnn manual |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| implementation | ms/step | GFLOP/s | % of matmul peak | time vs fnn manual | compiled peak memory (MB) |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for r in res["rows"]:
             lines.append(f"| {r['impl']} | {r['ms_per_step']:.4f} | {r['gflops']:.1f} | "
-                         f"{100 * r['fraction_of_matmul_peak']:.1f}% | {r['ratio_to_fnn_manual']:.3f} |")
+                         f"{100 * r['fraction_of_matmul_peak']:.1f}% | {r['ratio_to_fnn_manual']:.3f} | "
+                         f"{_mb(r['compiled_peak_memory_mb'])} |")
         for peer, why in res["skipped"].items():
-            lines.append(f"| {peer} | skipped: {why} | | | |")
+            lines.append(f"| {peer} | skipped: {why} | | | | |")
         lines.append("")
     if "leak_check" in results:
         lines.append(f"Leak check: {results['leak_check']}")

@@ -32,6 +32,10 @@ class Dataset:
     y_test: np.ndarray
     task: str  # "classification" or "regression"
     num_classes: int | None = None
+    # The training inputs' per-feature statistics used to standardise both splits:
+    # raw = x * x_std + x_mean (e.g. to draw the images), x = (raw - x_mean) / x_std for new data.
+    x_mean: np.ndarray | None = None
+    x_std: np.ndarray | None = None
 
     @property
     def in_dim(self) -> int:
@@ -83,7 +87,8 @@ def _standardised(name, x_tr, y_tr, x_te, y_te, task, num_classes, standardise_t
         y_tr, y_te = (np.asarray(a, np.int32) for a in (y_tr, y_te))
     f32 = lambda a: np.ascontiguousarray(a, np.float32)
     return Dataset(name, f32(x_tr), y_tr if task != "regression" else f32(y_tr),
-                   f32(x_te), y_te if task != "regression" else f32(y_te), task, num_classes)
+                   f32(x_te), y_te if task != "regression" else f32(y_te), task, num_classes,
+                   x_mean=f32(mean), x_std=f32(std))
 
 
 def validation_split(data: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
