@@ -3,8 +3,8 @@ timed for fnn's hand-written backward, fnn with ``jax.grad``, the scan-fused epo
 peers a researcher would otherwise use (PyTorch eager and torch.compile, Flax NNX, Equinox)
 when installed.
 
-Every row is timed in the same process, interleaved round by round so that drift hits all
-rows alike; the figure is the median over rounds of the per-step time. The machine's
+Every row is timed in the same process, interleaved round by round (the order rotating
+each round) so that drift and position hit all rows alike; the figure is the median over rounds of the per-step time. The machine's
 float32 matmul throughput is measured on the very GEMMs the step runs (forward ``y W``,
 weight gradient ``yᵀ δz``, and input gradient ``δz Wᵀ`` above the input layer), best of
 several runs. Every row reports its GFLOP/s on the nominal count (6 × batch × weights per
@@ -369,10 +369,13 @@ def bench_config(name, args) -> dict:
             per_call[row] = max(spc, args.steps // spc * spc)
     peak = _matmul_peak(sizes, batch, args.dtype, args.device)
     times = {row: [] for row in rows}
-    for _ in range(args.rounds):
-        for row, run in rows.items():
+    names = list(rows)
+    for r in range(args.rounds):
+        # Rotate the order every round, so that no row always runs first or after the same peer
+        # (a row's speed depends a little on what ran before it: caches, allocator, threads).
+        for row in names[r % len(names):] + names[:r % len(names)]:
             t = time.perf_counter()
-            run(per_call[row])
+            rows[row](per_call[row])
             times[row].append((time.perf_counter() - t) / per_call[row])
     peak = max(peak, _matmul_peak(sizes, batch, args.dtype, args.device))
     manual = statistics.median(times["fnn manual (step per call)"])
