@@ -487,12 +487,20 @@ def _plot(results, path):
     import matplotlib.pyplot as plt
 
     configs = results["configs"]
-    fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 4), squeeze=False)
+    names = [r["impl"] for r in configs[0]["rows"]]
+    fig, axes = plt.subplots(1, len(configs), figsize=(4 + 3.2 * len(configs), 0.45 * len(names) + 1.5),
+                             sharey=True, squeeze=False)
     for ax, res in zip(axes[0], configs):
-        names = [r["impl"] for r in res["rows"]]
-        ax.barh(names, [100 * r["fraction_of_matmul_peak"] for r in res["rows"]])
-        ax.set(xlabel="% of measured matmul peak", title=f"{res['config']} (batch {res['batch']})")
-        ax.invert_yaxis()
+        pct = {r["impl"]: 100 * r["fraction_of_matmul_peak"] for r in res["rows"]}
+        values = [pct.get(n, 0.0) for n in names]
+        bars = ax.barh(range(len(names)), values, color=["C0" if n.startswith("fnn") else
+                                                         "C7" if n.startswith("floor") else "C1" for n in names])
+        ax.bar_label(bars, [f"{v:.0f}%" for v in values], padding=2, fontsize=8)
+        ax.set(xlabel="% of measured matmul peak", xlim=(0, 125),
+               title=f"{res['config']} {tuple(res['sizes'])}, batch {res['batch']}")
+        ax.axvline(100, color="k", lw=0.6, ls=":")
+    axes[0][0].set_yticks(range(len(names)), ["floor (diagnostic)" if n == FLOOR_ROW else n for n in names])
+    axes[0][0].invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
