@@ -4,8 +4,8 @@ peers a researcher would otherwise use (PyTorch eager and torch.compile, Flax NN
 when installed.
 
 Every row is timed in the same process, interleaved round by round (the order rotating
-each round) so that drift and position hit all rows alike; the figure is the median over rounds of the per-step time. The machine's
-float32 matmul throughput is measured on the very GEMMs the step runs (forward ``y W``,
+each round) so that drift and position hit all rows alike; the figure is the median over
+rounds of the per-step time. The machine's float32 matmul throughput is measured on the very GEMMs the step runs (forward ``y W``,
 weight gradient ``yᵀ δz``, and input gradient ``δz Wᵀ`` above the input layer), best of
 several runs. Every row reports its GFLOP/s on the nominal count (6 × batch × weights per
 step) and, as "% of peak", the GEMM work it really executes (one GEMM fewer: nobody forms
