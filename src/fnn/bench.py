@@ -3,14 +3,15 @@ timed for fnn's hand-written backward, fnn with ``jax.grad``, the scan-fused epo
 peers a researcher would otherwise use (PyTorch eager and torch.compile, Flax NNX, Equinox)
 when installed.
 
-Every row is timed in the same process, interleaved round by round (the order rotating
-each round) so that drift and position hit all rows alike; the figure is the median over
-rounds of the per-step time. The machine's float32 matmul throughput is measured on the
-very GEMMs the step runs (forward ``y W``, weight gradient ``yᵀ δz``, and input gradient
-``δz Wᵀ`` above the input layer), best of several runs. Every row reports its GFLOP/s on the nominal count (6 × batch × weights per
-step) and, as "% of peak", the GEMM work it really executes (one GEMM fewer: nobody forms
-``∂R/∂x``) divided by its time and by that peak. A fixed-batch scanned update is timed as
-a diagnostic floor: no dispatch and no data movement, only the step's arithmetic.
+Every row is timed in the same process, interleaved round by round (the order rotating each
+round) so that drift and position hit all rows alike; the figure is the median over rounds
+of the per-step time. The machine's float32 matmul throughput is measured on the very GEMMs
+the step runs (forward ``y W``, weight gradient ``yᵀ δz``, and input gradient ``δz Wᵀ``
+above the input layer), best of several runs. Every row reports its GFLOP/s on the nominal
+count (6 × batch × weights per step) and, as "% of peak", the GEMM work it really executes
+(one GEMM fewer: nobody forms ``∂R/∂x``) divided by its time and by that peak. A fixed-batch
+scanned update is timed as a diagnostic floor: no dispatch and no data movement, only the
+step's arithmetic.
 """
 
 from __future__ import annotations
