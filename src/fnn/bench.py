@@ -101,38 +101,18 @@ def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16):
             return optax.apply_updates(p, u), s
 
         step = jax.jit(update, donate_argnums=(0, 1))
-        state = {"p": jax.tree.map(jnp.array, params), "s": opt.init(params)}
-
-        def run(k, step=step, state=state):
-            p, s = state["p"], state["s"]
-            for _ in range(k):
-                p, s = step(p, s, x, v)
-            jax.block_until_ready(p)
-            state["p"], state["s"] = p, s
-
-        run.memory_mb = _compiled_memory_mb(step, state["p"], state["s"], x, v)
+        run = _stepper(lambda p, s, i, step=step: step(p, s, x, v), params, opt.init(params), 1,
+                       _compiled_memory_mb(step, params, opt.init(params), x, v))
         rows[f"fnn manual (step per call)" if method == "manual" else "fnn jax.grad (step per call)"] = run
 
     # Scan-fused epoch: steps_per_epoch batches drawn on device and stepped inside one compiled call.
     data_x = jax.device_put(jax.random.normal(k1, (batch * steps_per_epoch, sizes[0]), compute), dev)
     data_v = jax.device_put(jax.random.randint(k2, (batch * steps_per_epoch,), 0, sizes[-1]), dev)
-    epoch = make_epoch_fn(net, loss, opt, batch_size=batch)
-    if compute != jnp.float32:
-        epoch = None  # the library's epoch trains in the parameters' dtype; bf16 rows use the step
-    if epoch is not None:
-        state = {"p": jax.tree.map(jnp.array, params), "s": opt.init(params), "i": 0}
-
-        def run_epoch(k):
-            p, s = state["p"], state["s"]
-            for _ in range(max(1, k // steps_per_epoch)):
-                state["i"] += 1
-                p, s, losses = epoch(p, s, data_x, data_v, jax.random.key(state["i"]))
-            jax.block_until_ready(p)
-            state["p"], state["s"] = p, s
-
-        run_epoch.steps_per_call = steps_per_epoch
-        run_epoch.memory_mb = _compiled_memory_mb(epoch, state["p"], state["s"], data_x, data_v, jax.random.key(0))
-        rows["fnn manual (scan-fused epoch)"] = run_epoch
+    if compute == jnp.float32:  # the library's epoch trains in the parameters' dtype; bf16 rows use the step
+        epoch = make_epoch_fn(net, loss, opt, batch_size=batch)
+        rows["fnn manual (scan-fused epoch)"] = _stepper(
+            lambda p, s, i: epoch(p, s, data_x, data_v, jax.random.key(i))[:2], params, opt.init(params),
+            steps_per_epoch, _compiled_memory_mb(epoch, params, opt.init(params), data_x, data_v, jax.random.key(0)))
 
         # Diagnostic floor: the same update scanned over one fixed batch, with no shuffle and
         # no gather. Neither dispatch nor data movement is left, so no fusion of whole steps
@@ -148,19 +128,35 @@ def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16):
             (p, s), _ = jax.lax.scan(body, (p, s), None, length=steps_per_epoch)
             return p, s
 
-        floor = {"p": jax.tree.map(jnp.array, params), "s": opt.init(params)}
-
-        def run_floor(k):
-            p, s = floor["p"], floor["s"]
-            for _ in range(max(1, k // steps_per_epoch)):
-                p, s = fixed_batch(p, s, x, v)
-            jax.block_until_ready(p)
-            floor["p"], floor["s"] = p, s
-
-        run_floor.steps_per_call = steps_per_epoch
-        run_floor.memory_mb = _compiled_memory_mb(fixed_batch, floor["p"], floor["s"], x, v)
-        rows[FLOOR_ROW] = run_floor
+        rows[FLOOR_ROW] = _stepper(lambda p, s, i: fixed_batch(p, s, x, v), params, opt.init(params),
+                                   steps_per_epoch, _compiled_memory_mb(fixed_batch, params, opt.init(params), x, v))
     return rows
+
+
+def _stepper(call, params, opt_state, steps_per_call: int, memory_mb: float | None):
+    """A timing row: ``run(k)`` advances its own copy of the state by ``k`` steps and blocks.
+
+    ``call(params, opt_state, i) -> (params, opt_state)`` performs ``steps_per_call`` steps;
+    ``i`` counts the calls (a fresh PRNG key for each epoch).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    # A copy: the calls donate their state, and the caller's params seed every row.
+    p, s = jax.tree.map(jnp.array, (params, opt_state))
+    state = {"p": p, "s": s, "i": 0}
+
+    def run(k):
+        p, s = state["p"], state["s"]
+        for _ in range(max(1, k // steps_per_call)):
+            state["i"] += 1
+            p, s = call(p, s, state["i"])
+        jax.block_until_ready(p)
+        state["p"], state["s"] = p, s
+
+    run.steps_per_call = steps_per_call
+    run.memory_mb = memory_mb
+    return run
 
 
 def _compiled_memory_mb(fn, *args) -> float | None:
