@@ -45,15 +45,20 @@ def test_resume_through_the_cli_equals_one_run(tmp_path):
     assert ha == hb
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
-    args = ["train", "--dataset", "diabetes", "--optimizer", "sgd", "--lr", "5", "--epochs", "20",
+@pytest.mark.parametrize("lr", ["5", "1000"])  # 1000 blows up within the first epoch
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(lr, tmp_path, capsys):
+    args = ["train", "--dataset", "diabetes", "--optimizer", "sgd", "--lr", lr, "--epochs", "20",
             "--hidden", "64", "64", "--init", "normal", "--no-progress", "--no-plot", "--no-gradcheck",
             "--out", str(tmp_path / "run")]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "non-finite at step" in err and "last good checkpoint" in err
+    # Saved even when the loss blows up inside an epoch that no checkpoint has covered yet
+    # (here the first): the parameters from just before the bad step, tagged with its epoch.
     c = checkpoint.load(tmp_path / "run" / "checkpoint.npz")
     assert all(np.all(np.isfinite(layer["W"])) for layer in c.params)
+    bad_step = int(__import__("re").search(r"non-finite at step (\d+)", err).group(1))
+    assert c.step == bad_step // (354 // 32)  # diabetes: 354 training examples, batches of 32
 
 
 @pytest.mark.parametrize("args,message", [

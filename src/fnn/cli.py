@@ -230,12 +230,15 @@ def train(args) -> int:
         history = {k: a[: state.epoch] for k, a in history.items()}
     epoch_times = []
 
+    def save(state):
+        checkpoint.save(run_dir / "checkpoint.npz", net=net, params=state.params, opt_state=state.opt_state,
+                        step=state.epoch, key=state.key, meta={"loss": loss.name})
+
     def on_epoch(state, metrics):
         epoch_times.append(time.perf_counter())
         for k, a in metrics.items():
             history.setdefault(k, []).append(a)
-        checkpoint.save(run_dir / "checkpoint.npz", net=net, params=state.params, opt_state=state.opt_state,
-                        step=state.epoch, key=state.key, meta={"loss": loss.name})
+        save(state)
         shown = "  ".join(f"{k} {a:.4f}" for k, a in metrics.items() if k != "epoch")
         message = f"epoch {metrics['epoch']:>3}  {shown}"
         if args.no_progress:
@@ -260,6 +263,9 @@ def train(args) -> int:
         else:
             params, _ = fit(net, loss, params, data.x_train, data.y_train, **fit_kwargs)
     except NonFiniteLossError as err:
+        # The error carries the parameters from just before the bad step, which may lie
+        # inside an epoch that no checkpoint has covered yet: save them, so none are lost.
+        save(err.state)
         print(f"fnn train: {err} The last good checkpoint is {run_dir / 'checkpoint.npz'}.", file=sys.stderr)
         status = 1
     timings["compile + first epoch"] = (epoch_times[0] - t) if epoch_times else time.perf_counter() - t
