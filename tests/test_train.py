@@ -111,3 +111,44 @@ def test_bad_training_input():
         fit(x=np.where(np.arange(768).reshape(384, 2) == 5, np.nan, data.x_train).astype(np.float32))
     with pytest.raises(ValueError, match=r"Labels must lie in \[0, 2\)"):
         fit(v=data.y_train + 1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 1438, 2048, 5000])
+def test_permutation_is_a_permutation(n):
+    from fnn.train import permutation
+
+    p = np.asarray(jax.jit(permutation, static_argnums=1)(jax.random.key(3), n))
+    assert p.dtype == np.int32 and p.shape == (n,)
+    np.testing.assert_array_equal(np.sort(p), np.arange(n))
+    np.testing.assert_array_equal(p, np.asarray(permutation(jax.random.key(3), n)))  # a function of the key
+    if n > 2:
+        assert not np.array_equal(p, np.asarray(permutation(jax.random.key(4), n)))
+
+
+def test_permutation_is_uniform():
+    """Chi-square against the uniform law: over all 24 orders of 4 items (one round), and over
+    where item 0 lands among 2048 (two rounds, the case the packed sort speeds up most)."""
+    from scipy import stats
+
+    from fnn.train import permutation
+
+    keys = jax.random.split(jax.random.key(0), 24 * 200)
+    small = np.asarray(jax.vmap(lambda k: permutation(k, 4))(keys))
+    codes = small @ np.array([64, 16, 4, 1])
+    counts = np.array([np.sum(codes == c) for c in np.unique(codes)])
+    assert len(counts) == 24
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+    big = np.asarray(jax.vmap(lambda k: permutation(k, 2048))(keys[:2000]))
+    where_zero = np.argmax(big == 0, axis=1)
+    assert stats.chisquare(np.bincount(where_zero // 128, minlength=16)).pvalue > 1e-3
+    # and consecutive items are not kept together more than chance (1/2048 of the time)
+    adjacent = np.mean(np.abs(np.argmax(big == 1, axis=1) - where_zero) == 1)
+    assert adjacent < 0.01
+
+
+def test_permutation_rejects_empty():
+    from fnn.train import permutation
+
+    with pytest.raises(ValueError, match="n must be positive"):
+        permutation(jax.random.key(0), 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -146,6 +147,37 @@ def _gd_loop(net, loss, method, learning_rate, eps, max_steps, l2, params, x, v)
 
 # --- minibatch SGD -----------------------------------------------------------------------------
 
+def permutation(key: Array, n: int) -> Array:
+    """A random permutation of ``0..n-1`` (int32), drawn on the device; a faster stand-in for
+    ``jax.random.permutation(key, n)`` with the same construction and the same guarantee.
+
+    Both sort the indices by random 32-bit keys, in as many independent rounds as it takes
+    for ties (which a sort resolves by position, not at random) to bias the result by less
+    than about ``1/n``. ``jax.random.permutation`` sorts two arrays (keys and values) together;
+    here each round packs the index into the low ``⌈log₂ n⌉`` bits of its own random key and
+    sorts that one array, which XLA's CPU sort does several times faster (2048 indices:
+    0.38 vs 1.24 ms; 60,000: 9 vs 45 ms). The keys keep ``32 − ⌈log₂ n⌉`` random bits, so
+    the round count is reckoned on those. Different keys give different orders from
+    ``jax.random.permutation``'s.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"Cannot permute {n} items: n must be positive.")
+    bits = max(1, (n - 1).bit_length())
+    if bits > 24:  # fewer than 8 random bits would be left: use the two-array sort
+        return jax.random.permutation(key, n).astype(jnp.int32)
+    free = 32 - bits
+    rounds = max(1, math.ceil(3 * math.log(n) / (free * math.log(2))))
+    index = jnp.arange(n, dtype=jnp.uint32)
+    low = jnp.uint32((1 << bits) - 1)
+    perm = None
+    for k in jax.random.split(key, rounds):
+        random = jax.random.bits(k, (n,), jnp.uint32)
+        order = jnp.sort((random & ~low) | index) & low  # stable in effect: ties go by index
+        perm = order if perm is None else perm[order]
+    return perm.astype(jnp.int32)
+
+
 def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
                   method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None) -> Callable:
     """``epoch(params, opt_state, x, v, key) -> (params, opt_state, losses)``, one compiled call.
@@ -168,7 +200,7 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
         n = x.shape[0]
         num_batches = n // batch_size
         perm_key, dropout_key = jax.random.split(key)
-        batches = jax.random.permutation(perm_key, n)[: num_batches * batch_size]
+        batches = permutation(perm_key, n)[: num_batches * batch_size]
         batches = batches.reshape(num_batches, batch_size)
 
         def step(carry, inputs):
