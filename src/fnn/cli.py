@@ -188,6 +188,7 @@ def train(args) -> int:
         run_dir = Path(args.out or f"runs/{config['dataset']}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     data, net, loss = _setup(config)
     timings["data"] = time.perf_counter() - t
+    t = time.perf_counter()
 
     from fnn import checkpoint
     from fnn.gradcheck import gradcheck
@@ -203,6 +204,7 @@ def train(args) -> int:
           f"{'validation' if config['validation'] else 'test'} examples), {net}, loss {loss.name}, "
           f"{config['optimizer']} lr={config['lr']}, gradients: {config['method']}")
 
+    timings["setup (optax, init)"] = time.perf_counter() - t
     t = time.perf_counter()
     report = None
     if not args.no_gradcheck:
