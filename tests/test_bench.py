@@ -27,6 +27,13 @@ def test_bench_writes_a_table_for_every_row(tmp_path, capsys):
         assert rows[name]["ms_per_step"] > 0 and rows[name]["fraction_of_matmul_peak"] > 0
         assert rows[name]["compiled_memory_mb"] > 0
     assert rows["fnn manual (step per call)"]["ratio_to_fnn_manual"] == 1.0
+    # Twins: the same steps compiled a second time; their gap is reported as the resolution.
+    for name in ("fnn manual (step per call, 2nd copy)", "fnn jax.grad (step per call, 2nd copy)"):
+        assert rows[name]["ms_per_step"] > 0
+    twin = max(abs(rows[f"fnn {m} (step per call, 2nd copy)"]["ms_per_step"]
+                   / rows[f"fnn {m} (step per call)"]["ms_per_step"] - 1) for m in ("manual", "jax.grad"))
+    assert config["twin_gap"] == pytest.approx(twin)
+    assert "compiled twice differed by up to" in (out / "benchmark.md").read_text()
     # A peer is timed when installed and reported as skipped (with the fix) when not.
     if importlib.util.find_spec("torch") is None:
         assert "pip install" in config["skipped"]["torch"]

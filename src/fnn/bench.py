@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", nargs="*", default=list(PEER_NAMES), choices=list(PEER_NAMES),
                    help="peer libraries to time when installed (default: %(default)s)")
     p.add_argument("--out", default="experiments/results", help="folder for benchmark.{json,md,png}")
+    p.add_argument("--no-twins", dest="twins", action="store_false",
+                   help="skip the second, separately compiled copies of the manual and jax.grad steps "
+                        "(they measure how far two identical programs differ: the comparison's resolution)")
     p.add_argument("--leak-steps", type=int, default=0,
                    help="also run this many steps of the digits config and report memory growth")
 
@@ -67,7 +70,10 @@ def _executed_flops(sizes, batch) -> float:
     return _flops(sizes, batch) - 2.0 * batch * sizes[0] * sizes[1]
 
 
-def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16):
+TWIN = " (step per call, 2nd copy)"
+
+
+def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16, twins=False):
     """name -> (run(k) callable that performs k steps and blocks, steps_per_call)."""
     import jax
     import jax.numpy as jnp
@@ -91,9 +97,10 @@ def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16):
         # bf16 compute, float32 master weights: gradients flow back through the cast.
         return jax.tree.map(lambda a: a.astype(compute), p) if compute != jnp.float32 else p
 
-    for method in ("manual", "autodiff"):
+    for method, copy in [(m, c) for c in ((False, True) if twins else (False,)) for m in ("manual", "autodiff")]:
         grad_fn = fnn.backprop.get_method(method)
 
+        # A fresh function each time: the twin is compiled and run separately, same program.
         def update(p, s, x, v, grad_fn=grad_fn):
             _, g = grad_fn(net, loss, cast(p), x, v)
             g = jax.tree.map(lambda a: a.astype(jnp.float32), g)
@@ -103,7 +110,8 @@ def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16):
         step = jax.jit(update, donate_argnums=(0, 1))
         run = _stepper(lambda p, s, i, step=step: step(p, s, x, v), params, opt.init(params), 1,
                        _compiled_memory_mb(step, params, opt.init(params), x, v))
-        rows[f"fnn manual (step per call)" if method == "manual" else "fnn jax.grad (step per call)"] = run
+        name = "fnn manual" if method == "manual" else "fnn jax.grad"
+        rows[name + (TWIN if copy else " (step per call)")] = run
 
     # Scan-fused epoch: steps_per_epoch batches drawn on device and stepped inside one compiled call.
     data_x = jax.device_put(jax.random.normal(k1, (batch * steps_per_epoch, sizes[0]), compute), dev)
@@ -345,7 +353,7 @@ assert tuple(PEERS) == PEER_NAMES
 
 def bench_config(name, args) -> dict:
     sizes, batch = CONFIGS[name]
-    rows = _fnn_rows(sizes, batch, args.dtype, args.device, SCAN_STEPS[name])
+    rows = _fnn_rows(sizes, batch, args.dtype, args.device, SCAN_STEPS[name], args.twins)
     skipped = {}
     if args.device == "cpu" and args.dtype == "float32":
         for peer in args.peers:
@@ -386,8 +394,14 @@ def bench_config(name, args) -> dict:
                       "fraction_of_matmul_peak": executed / med / 1e9 / peak,
                       "ratio_to_fnn_manual": med / manual, "steps_per_round": per_call[row],
                       "compiled_memory_mb": getattr(rows[row], "memory_mb", None)})
-    return {"config": name, "sizes": sizes, "batch": batch, "matmul_peak_gflops": peak,
-            "rows": table, "skipped": skipped}
+    res = {"config": name, "sizes": sizes, "batch": batch, "matmul_peak_gflops": peak,
+           "rows": table, "skipped": skipped}
+    med = {r["impl"]: r["ms_per_step"] for r in table}
+    if "fnn manual" + TWIN in med:
+        # Each pair is one program compiled twice: their gap is noise, not code.
+        res["twin_gap"] = max(abs(med[f"fnn {m}{TWIN}"] / med[f"fnn {m} (step per call)"] - 1)
+                              for m in ("manual", "jax.grad"))
+    return res
 
 
 def run(args) -> int:
@@ -446,6 +460,13 @@ def _print_config(res):
               f"{_mb(r['compiled_memory_mb']):>7}")
     for peer, why in res["skipped"].items():
         print(f"{peer:<40} skipped: {why}")
+    if "twin_gap" in res:
+        print(_twin_line(res))
+
+
+def _twin_line(res) -> str:
+    return (f"resolution: the same step compiled twice differed by up to {100 * res['twin_gap']:.1f}% "
+            "in this run (the 2nd-copy rows); a gap between rows smaller than that is noise.")
 
 
 def _mb(mb) -> str:
@@ -472,6 +493,8 @@ def _markdown(results) -> str:
                          f"{_mb(r['compiled_memory_mb'])} |")
         for peer, why in res["skipped"].items():
             lines.append(f"| {peer} | skipped: {why} | | | | |")
+        if "twin_gap" in res:
+            lines += ["", _twin_line(res)]
         lines.append("")
     if "leak_check" in results:
         lines.append(f"Leak check: {results['leak_check']}")
