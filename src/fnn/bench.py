@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import resource
@@ -97,7 +98,7 @@ def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16, twins=False)
         # bf16 compute, float32 master weights: gradients flow back through the cast.
         return jax.tree.map(lambda a: a.astype(compute), p) if compute != jnp.float32 else p
 
-    for method, copy in [(m, c) for c in ((False, True) if twins else (False,)) for m in ("manual", "autodiff")]:
+    for copy, method in itertools.product((False, True) if twins else (False,), ("manual", "autodiff")):
         grad_fn = fnn.backprop.get_method(method)
 
         # A fresh function each time: the twin is compiled and run separately, same program.
