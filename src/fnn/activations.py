@@ -12,6 +12,7 @@ hand-written backward pass and autodiff agree everywhere.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -57,12 +58,23 @@ softplus = Activation(
 
 
 def leaky_relu(alpha: float = 0.01) -> Activation:
-    """Leaky ReLU ``f(z) = z if z >= 0 else α z``; ``f'(0) = 1`` as in ``jax.grad``."""
+    """Leaky ReLU ``f(z) = z if z >= 0 else α z``; ``f'(0) = 1`` as in ``jax.grad``.
+
+    Activations are values: ``leaky_relu(0.2) == leaky_relu(0.2)`` (the same
+    object, built once per slope), so a network rebuilt from its description
+    equals the original and reuses its compiled programs. The name carries the
+    exact slope (``"leaky_relu(0.2)"``), so :func:`get_activation` rebuilds it.
+    """
     alpha = float(alpha)
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"leaky_relu slope alpha must lie in [0, 1), got {alpha}.")
+    return _leaky_relu(alpha)
+
+
+@functools.lru_cache(maxsize=None)
+def _leaky_relu(alpha: float) -> Activation:
     return Activation(
-        f"leaky_relu({alpha:g})" if alpha != 0.01 else "leaky_relu",
+        f"leaky_relu({alpha!r})" if alpha != 0.01 else "leaky_relu",
         lambda z: jnp.where(z >= 0, z, alpha * z),
         lambda z, y: jnp.where(z >= 0, 1.0, alpha).astype(z.dtype),
     )

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.losses import Loss, check_targets, get_loss, risk, risk_grad
-from fnn.network import MLP, Cache, Params, check_inputs, check_params, forward_with_cache
+from fnn.losses import Loss, get_loss, risk, risk_grad
+from fnn.network import MLP, Cache, Params, forward_with_cache
+from fnn.validation import check_params, validate
 
 Array = jax.Array
 
@@ -45,6 +46,7 @@ def backward_with_input_grad(
     Returns:
       ``(grads, δy_0)`` with ``grads`` shaped like ``params``.
     """
+    _check_backward(net, params, cache, dout)
     grads = [None] * net.num_layers
     delta_y = dout
     for l in reversed(range(net.num_layers)):
@@ -59,6 +61,20 @@ def backward_with_input_grad(
         if l > 0 or input_grad:
             delta_y = delta_z @ params[l]["W"].T
     return grads, (delta_y if input_grad else None)
+
+
+def _check_backward(net: MLP, params: Params, cache: Cache, dout) -> None:
+    check_params(net, params)
+    if not isinstance(cache, Cache) or len(cache.pre_activations) != net.num_layers:
+        raise ValueError(
+            f"cache must be the Cache that fnn.forward_with_cache returned for {net!r} "
+            f"(one entry per layer, {net.num_layers} layers)."
+        )
+    if jnp.shape(dout) != jnp.shape(cache.outputs[-1]):
+        raise ValueError(
+            f"dout has shape {jnp.shape(dout)} but the network output has shape "
+            f"{jnp.shape(cache.outputs[-1])}: pass dout = ∂R/∂y_L, shaped like the output."
+        )
 
 
 def backward(net: MLP, params: Params, cache: Cache, dout: Array) -> Params:
@@ -150,16 +166,8 @@ def value_and_grad(
     """
     loss = get_loss(loss)
     fn = get_method(method)
-    validate(net, loss, params, x, v)
+    validate(net, loss, params, x, v, weights)
     return fn(net, loss, params, x, v, weights, l2=l2, dropout=dropout, key=key)
-
-
-def validate(net: MLP, loss: Loss, params: Params, x, v) -> None:
-    """All the checks that :func:`value_and_grad` makes before computing."""
-    check_params(net, params)
-    check_inputs(net, x)
-    shape = jnp.shape(x)
-    check_targets(loss, v, net.out_dim, shape[0] if len(shape) > 1 else None)
 
 
 def _zero_cotangent(a: Array):

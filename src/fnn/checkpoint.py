@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.network import MLP, check_params
+from fnn.network import MLP
+from fnn.validation import check_params
 
 FORMAT = "fnn-checkpoint-1"
 

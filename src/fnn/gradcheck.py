@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.backprop import _objective, autodiff_value_and_grad, manual_value_and_grad, validate
+from fnn.backprop import _objective, autodiff_value_and_grad, manual_value_and_grad
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Params
+from fnn.validation import check_params_finite, validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,7 @@ def gradcheck(
     """
     loss = get_loss(loss)
     validate(net, loss, params, x, v)
+    check_params_finite(params)
     dtype = jnp.result_type(params[0]["W"])
     f64 = dtype == jnp.float64
     eps = eps if eps is not None else (1e-6 if f64 else 1e-2)

@@ -18,11 +18,13 @@ sigmoid or softmax is fused into the loss, so its gradient is
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from fnn.validation import check_targets, check_weights
 
 Array = jax.Array
 
@@ -36,12 +38,15 @@ class Loss(NamedTuple):
       grad: ``(y, v) -> ∂ℓ/∂y`` of shape ``(..., d)``.
       kind: ``"regression"``, ``"binary"`` or ``"multiclass"``: how targets are
         checked and what accuracy means.
+      nonzero_targets: the loss divides by the target (``mape``), so targets
+        must not be zero.
     """
 
     name: str
     value: Callable[[Array, Array], Array]
     grad: Callable[[Array, Array], Array]
     kind: str = "regression"
+    nonzero_targets: bool = False
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r})"
@@ -71,11 +76,19 @@ def _mae_grad(y, v):
 
 
 def huber(delta: float = 1.0) -> Loss:
-    """Huber loss: ``½ r²`` for ``|r| ≤ δ``, ``δ (|r| − ½ δ)`` beyond; gradient ``clip(r, −δ, δ)``."""
-    delta = float(delta)
-    if delta <= 0:
-        raise ValueError(f"huber delta must be positive, got {delta}.")
+    """Huber loss: ``½ r²`` for ``|r| ≤ δ``, ``δ (|r| − ½ δ)`` beyond; gradient ``clip(r, −δ, δ)``.
 
+    Losses are values: ``huber(0.5) == huber(0.5)`` (one object per δ), and the
+    name carries the exact δ, so :func:`get_loss` rebuilds it from the name.
+    """
+    delta = float(delta)
+    if not delta > 0:
+        raise ValueError(f"huber delta must be positive, got {delta}.")
+    return _huber(delta)
+
+
+@functools.lru_cache(maxsize=None)
+def _huber(delta: float) -> Loss:
     def value(y, v):
         r = jnp.abs(y - _as_output_shape(y, v))
         return jnp.sum(jnp.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)), axis=-1)
@@ -83,7 +96,7 @@ def huber(delta: float = 1.0) -> Loss:
     def grad(y, v):
         return jnp.clip(y - _as_output_shape(y, v), -delta, delta)
 
-    return Loss("huber" if delta == 1.0 else f"huber({delta:g})", value, grad)
+    return Loss("huber" if delta == 1.0 else f"huber({delta!r})", value, grad)
 
 
 def _mape(y, v):
@@ -128,7 +141,7 @@ def _softmax_ce_grad(z, v):
 
 mse = Loss("mse", _mse, _mse_grad)
 mae = Loss("mae", _mae, _mae_grad)
-mape = Loss("mape", _mape, _mape_grad)
+mape = Loss("mape", _mape, _mape_grad, nonzero_targets=True)
 binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, "binary")
 softmax_cross_entropy = Loss(
     "softmax_cross_entropy", _softmax_ce, _softmax_ce_grad, "multiclass"
@@ -166,72 +179,34 @@ def _normaliser(weights: Array | None, batch_shape: tuple[int, ...], dtype) -> t
     return w, jnp.maximum(jnp.sum(w), jnp.finfo(dtype).tiny)
 
 
-def risk(loss: Loss, y: Array, v: Array, weights: Array | None = None) -> Array:
-    """Empirical risk ``R = Σ_b w_b ℓ(y_b, v_b) / Σ_b w_b`` (a scalar)."""
+def risk(loss: str | Loss, y: Array, v: Array, weights: Array | None = None) -> Array:
+    """Empirical risk ``R = Σ_b w_b ℓ(y_b, v_b) / Σ_b w_b`` (a scalar).
+
+    Args:
+      loss: a loss name or :class:`Loss`.
+      y: network outputs ``(B, d_L)`` (any leading batch axes).
+      v: targets that fit ``loss`` (see :func:`fnn.validation.check_targets`).
+      weights: optional per-example weights ``(B,)``; default all ones.
+    """
+    loss = get_loss(loss)
+    _check(loss, y, v, weights)
     per_example = loss.value(y, v)
     w, total = _normaliser(weights, per_example.shape, y.dtype)
     return jnp.sum(w * per_example) / total
 
 
-def risk_grad(loss: Loss, y: Array, v: Array, weights: Array | None = None) -> Array:
-    """``∂R/∂y``: the per-example gradients weighted and divided by ``Σ_b w_b``."""
+def risk_grad(loss: str | Loss, y: Array, v: Array, weights: Array | None = None) -> Array:
+    """``∂R/∂y`` of shape ``(B, d_L)``: ``w_b ∂ℓ/∂y_b / Σ_b w_b``, the per-example
+    gradients weighted and divided by the total weight (``B`` when unweighted)."""
+    loss = get_loss(loss)
+    _check(loss, y, v, weights)
     w, total = _normaliser(weights, y.shape[:-1], y.dtype)
     return loss.grad(y, v) * (w / total)[..., None]
 
 
-def check_targets(loss: Loss, v, out_dim: int, batch: int | None = None) -> None:
-    """Raises one clear ``ValueError`` if targets do not fit the loss.
-
-    Only concrete arrays are checked; under ``jit`` the values are not known and
-    the check is skipped (the shapes are still checked by the computation).
-    """
-    if isinstance(v, jax.core.Tracer):
-        return
-    v = np.asarray(v)
-    if batch is not None and (v.ndim == 0 or v.shape[0] != batch):
-        raise ValueError(
-            f"Targets have {v.shape[0] if v.ndim else 0} rows but the inputs have {batch}: "
-            "give one target per input example."
-        )
-    if loss.kind == "multiclass":
-        if np.issubdtype(v.dtype, np.integer):
-            if v.size and (v.min() < 0 or v.max() >= out_dim):
-                raise ValueError(
-                    f"Labels must lie in [0, {out_dim}) for a network with {out_dim} outputs, "
-                    f"but they range over [{v.min()}, {v.max()}]. Remap the labels to "
-                    f"0..{out_dim - 1} or widen the output layer."
-                )
-            return
-        if np.issubdtype(v.dtype, np.floating):
-            if v.ndim == 0 or v.shape[-1] != out_dim:
-                raise ValueError(
-                    f"Float targets for {loss.name} must be one-hot or soft labels of width "
-                    f"{out_dim}, got shape {v.shape}. Pass integer class labels instead, or "
-                    "one-hot rows."
-                )
-            if not np.all(np.isfinite(v)) or v.min(initial=0) < 0:
-                raise ValueError(
-                    f"Soft targets for {loss.name} must be finite and non-negative."
-                )
-            return
-        raise ValueError(
-            f"Targets for {loss.name} must be integer labels or float one-hot rows, "
-            f"got dtype {v.dtype}."
-        )
-    if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
-        raise ValueError(f"Targets for {loss.name} must be real numbers, got dtype {v.dtype}.")
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"Targets for {loss.name} contain NaN or Inf: clean the data first.")
-    per_example = int(np.prod(v.shape[1:])) if batch is not None else int(np.prod(v.shape[-1:]))
-    if per_example != out_dim:
-        raise ValueError(
-            f"Targets of shape {v.shape} do not match a network with {out_dim} outputs: "
-            f"{loss.name} needs {out_dim} target value(s) per example."
-        )
-    if loss.kind == "binary" and v.size and (v.min() < 0 or v.max() > 1):
-        raise ValueError(
-            f"Targets for {loss.name} must lie in [0, 1] (labels or probabilities), "
-            f"got range [{v.min()}, {v.max()}]."
-        )
-    if loss.name == "mape" and v.size and np.any(v == 0):
-        raise ValueError("mape divides by the target, and some targets are zero: use mae or mse.")
+def _check(loss: Loss, y, v, weights) -> None:
+    shape = jnp.shape(y)
+    if len(shape) == 0:
+        raise ValueError("Network outputs y must have shape (..., d_L), got a scalar.")
+    check_targets(loss, v, shape[-1], shape[:-1])
+    check_weights(weights, shape[:-1])

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.activations import Activation, get_activation
+from fnn.validation import check_inputs, check_params
 
 Array = jax.Array
 Params = list  # list of {"W": (d_in, d_out), "b": (d_out,)} dicts
@@ -155,45 +156,6 @@ def init(
     ]
 
 
-def check_params(net: MLP, params) -> None:
-    """Raises one clear ``ValueError`` if ``params`` does not fit ``net``."""
-    if not isinstance(params, (list, tuple)):
-        raise ValueError(
-            f"params must be a list of {{'W', 'b'}} dicts (one per layer), got {type(params).__name__}."
-        )
-    if len(params) != net.num_layers:
-        raise ValueError(
-            f"{net!r} has {net.num_layers} layers but params has {len(params)}: "
-            "create params with fnn.init(key, net) for this network."
-        )
-    for l, (layer, d_in, d_out) in enumerate(zip(params, net.sizes[:-1], net.sizes[1:]), 1):
-        if not isinstance(layer, dict) or set(layer) != {"W", "b"}:
-            keys = sorted(layer) if isinstance(layer, dict) else type(layer).__name__
-            raise ValueError(f"Layer {l} params must be a dict with keys 'W' and 'b', got {keys}.")
-        w_shape, b_shape = jnp.shape(layer["W"]), jnp.shape(layer["b"])
-        if w_shape != (d_in, d_out) or b_shape != (d_out,):
-            raise ValueError(
-                f"Layer {l} params have W {w_shape} and b {b_shape}, but {net!r} needs "
-                f"W {(d_in, d_out)} and b {(d_out,)}: these params belong to another network."
-            )
-
-
-def check_inputs(net: MLP, x) -> None:
-    """Raises one clear ``ValueError`` if ``x`` cannot be fed to ``net``."""
-    shape = jnp.shape(x)
-    if len(shape) == 0 or shape[-1] != net.in_dim:
-        raise ValueError(
-            f"Input of shape {shape} does not fit {net!r}: its last axis must be the "
-            f"{net.in_dim} input features (rows are examples)."
-        )
-    if not isinstance(x, jax.core.Tracer):
-        x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.floating):
-            raise ValueError(f"Inputs must be floating point, got dtype {x.dtype}: cast with x.astype(np.float32).")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("Inputs contain NaN or Inf: clean or impute the data before training.")
-
-
 def affine(y: Array, w: Array, b: Array) -> Array:
     """``z = y W + b`` for ``y`` of shape ``(..., d_in)``, broadcasting ``b`` explicitly."""
     return y @ w + jnp.reshape(b, (1,) * (jnp.ndim(y) - 1) + jnp.shape(b))
@@ -235,8 +197,13 @@ def forward_with_cache(
       key: PRNG key for the dropout masks; required when ``dropout > 0``.
 
     Returns:
-      ``(y_L, cache)``.
+      ``(y_L, cache)``: ``y_L`` of shape ``(..., d_L)``.
+
+    Raises ``ValueError`` for params of another network, a wrong input width or
+    dtype, an empty batch, or (concrete inputs only) NaN/Inf in ``x``.
     """
+    check_params(net, params)
+    check_inputs(net, x)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout rate must lie in [0, 1), got {dropout}.")
     if dropout > 0.0 and key is None:

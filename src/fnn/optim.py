@@ -16,6 +16,7 @@ import optax
 from fnn.backprop import get_method
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Params
+from fnn.validation import validate
 
 Array = jax.Array
 
@@ -82,6 +83,9 @@ def make_update_fn(
     grad_fn = get_method(method)
 
     def update(params, opt_state, x, v, key=None, weights=None):
+        # Under jit this runs once per input shape, at trace time: shapes, dtypes and
+        # the network's structure are checked for free; values only when concrete.
+        validate(net, loss, params, x, v, weights)
         value, grads = grad_fn(net, loss, params, x, v, weights, l2=l2, dropout=dropout, key=key)
         # fnn's own code is clean under strict dtype promotion; some optax
         # transformations (adam's bias correction) are not, so they get the default.
@@ -101,15 +105,20 @@ def make_update_step(
     *,
     l2: float = 0.0,
     dropout: float = 0.0,
+    donate: bool = True,
 ) -> Callable:
-    """One pure, jit-compiled training step that donates its parameter and optimizer buffers.
+    """One pure, jit-compiled training step.
 
         step(params, opt_state, x, v, key=None, weights=None) -> (params, opt_state, {"loss": R})
 
-    ``R`` is the risk before the update. ``key`` is required when ``dropout > 0``.
-    The same code runs on CPU, GPU and TPU; it compiles once per input shape.
+    ``R`` is the risk before the update; ``x``: ``(B, d_0)``, ``weights``: ``(B,)``.
+    ``key`` is required when ``dropout > 0``. With ``donate=True`` (the default)
+    the step reuses the buffers of ``params`` and ``opt_state`` for its outputs,
+    so those inputs are deleted by the call; pass ``donate=False`` to keep them.
+    Shapes are checked when the step is traced (once per input shape). The same
+    code runs on CPU, GPU and TPU.
     """
     return jax.jit(
         make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout),
-        donate_argnums=(0, 1),
+        donate_argnums=(0, 1) if donate else (),
     )

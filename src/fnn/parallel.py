@@ -42,10 +42,12 @@ def make_mesh(devices: int | None = None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding of a value held whole on every device of ``mesh``."""
     return NamedSharding(mesh, P())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """The sharding of a batch split along its first axis over ``mesh``."""
     return NamedSharding(mesh, P(AXIS))
 
 
@@ -56,14 +58,47 @@ def padded_size(batch: int, mesh: Mesh) -> int:
 
 
 def pad_batch(x, v, mesh: Mesh):
-    """``(x, v, weights)`` padded to a multiple of the device count; padding has weight 0."""
+    """``(x, v, weights)`` padded to a multiple of the device count.
+
+    Padding rows repeat the batch's first example with weight 0, so they change
+    neither the risk nor its gradient. ``x``: ``(B, d_0)``; ``v``: ``(B, ...)``;
+    ``weights``: ``(B_padded,)``.
+    """
     batch = jnp.shape(x)[0]
     pad = padded_size(batch, mesh) - batch
-    weights = jnp.concatenate([jnp.ones(batch, jnp.result_type(x)), jnp.zeros(pad, jnp.result_type(x))])
+    weights = (jnp.arange(batch + pad) < batch).astype(jnp.result_type(x))
     if pad:
         x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)])
         v = jnp.concatenate([v, jnp.repeat(v[:1], pad, axis=0)])
     return x, v, weights
+
+
+def shard_batch(tree, mesh: Mesh):
+    """Inside ``jit``: constrain every array of ``tree`` to be split along its first axis."""
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, batch_sharded(mesh)), tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Every array of ``tree`` held whole on every device of ``mesh``, across processes too.
+
+    Each process passes the same values (as every host does when it loads the
+    same data with the same seed). Unlike ``jax.device_put``, this works when
+    ``mesh`` spans devices of other processes (after ``jax.distributed.initialize``),
+    and for typed PRNG keys, which travel as their raw key data.
+    """
+    sharding = replicated(mesh)
+
+    def one(a):
+        if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+        if isinstance(a, jax.Array) and a.sharding == sharding:
+            return a
+        if jax.process_count() == 1:
+            return jax.device_put(a, sharding)
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
 
 
 def make_parallel_update_step(
@@ -99,9 +134,11 @@ def make_parallel_update_step(
     return step
 
 
-def fit_parallel(net: MLP, loss: str | Loss, params: Params, x, v, *, devices: int | None = None,
-                 **fit_kwargs):
-    """:func:`fnn.fit` with every batch split over ``devices`` devices (same results, up to rounding)."""
-    from fnn.train import fit
+def __getattr__(name: str):
+    # fnn.parallel.fit_parallel, kept where earlier versions had it; it lives in fnn.train,
+    # which builds on this module (importing it here at the top would make a cycle).
+    if name == "fit_parallel":
+        from fnn.train import fit_parallel
 
-    return fit(net, loss, params, x, v, mesh=make_mesh(devices), **fit_kwargs)
+        return fit_parallel
+    raise AttributeError(f"module 'fnn.parallel' has no attribute {name!r}")

@@ -14,33 +14,56 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn.backprop import get_method, validate
+from fnn.backprop import get_method
 from fnn.losses import Loss, get_loss, risk
 from fnn.network import MLP, Params, forward
 from fnn.optim import check_learning_rate, make_update_fn, plain_gd
+from fnn.parallel import make_mesh, pad_batch, replicate, replicated, shard_batch
+from fnn.validation import check_params_finite, validate
 
 Array = jax.Array
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or Inf; carries the last good state."""
+    """Raised when training produces a non-finite loss; carries the last good state.
 
-    def __init__(self, step: int, state: "TrainState"):
+    Attributes:
+      step: the global step (0-based, counting every batch of every epoch) whose
+        loss was NaN or Inf, or the last step of an epoch whose end-of-epoch
+        training loss was.
+      state: the :class:`TrainState` from before the step that made things
+        non-finite: finite parameters whose training loss is finite. Its
+        ``batch`` field says how far into its epoch it is, so ``fit(...,
+        state=err.state)`` continues from exactly there.
+    """
+
+    def __init__(self, step: int, state: "TrainState", reason: str = "loss"):
         super().__init__(
-            f"The training loss became non-finite at step {step}. Training stopped; the parameters "
-            f"from before that step are kept. Lower the learning rate or check the data."
+            f"The training {reason} became non-finite at step {step}. Training stopped; the last state "
+            f"with a finite loss (epoch {state.epoch + 1}, after {state.batch} of its batches) is kept. "
+            "Lower the learning rate or check the data."
         )
         self.step = step
         self.state = state
 
 
 class TrainState(NamedTuple):
-    """Everything a run needs to continue: params, optimizer state, epoch and the run's key."""
+    """Everything a run needs to continue.
+
+    Attributes:
+      params: the parameters.
+      opt_state: the optimizer state.
+      epoch: epochs completed.
+      key: the run's PRNG key (epoch ``e`` uses ``fold_in(key, e)``).
+      batch: batches of epoch ``epoch`` already applied (0 at an epoch boundary;
+        non-zero only for the last good state of a run that diverged mid-epoch).
+    """
 
     params: Params
     opt_state: optax.OptState
     epoch: int
     key: Array
+    batch: int = 0
 
 
 def _to_device(params: Params, x, v) -> tuple[Array, Array]:
@@ -72,10 +95,17 @@ def _metrics(net: MLP, loss: Loss, params: Params, x: Array, v: Array) -> dict:
 
 
 def evaluate(net: MLP, loss: str | Loss, params: Params, x, v) -> dict[str, float]:
-    """Loss and accuracy (classification) or MSE and R² (regression) on ``(x, v)``."""
+    """Metrics of ``params`` on ``(x, v)``: ``loss`` (the risk R) and ``accuracy``
+    (classification), or ``loss``, ``mse`` (mean squared error per output) and ``r2``
+    (regression). ``x``: ``(B, d_0)``; ``v``: targets that fit ``loss``."""
     loss = get_loss(loss)
     validate(net, loss, params, x, v)
-    return {k: float(a) for k, a in _metrics(net, loss, params, *_to_device(params, x, v)).items()}
+    return _host_metrics(net, loss, params, *_to_device(params, x, v))
+
+
+def _host_metrics(net: MLP, loss: Loss, params: Params, x: Array, v: Array) -> dict[str, float]:
+    # No checks, no host copy of the data: for arrays already validated and on the device.
+    return {k: float(a) for k, a in _metrics(net, loss, params, x, v).items()}
 
 
 # --- full-batch gradient descent ---------------------------------------------------------------
@@ -107,6 +137,7 @@ def gradient_descent(
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
     validate(net, loss, params, x, v)
+    check_params_finite(params)
     params, losses, steps, code = _gd_loop(net, loss, method, float(learning_rate), float(eps),
                                            int(max_steps), float(l2), params, *_to_device(params, x, v))
     steps = int(steps)
@@ -179,67 +210,73 @@ def permutation(key: Array, n: int) -> Array:
 
 
 def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
-                  method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None) -> Callable:
-    """``epoch(params, opt_state, x, v, key) -> (params, opt_state, losses)``, one compiled call.
+                  method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None,
+                  donate: bool = True) -> Callable:
+    """``epoch(params, opt_state, x, v, key, first=0, limit=None) -> (params, opt_state, losses)``,
+    one compiled call.
 
     The data stay on the device; the epoch's permutation is drawn there from
     ``key`` and the ``n // batch_size`` full batches are visited by ``lax.scan``
-    (the remainder of the permutation is left out of that epoch).
+    (the remainder of the permutation is left out of that epoch). ``losses`` has
+    one entry per batch: the risk before that batch's update.
+
+    Only batches ``first <= i < limit`` are applied (default: all); the others
+    leave the state unchanged and report a loss of 0. Both are traced, so one
+    program serves a whole epoch, the rest of an epoch resumed mid-way, and the
+    replay that recovers the last good state of a diverged epoch. A batch whose
+    loss is non-finite is not applied either, nor is any batch after it.
 
     With a ``mesh`` (see :mod:`fnn.parallel`) each batch is split over its
     devices, padded with zero-weight examples to a multiple of their number.
+    ``donate`` donates ``params`` and ``opt_state`` to the call.
     """
     update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout)
-    if mesh is not None:
-        from fnn.parallel import batch_sharded, padded_size
 
-        data_sharding = batch_sharded(mesh)
-        padded = padded_size(batch_size, mesh)
-
-    def epoch(params, opt_state, x, v, key):
+    def epoch(params, opt_state, x, v, key, first=0, limit=None):
         n = x.shape[0]
         num_batches = n // batch_size
+        limit = num_batches if limit is None else limit
         perm_key, dropout_key = jax.random.split(key)
         batches = permutation(perm_key, n)[: num_batches * batch_size]
         batches = batches.reshape(num_batches, batch_size)
 
         def step(carry, inputs):
-            params, opt_state = carry
+            params, opt_state, ok = carry
             index, i = inputs
             step_key = jax.random.fold_in(dropout_key, i) if dropout > 0 else None
-            weights = None
+            xb, vb, weights = x[index], v[index], None
             if mesh is not None:
-                # Padding rows repeat the batch's first example with weight zero.
-                index = jnp.concatenate([index, jnp.repeat(index[:1], padded - batch_size)])
-                weights = (jnp.arange(padded) < batch_size).astype(x.dtype)
-                weights = jax.lax.with_sharding_constraint(weights, data_sharding)
-            xb, vb = x[index], v[index]
-            if mesh is not None:
-                xb, vb = (jax.lax.with_sharding_constraint(a, data_sharding) for a in (xb, vb))
+                xb, vb, weights = shard_batch(pad_batch(xb, vb, mesh), mesh)
             new_params, new_opt_state, metrics = update(params, opt_state, xb, vb, step_key, weights)
-            # A non-finite loss leaves the state as it was, so the epoch returns the
-            # last good parameters (its inputs are donated and cannot be kept).
-            finite = jnp.isfinite(metrics["loss"])
+            active = (i >= first) & (i < limit)
+            ok = ok & (~active | jnp.isfinite(metrics["loss"]))
+            # A non-finite loss, and every step after it, leaves the state as it was.
+            apply = active & ok
             params, opt_state = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old),
+                lambda new, old: jnp.where(apply, new, old),
                 (new_params, new_opt_state), (params, opt_state),
             )
-            return (params, opt_state), metrics["loss"]
+            return (params, opt_state, ok), jnp.where(active, metrics["loss"], 0)
 
-        (params, opt_state), losses = jax.lax.scan(
-            step, (params, opt_state), (batches, jnp.arange(num_batches))
+        (params, opt_state, _), losses = jax.lax.scan(
+            step, (params, opt_state, jnp.asarray(True)), (batches, jnp.arange(num_batches))
         )
         return params, opt_state, losses
 
-    return jax.jit(epoch, donate_argnums=(0, 1))
+    kwargs = {}
+    if mesh is not None:
+        kwargs["out_shardings"] = replicated(mesh)
+    return jax.jit(epoch, donate_argnums=(0, 1) if donate else (), **kwargs)
 
 
 def check_batch_size(batch_size: int, n: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"The batch size must be positive, got {batch_size}.")
+    """Raises unless ``1 <= batch_size <= n`` (``n`` training examples)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"The batch size must be positive (an integer), got {batch_size!r}.")
     if batch_size > n:
         raise ValueError(
-            f"The batch size {batch_size} is larger than the {n} training examples: use --batch-size {n} or less."
+            f"The batch size {batch_size} is larger than the {n} training examples: "
+            f"use a batch size of at most {n}."
         )
 
 
@@ -267,10 +304,11 @@ def fit(
 
     Each epoch is one compiled ``lax.scan``; the shuffle and the dropout masks
     of epoch ``e`` come from ``fold_in(key, e)``, so a run is deterministic given
-    ``key`` and a resumed run (``state=``) repeats an uninterrupted one exactly.
+    ``key`` and a resumed run (``state=``) repeats an uninterrupted one exactly,
+    also from the mid-epoch state a diverged run leaves.
 
     Args:
-      net, loss, params: the network and loss; ``x, v``: training data.
+      net, loss, params: the network and loss; ``x`` ``(N, d_0)``, ``v``: training data.
       key: the run's PRNG key.
       optimizer: an optax transformation (default plain gradient descent, η = 0.1).
       epochs: total epochs (counting those already in ``state``).
@@ -278,69 +316,144 @@ def fit(
       test: optional ``(x_test, v_test)`` evaluated after every epoch.
       state: a :class:`TrainState` to resume from (its params replace ``params``).
       mesh: a ``jax.sharding.Mesh`` to split every batch over (data parallelism,
-        see :func:`fnn.parallel.fit_parallel`); params stay replicated.
+        see :func:`fnn.parallel.fit_parallel`); params stay replicated. Works
+        across processes after ``jax.distributed.initialize``.
       on_epoch: called after every epoch with the new state and its metrics
         (e.g. to write a checkpoint).
       progress: show a progress bar.
 
     Returns:
       ``(params, history)`` with ``history`` a dict of per-epoch lists:
-      ``epoch``, ``train_loss`` (mean over the epoch's steps), and the
-      :func:`evaluate` metrics on train (``train_*``) and test (``test_*``).
+      ``epoch``, ``train_loss`` and the :func:`evaluate` metrics on train
+      (``train_*``, so ``train_loss`` is the full training-set risk after the
+      epoch) and test (``test_*``).
 
     Raises:
-      NonFiniteLossError: the loss became NaN/Inf; names the step and carries
-        the last good state.
+      ValueError: bad inputs (checked once, before anything runs), or a
+        non-finite loss at the starting parameters.
+      NonFiniteLossError: a step made the loss NaN/Inf; names the step and
+        carries the last state with a finite loss.
     """
     loss = get_loss(loss)
     optimizer = optimizer if optimizer is not None else plain_gd(0.1)
-    if epochs < 0:
-        raise ValueError(f"epochs must be non-negative, got {epochs}.")
-    validate(net, loss, params, x, v)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}.")
+    start = state if state is not None else None
+    for xs, vs in [(x, v)] + ([tuple(test)] if test is not None else []):
+        validate(net, loss, params if start is None else start.params, xs, vs)
     check_batch_size(batch_size, len(x))
-    if test is not None:
-        validate(net, loss, params, test[0], test[1])
-    x, v = _to_device(params, x, v)
-    if state is None:
-        # Copy: the epoch function donates its inputs, and the caller keeps theirs.
-        params = jax.tree.map(jnp.array, params)
-        state = TrainState(params, optimizer.init(params), 0, key)
-    epoch_fn = make_epoch_fn(net, loss, optimizer, batch_size=batch_size, method=method, l2=l2,
-                             dropout=dropout, mesh=mesh)
-    if mesh is not None:
-        from fnn.parallel import replicated
+    if start is None:
+        start = TrainState(params, optimizer.init(params), 0, key)
+    check_params_finite(start.params)
+    return _Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
+                    dropout=dropout, mesh=mesh).run(start, epochs, on_epoch, progress)
 
-        x, v, state = jax.device_put((x, v, state), replicated(mesh))
-    steps_per_epoch = len(x) // batch_size
-    history: dict[str, list] = {"epoch": [], "train_loss": []}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        # disable=None: no bar when the output is not a terminal (logs stay clean).
-        bar = tqdm(total=epochs, initial=state.epoch, desc="training", unit="epoch", leave=True, disable=None)
-    try:
-        for epoch in range(state.epoch, epochs):
-            params, opt_state, losses = epoch_fn(
-                state.params, state.opt_state, x, v, jax.random.fold_in(state.key, epoch)
+class _Trainer:
+    """The state of one ``fit`` call: data on the device, the compiled epoch, the history."""
+
+    def __init__(self, net, loss, optimizer, x, v, test, *, batch_size, method, l2, dropout, mesh):
+        self.net, self.loss, self.mesh = net, loss, mesh
+        self.batches = len(x) // batch_size
+        # Not donated: the state an epoch starts from is kept, to recover the last good state.
+        self.epoch_fn = make_epoch_fn(net, loss, optimizer, batch_size=batch_size, method=method, l2=l2,
+                                      dropout=dropout, mesh=mesh, donate=False)
+        self.data, self.test = (x, v), test
+        self.placed = None
+
+    def _place(self, params):
+        if self.placed is None:
+            arrays = [_to_device(params, *self.data)]
+            if self.test is not None:
+                arrays.append(_to_device(params, *self.test))
+            if self.mesh is not None:
+                arrays = replicate(arrays, self.mesh)
+            self.placed = arrays
+        return self.placed
+
+    def _to_mesh(self, tree):
+        return tree if self.mesh is None else replicate(tree, self.mesh)
+
+    def metrics(self, params) -> dict[str, float]:
+        placed = self._place(params)
+        out = {f"train_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *placed[0]).items()}
+        if self.test is not None:
+            out.update({f"test_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *placed[1]).items()})
+        return out
+
+    def good(self, params) -> bool:
+        """Finite parameters with a finite training risk."""
+        return all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(params)) and np.isfinite(
+            _host_metrics(self.net, self.loss, params, *self._place(params)[0])["loss"])
+
+    def run_epoch(self, state: TrainState, first: int, limit: int):
+        x, v = self._place(state.params)[0]
+        key = self._to_mesh(jax.random.fold_in(state.key, state.epoch))
+        return self.epoch_fn(state.params, state.opt_state, x, v, key, first, limit)
+
+    def run(self, state, epochs, on_epoch, progress):
+        state = state._replace(params=self._to_mesh(state.params), opt_state=self._to_mesh(state.opt_state))
+        if not self.good(state.params):
+            raise ValueError(
+                "The training loss at the starting parameters is not finite: lower the init scale "
+                "or check the data (standardise inputs and regression targets)."
             )
-            losses = np.asarray(losses)
-            if not np.all(np.isfinite(losses)):
-                bad = epoch * steps_per_epoch + int(np.argmin(np.isfinite(losses)))
-                raise NonFiniteLossError(bad, TrainState(params, opt_state, epoch, state.key))
-            state = TrainState(params, opt_state, epoch + 1, state.key)
-            metrics = {"epoch": epoch + 1, "train_loss": float(losses.mean())}
-            metrics.update({f"train_{k}": a for k, a in evaluate(net, loss, params, x, v).items()})
-            if test is not None:
-                metrics.update({f"test_{k}": a for k, a in evaluate(net, loss, params, *test).items()})
-            for k, a in metrics.items():
-                history.setdefault(k, []).append(a)
-            if on_epoch is not None:
-                on_epoch(state, metrics)
+        history: dict[str, list] = {"epoch": [], "train_loss": []}
+        bar = _progress_bar(epochs, state.epoch) if progress else None
+        try:
+            while state.epoch < epochs:
+                state, metrics = self.epoch(state)
+                for k, a in metrics.items():
+                    history.setdefault(k, []).append(a)
+                if on_epoch is not None:
+                    on_epoch(state, metrics)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{a:.4f}" for k, a in metrics.items() if k.startswith("test_")})
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{a:.4f}" for k, a in metrics.items() if k.startswith("test_")})
-    finally:
-        if bar is not None:
-            bar.close()
-    return state.params, history
+                bar.close()
+        return state.params, history
+
+    def epoch(self, state: TrainState) -> tuple[TrainState, dict]:
+        params, opt_state, losses = self.run_epoch(state, state.batch, self.batches)
+        losses = np.asarray(losses)[state.batch:]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        metrics = None
+        if bad.size == 0:
+            metrics = self.metrics(params)
+            if np.isfinite(metrics["train_loss"]) and self.good(params):
+                done = TrainState(params, opt_state, state.epoch + 1, state.key)
+                summary = {"epoch": state.epoch + 1, "train_loss": float(losses.mean())}
+                return done, {**summary, **metrics}
+            first_bad = self.batches  # every batch loss was finite, the state after them is not
+        else:
+            first_bad = state.batch + int(bad[0])
+        raise NonFiniteLossError(state.epoch * self.batches + min(first_bad, self.batches - 1),
+                                 self.last_good(state, first_bad))
+
+    def last_good(self, state: TrainState, first_bad: int) -> TrainState:
+        """The latest state before batch ``first_bad`` of this epoch with a finite training loss:
+        replayed by the same compiled epoch, stopped short."""
+        for limit in sorted({max(first_bad - 1, state.batch), state.batch}, reverse=True):
+            if limit == state.batch:
+                return state  # the state the epoch started from was checked when it was made
+            params, opt_state, _ = self.run_epoch(state, state.batch, limit)
+            if self.good(params):
+                return TrainState(params, opt_state, state.epoch, state.key, limit)
+        return state
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    # disable=None: no bar when the output is not a terminal (logs stay clean).
+    return tqdm(total=total, initial=initial, desc="training", unit="epoch", leave=True, disable=None)
+
+
+def fit_parallel(net: MLP, loss: str | Loss, params: Params, x, v, *, devices: int | None = None,
+                 **fit_kwargs) -> tuple[Params, dict]:
+    """:func:`fit` with every batch split over ``devices`` devices (all by default): the same
+    results up to the order of float reductions. Across processes after
+    ``jax.distributed.initialize``, ``devices`` counts the devices of every process."""
+    return fit(net, loss, params, x, v, mesh=make_mesh(devices), **fit_kwargs)

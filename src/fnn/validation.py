@@ -1,0 +1,198 @@
+"""Input checks shared by every public entry point.
+
+Each check raises one :class:`ValueError` that names the problem and the fix,
+before any computation. Shapes, dtypes and structure are checked always, also
+on tracers under ``jit``/``vmap`` (where they cost nothing after tracing);
+values (NaN/Inf, label range, negative weights) are checked only on concrete
+arrays, since under a transformation they are not known.
+
+The checks are duck-typed on the network (``sizes``, ``num_layers``,
+``in_dim``, ``out_dim``) and the loss (``name``, ``kind``,
+``nonzero_targets``), so this module sits below :mod:`fnn.network` and
+:mod:`fnn.losses` and imports neither.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def is_concrete(a) -> bool:
+    """True for arrays whose values are known now (not tracers inside ``jit``/``vmap``/``grad``)."""
+    return not isinstance(a, jax.core.Tracer)
+
+
+def _shape(a) -> tuple[int, ...]:
+    return tuple(np.shape(a)) if not hasattr(a, "shape") else tuple(a.shape)
+
+
+def _dtype(a) -> np.dtype:
+    return a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+
+
+def check_params(net, params) -> None:
+    """Raises one clear ``ValueError`` if ``params`` does not fit ``net``.
+
+    ``params`` must be a list (or tuple) of ``{"W": (d_{l-1}, d_l), "b": (d_l,)}``
+    dicts with floating-point leaves, one per layer of ``net``.
+    """
+    if not isinstance(params, (list, tuple)):
+        raise ValueError(
+            f"params must be a list of {{'W', 'b'}} dicts (one per layer), got {type(params).__name__}."
+        )
+    if len(params) != net.num_layers:
+        raise ValueError(
+            f"{net!r} has {net.num_layers} layers but params has {len(params)}: "
+            "these params belong to another network; create them with fnn.init(key, net)."
+        )
+    for l, (layer, d_in, d_out) in enumerate(zip(params, net.sizes[:-1], net.sizes[1:]), 1):
+        if not isinstance(layer, dict) or set(layer) != {"W", "b"}:
+            keys = sorted(layer) if isinstance(layer, dict) else type(layer).__name__
+            raise ValueError(f"Layer {l} params must be a dict with keys 'W' and 'b', got {keys}.")
+        w_shape, b_shape = _shape(layer["W"]), _shape(layer["b"])
+        if w_shape != (d_in, d_out) or b_shape != (d_out,):
+            raise ValueError(
+                f"Layer {l} params have W {w_shape} and b {b_shape}, but {net!r} needs "
+                f"W {(d_in, d_out)} and b {(d_out,)}: these params belong to another network."
+            )
+        for name in ("W", "b"):
+            if not np.issubdtype(_dtype(layer[name]), np.floating):
+                raise ValueError(
+                    f"Layer {l} {name} has dtype {_dtype(layer[name])}; parameters must be floating "
+                    "point: create them with fnn.init(key, net)."
+                )
+
+
+def check_params_finite(params) -> None:
+    """Raises if any concrete parameter is NaN or Inf (e.g. params saved from a diverged run)."""
+    for l, layer in enumerate(params, 1):
+        for name in ("W", "b"):
+            a = layer[name]
+            if is_concrete(a) and not np.all(np.isfinite(np.asarray(a))):
+                raise ValueError(
+                    f"Layer {l} {name} contains NaN or Inf: these parameters come from a diverged "
+                    "run. Start from fresh parameters (fnn.init) or an earlier checkpoint."
+                )
+
+
+def check_inputs(net, x) -> None:
+    """Raises one clear ``ValueError`` if ``x`` cannot be fed to ``net``.
+
+    ``x`` must be floating point with shape ``(..., d_0)``, at least one example,
+    and (when concrete) finite values.
+    """
+    shape = _shape(x)
+    if len(shape) == 0 or shape[-1] != net.in_dim:
+        raise ValueError(
+            f"Input of shape {shape} does not fit {net!r}: its last axis must be the "
+            f"{net.in_dim} input features (rows are examples)."
+        )
+    if len(shape) > 1 and 0 in shape[:-1]:
+        raise ValueError(f"Input of shape {shape} holds no examples: pass at least one row.")
+    if not np.issubdtype(_dtype(x), np.floating):
+        raise ValueError(f"Inputs must be floating point, got dtype {_dtype(x)}: cast with x.astype(np.float32).")
+    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+        raise ValueError("Inputs contain NaN or Inf: clean or impute the data before training.")
+
+
+def _target_shapes(loss, out_dim: int, batch: tuple[int, ...], integer: bool) -> list[tuple[int, ...]]:
+    if loss.kind == "multiclass":
+        return [batch] if integer else [(*batch, out_dim)]
+    return [(*batch, out_dim)] + ([batch] if out_dim == 1 else [])
+
+
+def check_targets(loss, v, out_dim: int, batch: int | tuple[int, ...] | None = None) -> None:
+    """Raises one clear ``ValueError`` if targets ``v`` do not fit ``loss``.
+
+    Args:
+      loss: the :class:`fnn.Loss`.
+      v: the targets. Multiclass losses take integer labels of shape ``batch``
+        or one-hot/soft rows ``(*batch, out_dim)``; the others take
+        ``(*batch, out_dim)``, or ``batch`` when ``out_dim == 1``.
+      out_dim: the network's output width ``d_L``.
+      batch: the inputs' batch shape (an int for ``(B,)``); ``None`` skips the
+        shape check.
+    """
+    dtype, shape = _dtype(v), _shape(v)
+    integer = np.issubdtype(dtype, np.integer)
+    if np.issubdtype(dtype, np.bool_) or not (integer or np.issubdtype(dtype, np.floating)):
+        raise ValueError(
+            f"Targets for {loss.name} must be real numbers (integer class labels or floats), got dtype {dtype}."
+        )
+    if loss.kind == "multiclass" and not integer and (len(shape) == 0 or shape[-1] != out_dim):
+        raise ValueError(
+            f"Float targets for {loss.name} must be one-hot or soft labels of width {out_dim}, got shape "
+            f"{shape}. Pass integer class labels of shape (B,) instead, or one-hot rows (B, {out_dim})."
+        )
+    if batch is not None:
+        batch = (batch,) if isinstance(batch, (int, np.integer)) else tuple(batch)
+        allowed = _target_shapes(loss, out_dim, batch, integer)
+        if shape not in allowed:
+            rows = shape[0] if shape else 0
+            if batch and rows != batch[0]:
+                raise ValueError(
+                    f"Targets have {rows} rows but the inputs have {batch[0]}: give one target per input example."
+                )
+            if loss.kind == "multiclass":
+                fix = "give integer labels of shape (B,) (flatten (B, 1) labels with v.ravel()) or one-hot rows"
+            else:
+                fix = f"{loss.name} needs {out_dim} target value(s) per example"
+            raise ValueError(
+                f"Targets of shape {shape} do not fit inputs with batch shape {batch} and a network with "
+                f"{out_dim} outputs (expected {' or '.join(map(str, allowed))}): {fix}."
+            )
+    if is_concrete(v):
+        _check_target_values(loss, np.asarray(v), out_dim, integer)
+
+
+def _check_target_values(loss, v: np.ndarray, out_dim: int, integer: bool) -> None:
+    if not integer and not np.all(np.isfinite(v)):
+        raise ValueError(f"Targets for {loss.name} contain NaN or Inf: clean the data first.")
+    if v.size == 0:
+        return
+    if loss.kind == "multiclass" and integer and (v.min() < 0 or v.max() >= out_dim):
+        raise ValueError(
+            f"Labels must lie in [0, {out_dim}) for a network with {out_dim} outputs, but they range "
+            f"over [{v.min()}, {v.max()}]. Remap the labels to 0..{out_dim - 1} or widen the output layer."
+        )
+    if loss.kind == "multiclass" and not integer and v.min() < 0:
+        raise ValueError(f"Soft targets for {loss.name} must be non-negative.")
+    if loss.kind == "binary" and (v.min() < 0 or v.max() > 1):
+        raise ValueError(
+            f"Targets for {loss.name} must lie in [0, 1] (labels or probabilities), "
+            f"got range [{v.min()}, {v.max()}]."
+        )
+    if getattr(loss, "nonzero_targets", False) and np.any(v == 0):
+        raise ValueError(f"{loss.name} divides by the target, and some targets are zero: use mae or mse.")
+
+
+def check_weights(weights, batch: int | tuple[int, ...]) -> None:
+    """Raises unless ``weights`` (or ``None``) are per-example weights of shape ``batch``:
+    floating point, finite, non-negative, and not all zero."""
+    if weights is None:
+        return
+    batch = (batch,) if isinstance(batch, (int, np.integer)) else tuple(batch)
+    shape = _shape(weights)
+    if shape != batch:
+        raise ValueError(
+            f"weights have shape {shape} but the batch has shape {batch}: give one weight per example."
+        )
+    if not np.issubdtype(_dtype(weights), np.floating):
+        raise ValueError(f"weights must be floating point, got dtype {_dtype(weights)}.")
+    if is_concrete(weights):
+        w = np.asarray(weights)
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError("weights must be finite and non-negative (zero marks a padding example).")
+        if w.size and not np.any(w > 0):
+            raise ValueError("All weights are zero: at least one example must count.")
+
+
+def validate(net, loss, params, x, v, weights=None) -> None:
+    """Every check for a call with a network, a loss, parameters and a batch ``(x, v)``."""
+    check_params(net, params)
+    check_inputs(net, x)
+    batch = _shape(x)[:-1]
+    check_targets(loss, v, net.out_dim, batch if batch else None)
+    if weights is not None:
+        check_weights(weights, batch)
