@@ -40,11 +40,25 @@ FLOOR_ROW = "floor: scanned update, one fixed batch (diagnostic)"
 SCAN_STEPS = {"digits": 16, "mnist": 16, "wide": 4}
 
 
+def _count(least: int):
+    """An argparse type: an integer of at least ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
                    help="which configurations (default: all)")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=0,
+    p.add_argument("--rounds", type=_count(1), default=15, help="interleaved timing rounds (default: %(default)s)")
+    p.add_argument("--steps", type=_count(0), default=0,
                    help="steps per round (default: enough for about 0.3 s per row)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu", "tpu"], help="(default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -55,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-twins", dest="twins", action="store_false",
                    help="skip the second, separately compiled copies of the manual and jax.grad steps "
                         "(they measure how far two identical programs differ: the comparison's resolution)")
-    p.add_argument("--leak-steps", type=int, default=0,
+    p.add_argument("--leak-steps", type=_count(0), default=0,
                    help="also run this many steps of the digits config and report memory growth")
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.files import atomic_write
 from fnn.network import MLP
 from fnn.validation import check_params
 
@@ -26,12 +27,18 @@ FORMAT = "fnn-checkpoint-1"
 
 
 class Checkpoint(NamedTuple):
+    """What :func:`load` returns: the network, its params (a list of ``{"W", "b"}``),
+    the optimizer state (a tree, or a flat list without a template), the step
+    (completed epochs), the run's PRNG key, the user's ``meta`` dict, and
+    ``batch``, the batches of the next epoch already applied."""
+
     net: MLP
     params: list
     opt_state: Any
     step: int
     key: jax.Array | None
     meta: dict
+    batch: int = 0
 
 
 def save(
@@ -43,8 +50,14 @@ def save(
     step: int = 0,
     key: jax.Array | None = None,
     meta: dict | None = None,
+    batch: int = 0,
 ) -> Path:
-    """Writes a checkpoint atomically. ``meta`` must be JSON-serialisable."""
+    """Writes a checkpoint atomically (see :func:`fnn.files.atomic_write`).
+
+    ``step`` is the number of completed epochs (or steps: the caller's unit);
+    ``batch`` the batches of the next epoch already applied (non-zero only for a
+    mid-epoch state). ``meta`` must be JSON-serialisable.
+    """
     path = Path(path)
     check_params(net, params)
     arrays = {}
@@ -59,20 +72,11 @@ def save(
     header = {
         "format": FORMAT, "net": net.to_dict(), "step": int(step),
         "opt_state_leaves": len(opt_leaves), "has_opt_state": opt_state is not None,
-        "has_key": key is not None, "meta": meta or {},
+        "has_key": key is not None, "meta": meta or {}, "batch": int(batch),
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 
@@ -83,49 +87,79 @@ def load(
 
     Args:
       path: the ``.npz`` file.
-      net: if given, the checkpoint's architecture must equal it.
+      net: if given, the checkpoint's architecture must equal it. Its
+        activations also resolve user-defined activation names stored in the file.
       opt_state_like: a template (e.g. ``optimizer.init(params)``) whose tree
         structure the stored optimizer state is restored into; without it the
         optimizer state is returned as a flat list of arrays.
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      ValueError: the file is corrupt, truncated, of another format, misses an
+        array or a header field, or holds another architecture or optimizer.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}.")
+    arrays, header = _read(path)
+    try:
+        return _restore(path, arrays, header, net, opt_state_like)
+    except KeyError as err:
+        raise ValueError(
+            f"{path} is not a complete fnn checkpoint: it has no {err.args[0]!r}. It is damaged; use an "
+            "earlier checkpoint or retrain."
+        ) from None
+
+
+def _read(path: Path) -> tuple[dict, dict]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         header = json.loads(arrays.pop("header").tobytes().decode())
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, UnicodeDecodeError) as err:
+    except (zipfile.BadZipFile, zlib.error, ValueError, KeyError, OSError, EOFError, UnicodeDecodeError) as err:
         raise ValueError(
             f"{path} is not a readable fnn checkpoint ({type(err).__name__}: {err}); it is corrupt or "
             "truncated. Use an earlier checkpoint or retrain."
         ) from None
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {header.get('format')!r}, expected {FORMAT!r}.")
-    stored = MLP.from_dict(header["net"])
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise ValueError(f"{path} has format {found!r}, expected {FORMAT!r}.")
+    return arrays, header
+
+
+def _restore(path: Path, arrays: dict, header: dict, net: MLP | None, opt_state_like) -> Checkpoint:
+    try:
+        stored = MLP.from_dict(header["net"], net.activations if net is not None else ())
+    except ValueError as err:
+        raise ValueError(
+            f"{path} describes a network fnn cannot rebuild ({err}) If it uses an activation of your own, "
+            "pass net=MLP(...) built with that fnn.Activation."
+        ) from None
     if net is not None and stored != net:
         raise ValueError(
-            f"The checkpoint {path} holds {stored!r}, but the run asks for {net!r}: load it with the "
-            "same architecture (flags --hidden/--activation), or start a new run."
+            f"The checkpoint {path} holds {stored!r}, but {net!r} was asked for: load it with the same "
+            "architecture, or start a new run."
         )
-    dtype_of = lambda a: jnp.asarray(a)
-    params = [{"W": dtype_of(arrays[f"params/{l}/W"]), "b": dtype_of(arrays[f"params/{l}/b"])}
+    params = [{"W": jnp.asarray(arrays[f"params/{l}/W"]), "b": jnp.asarray(arrays[f"params/{l}/b"])}
               for l in range(stored.num_layers)]
     check_params(stored, params)
     opt_state = None
     if header["has_opt_state"]:
         leaves = [jnp.asarray(arrays[f"opt_state/{i}"]) for i in range(header["opt_state_leaves"])]
         if opt_state_like is not None:
-            like_leaves, treedef = jax.tree.flatten(opt_state_like)
-            shapes = [np.shape(a) for a in like_leaves]
-            if shapes != [np.shape(a) for a in leaves]:
-                raise ValueError(
-                    f"The optimizer state in {path} does not match the optimizer of this run "
-                    "(different optimizer?): resume with the optimizer it was saved with."
-                )
-            leaves = treedef.unflatten(
-                [jnp.asarray(a, dtype=np.asarray(t).dtype) for a, t in zip(leaves, like_leaves)]
-            )
-        opt_state = leaves
+            opt_state = _unflatten_like(path, leaves, opt_state_like)
+        else:
+            opt_state = leaves
     key = jax.random.wrap_key_data(jnp.asarray(arrays["key"])) if header["has_key"] else None
-    return Checkpoint(stored, params, opt_state, header["step"], key, header["meta"])
+    return Checkpoint(stored, params, opt_state, int(header["step"]), key, header["meta"],
+                      int(header.get("batch", 0)))
+
+
+def _unflatten_like(path: Path, leaves: list, like):
+    like_leaves, treedef = jax.tree.flatten(like)
+    if [np.shape(a) for a in like_leaves] != [np.shape(a) for a in leaves]:
+        raise ValueError(
+            f"The optimizer state in {path} does not match the optimizer of this run "
+            "(different optimizer?): resume with the optimizer it was saved with."
+        )
+    return treedef.unflatten([jnp.asarray(a, dtype=np.asarray(t).dtype) for a, t in zip(leaves, like_leaves)])

@@ -23,20 +23,22 @@ def _process_start() -> float:
 _T0 = _process_start()
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
+import errno  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-TRAIN_DEFAULTS = dict(
-    dataset="digits", hidden=[128, 128], activation="relu", loss="auto", init="he",
-    optimizer="adam", lr=1e-3, momentum=0.9, batch_size=32, epochs=30, seed=0,
-    method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
-    devices=1, x64=False,
-)
-
+from fnn import __version__  # noqa: E402
+from fnn.activations import ACTIVATIONS  # noqa: E402
+from fnn.backprop import METHODS  # noqa: E402
+from fnn.bench import add_arguments as add_bench_arguments  # noqa: E402
+from fnn.bench import run as run_bench  # noqa: E402
+from fnn.data import DATASETS  # noqa: E402
+from fnn.losses import LOSSES  # noqa: E402
+from fnn.network import SCHEMES  # noqa: E402
+from fnn.optim import OPTIMIZERS  # noqa: E402
+from fnn.runs import CHANGEABLE_ON_RESUME, DEFAULTS, Plan, RunFolder, build, flag, prepare  # noqa: E402
 
 def _positive_int(s: str) -> int:
     v = int(s)
@@ -59,15 +61,9 @@ def _rate(s: str) -> float:
     return v
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from fnn.activations import ACTIVATIONS
-    from fnn.backprop import METHODS
-    from fnn.data import DATASETS
-    from fnn.losses import LOSSES
-    from fnn.network import SCHEMES
-    from fnn.optim import OPTIMIZERS
-
-    d = TRAIN_DEFAULTS
+def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False) -> None:
+    # explicit_only: every default is SUPPRESS, so the namespace holds just the flags given.
+    d = {k: argparse.SUPPRESS for k in DEFAULTS} if explicit_only else DEFAULTS
     p.add_argument("--dataset", default=d["dataset"], choices=list(DATASETS),
                    help="dataset (default: %(default)s, scikit-learn's 8x8 digits)")
     p.add_argument("--hidden", type=_positive_int, nargs="*", default=d["hidden"], metavar="N",
@@ -89,263 +85,245 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="gradient: manual (hand-written backward) or autodiff (jax.grad) (default: %(default)s)")
     p.add_argument("--l2", type=float, default=d["l2"], help="L2 weight decay λ (default: %(default)s)")
     p.add_argument("--dropout", type=_rate, default=d["dropout"], help="dropout rate on hidden layers (default: %(default)s)")
-    p.add_argument("--validation", action="store_true",
+    p.add_argument("--validation", action="store_true", default=d["validation"],
                    help="evaluate on a validation split carved from the training data, not the test set "
                         "(use it to choose settings)")
     p.add_argument("--data-dir", default=d["data_dir"], help="folder with the MNIST IDX files (default: %(default)s)")
     p.add_argument("--devices", type=_positive_int, default=d["devices"],
                    help="data-parallel over this many devices (default: %(default)s)")
-    p.add_argument("--x64", action="store_true", help="train in float64")
+    p.add_argument("--x64", action="store_true", default=d["x64"], help="train in float64")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="run folder, new or empty (default: runs/DATASET-TIMESTAMP)")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in folder RUN from its checkpoint, with its configuration; only "
+                        f"{', '.join(flag(k) for k in CHANGEABLE_ON_RESUME)} may be given anew")
+    p.add_argument("--no-gradcheck", action="store_true", help="skip the gradient check")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="do not write curves.png")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: the address of process 0, for jax.distributed.initialize "
+                        "(with --num-processes and --process-id)")
+    p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
+    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+
+
+def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fnn", description="Feedforward neural networks in JAX with a hand-written backward pass.")
+    parser.add_argument("--version", action="version", version=f"fnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train", help="train a network (default: digits, hand-written backward)",
         description="Train an MLP. Runs the gradient check of the hand-written backward against jax.grad "
                     "first, then trains with one compiled lax.scan per epoch, and writes a run folder: "
-                    "config.json, metrics.json, metrics.csv, curves.png, gradcheck.txt, checkpoint.npz.")
-    _add_train_args(train)
-    train.add_argument("--out", default=None, help="run folder (default: runs/DATASET-TIMESTAMP)")
-    train.add_argument("--resume", default=None, metavar="RUN",
-                       help="continue the run in folder RUN from its checkpoint, up to --epochs")
-    train.add_argument("--no-gradcheck", action="store_true", help="skip the gradient check")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--no-plot", action="store_true", help="do not write curves.png")
+                    "config.json, metrics.json, metrics.csv, curves.png, gradcheck.txt, checkpoint.npz "
+                    "(rewritten after every epoch).")
+    _add_train_args(train, explicit_only)
+    _add_run_args(train)
     ev = sub.add_parser("evaluate", help="reload a run's checkpoint and report its test metrics")
     ev.add_argument("run", help="run folder written by fnn train")
     bench = sub.add_parser("bench", help="time one training step against jax.grad and peers")
-    from fnn.bench import add_arguments
-
-    add_arguments(bench)
+    add_bench_arguments(bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fnn`` command. Returns the exit status: 0 done, 1 the run failed (gradient check,
+    divergence, non-finite checkpoint), 2 bad input or a file problem, 130 interrupted."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            return train(args)
+            explicit = vars(build_parser(explicit_only=True).parse_args(argv))
+            return train(args, explicit)
         if args.command == "evaluate":
             return evaluate(args.run)
-        from fnn.bench import run
-
-        return run(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"fnn {args.command}: error: {err}", file=sys.stderr)
+        return run_bench(args)
+    except KeyboardInterrupt:
+        print(f"fnn {args.command}: interrupted.", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as err:
+        print(f"fnn {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # the last resort: one line, never a traceback
+        if os.environ.get("FNN_DEBUG"):
+            raise
+        print(f"fnn {args.command}: internal error: {type(err).__name__}: {err} "
+              "(set FNN_DEBUG=1 to see the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
-def _config_from_args(args) -> dict:
-    return {k: getattr(args, k) for k in TRAIN_DEFAULTS}
+def _describe(err: Exception) -> str:
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
+        where = f" ({err.filename})" if err.filename else ""
+        advice = " Free some space and run again; files already written are intact." if err.errno == errno.ENOSPC \
+            else ""
+        return f"{err.strerror}{where}.{advice}"
+    return str(err)
 
 
-def _setup(config: dict):
-    """Dataset, network and loss for a run's configuration."""
+def _say(*a, **kw) -> None:
+    # In a multi-process run every process computes the same numbers; process 0 reports them.
     import jax
 
-    if config["x64"]:
-        jax.config.update("jax_enable_x64", True)
-    from fnn import data as datasets
-    from fnn.losses import get_loss
-    from fnn.network import MLP
-
-    kwargs = {"folder": config["data_dir"]} if config["dataset"] == "mnist" else {}
-    data = datasets.load(config["dataset"], seed=config["seed"], **kwargs)
-    if config["validation"]:
-        data = datasets.validation_split(data, seed=config["seed"])
-    loss_name = config["loss"]
-    if loss_name == "auto":
-        loss_name = "softmax_cross_entropy" if data.task == "classification" else "mse"
-    loss = get_loss(loss_name)
-    if (loss.kind == "multiclass") != (data.task == "classification"):
-        raise ValueError(
-            f"Loss {loss.name} does not fit the {data.task} dataset {data.name}: use --loss auto."
-        )
-    hidden = list(config["hidden"])
-    net = MLP((data.in_dim, *hidden, data.out_dim), (config["activation"],) * len(hidden) + ("identity",))
-    return data, net, loss
+    if jax.process_index() == 0:
+        print(*a, **kw)
 
 
-def train(args) -> int:
+def _init_distributed(args) -> None:
     import jax
-    import numpy as np
 
+    if args.coordinator is None:
+        if args.num_processes is not None or args.process_id is not None:
+            raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT.")
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise ValueError("--coordinator needs --num-processes N and --process-id I (0 on the coordinator).")
+    if not 0 <= args.process_id < args.num_processes:
+        raise ValueError(f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}.")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def train(args, explicit: dict) -> int:
+    """``fnn train``: prepare (every check, nothing written), gradient check, then train."""
     timings = {"import": time.perf_counter() - _T0}
     t = time.perf_counter()
-    resume_ckpt = None
-    if args.resume:
-        run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{run_dir} has no config.json: is it a run folder written by fnn train?")
-        config = json.loads(cfg_path.read_text())["config"]
-        config["epochs"] = args.epochs
-    else:
-        config = _config_from_args(args)
-        run_dir = Path(args.out or f"runs/{config['dataset']}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    data, net, loss = _setup(config)
-    timings["data"] = time.perf_counter() - t
-    t = time.perf_counter()
+    _init_distributed(args)
+    given = {k: explicit[k] for k in DEFAULTS if k in explicit} if args.resume else \
+        {k: getattr(args, k) for k in DEFAULTS}
+    plan = prepare(given, out=args.out, resume=args.resume)
+    config, data, net, loss = plan.config, plan.data, plan.net, plan.loss
+    timings["data, checks, init"] = time.perf_counter() - t
+    split = "validation" if config["validation"] else "test"
+    _say(f"fnn train: {data.name} ({len(data.x_train)} train / {len(data.x_test)} {split} examples), {net}, "
+         f"loss {loss.name}, {config['optimizer']} lr={config['lr']}, gradients: {config['method']}")
+    if plan.state is not None:
+        if plan.state.epoch >= config["epochs"] and plan.state.batch == 0:
+            _say(f"{plan.folder} is already at epoch {plan.state.epoch}: nothing to train "
+                 f"(give --epochs more than {plan.state.epoch} to continue).")
+            return 0
+        at = f" (batch {plan.state.batch})" if plan.state.batch else ""
+        _say(f"resuming {plan.folder} at epoch {plan.state.epoch}{at}, up to epoch {config['epochs']}")
 
-    from fnn import checkpoint
-    from fnn.gradcheck import gradcheck
-    from fnn.network import init
-    from fnn.optim import get_optimizer
-    from fnn.train import NonFiniteLossError, TrainState, fit
-
-    optimizer = get_optimizer(config["optimizer"], config["lr"], config["momentum"])
-    key = jax.random.key(config["seed"])
-    init_key, run_key, check_key = jax.random.split(key, 3)
-    params = init(init_key, net, config["init"])
-    print(f"fnn train: {data.name} ({len(data.x_train)} train / {len(data.x_test)} "
-          f"{'validation' if config['validation'] else 'test'} examples), {net}, loss {loss.name}, "
-          f"{config['optimizer']} lr={config['lr']}, gradients: {config['method']}")
-
-    timings["setup (optax, init)"] = time.perf_counter() - t
     t = time.perf_counter()
     report = None
     if not args.no_gradcheck:
-        n = min(32, len(data.x_train))
-        report = gradcheck(net, loss, params, data.x_train[:n], data.y_train[:n], key=check_key)
-        print(report)
+        report = _gradcheck(plan)
         if not report.ok:
-            print("fnn train: the hand-written backward disagrees with jax.grad; not training.", file=sys.stderr)
+            print("fnn train: the hand-written backward disagrees with jax.grad; not training "
+                  "(nothing was written).", file=sys.stderr)
             return 1
     timings["gradcheck"] = time.perf_counter() - t
+    return _train(plan, args, report, timings)
 
-    state = None
-    if args.resume:
-        resume_ckpt = checkpoint.load(run_dir / "checkpoint.npz", net=net, opt_state_like=optimizer.init(params))
-        state = TrainState(resume_ckpt.params, resume_ckpt.opt_state, resume_ckpt.step, resume_ckpt.key)
-        print(f"resuming {run_dir} at epoch {state.epoch}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", {"config": config, "net": net.to_dict(), "loss": loss.name})
+
+def _gradcheck(plan: Plan):
+    from fnn.gradcheck import gradcheck
+
+    params = plan.state.params if plan.state is not None else plan.params
+    n = min(32, len(plan.data.x_train))
+    report = gradcheck(plan.net, plan.loss, params, plan.data.x_train[:n], plan.data.y_train[:n],
+                       key=plan.check_key)
+    note = " (on the resumed parameters)" if plan.state is not None else ""
+    _say(f"{report}{note}")
+    return report
+
+
+def _train(plan: Plan, args, report, timings: dict) -> int:
+    from fnn.parallel import make_mesh
+    from fnn.train import NonFiniteLossError, fit
+
+    config, folder, net, loss, data = plan.config, plan.folder, plan.net, plan.loss, plan.data
+    folder.create(config, net, loss, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
     if report is not None:
-        (run_dir / "gradcheck.txt").write_text(str(report) + "\n")
-
-    history: dict[str, list] = {}
-    if args.resume and (run_dir / "metrics.json").exists():
-        history = json.loads((run_dir / "metrics.json").read_text())["history"]
-        history = {k: a[: state.epoch] for k, a in history.items()}
+        folder.write_text("gradcheck.txt", str(report) + "\n")
+    history = {k: list(a) for k, a in plan.history.items()}
+    split = "validation" if config["validation"] else "test"
+    title = None if args.no_plot else f"{data.name}: {net}"
     epoch_times = []
-
-    def save(state):
-        checkpoint.save(run_dir / "checkpoint.npz", net=net, params=state.params, opt_state=state.opt_state,
-                        step=state.epoch, key=state.key, meta={"loss": loss.name})
 
     def on_epoch(state, metrics):
         epoch_times.append(time.perf_counter())
         for k, a in metrics.items():
             history.setdefault(k, []).append(a)
-        save(state)
+        # History first: a kill between the two writes leaves a history one epoch ahead of the
+        # checkpoint, which --resume trims, never a checkpoint ahead of its history.
+        folder.write_history(history, title, split)
+        folder.save(net, loss, state)
         shown = "  ".join(f"{k} {a:.4f}" for k, a in metrics.items() if k != "epoch")
-        message = f"epoch {metrics['epoch']:>3}  {shown}"
-        if args.no_progress:
-            print(message)
-        else:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
+        _echo(f"epoch {metrics['epoch']:>3}  {shown}", args.no_progress)
 
     t = time.perf_counter()
     status = 0
-    fit_kwargs = dict(key=run_key, optimizer=optimizer, epochs=config["epochs"], batch_size=config["batch_size"],
-                      method=config["method"], l2=config["l2"], dropout=config["dropout"],
-                      test=(data.x_test, data.y_test), state=state, on_epoch=on_epoch,
-                      progress=not args.no_progress)
+    mesh = make_mesh(config["devices"]) if config["devices"] > 1 else None
     try:
-        if config["devices"] > 1:
-            from fnn.parallel import fit_parallel
-
-            params, _ = fit_parallel(net, loss, params, data.x_train, data.y_train,
-                                     devices=config["devices"], **fit_kwargs)
-        else:
-            params, _ = fit(net, loss, params, data.x_train, data.y_train, **fit_kwargs)
+        fit(net, loss, plan.params, data.x_train, data.y_train, key=plan.key, optimizer=plan.optimizer,
+            epochs=config["epochs"], batch_size=config["batch_size"], method=config["method"],
+            l2=config["l2"], dropout=config["dropout"], test=(data.x_test, data.y_test), state=plan.state,
+            mesh=mesh, on_epoch=on_epoch, progress=not args.no_progress and folder.writer)
     except NonFiniteLossError as err:
-        # The error carries the parameters from just before the bad step, which may lie
-        # inside an epoch that no checkpoint has covered yet: save them, so none are lost.
-        save(err.state)
-        print(f"fnn train: {err} The last good checkpoint is {run_dir / 'checkpoint.npz'}.", file=sys.stderr)
+        # The error carries the last state with a finite loss, perhaps from inside an epoch
+        # that no checkpoint covers yet: save it, so nothing finite is lost.
+        folder.save(net, loss, err.state)
+        print(f"fnn train: {err} The last good checkpoint is {folder.checkpoint_path}.", file=sys.stderr)
         status = 1
+    except KeyboardInterrupt:
+        done = history["epoch"][-1] if history.get("epoch") else 0
+        print(f"fnn train: interrupted. {folder} holds the checkpoint and metrics of epoch {done}: "
+              f"continue with fnn train --resume {folder}", file=sys.stderr)
+        status = 130
     timings["compile + first epoch"] = (epoch_times[0] - t) if epoch_times else time.perf_counter() - t
     timings["train (other epochs)"] = (epoch_times[-1] - epoch_times[0]) if epoch_times else 0.0
-
     t = time.perf_counter()
-    _write_metrics(run_dir, history)
-    if not args.no_plot and history.get("epoch"):
-        _plot(run_dir / "curves.png", history, f"{data.name}: {net}")
+    folder.write_history(history, title, split, final=True)
     timings["write"] = time.perf_counter() - t
-    if history.get("epoch"):
+    if history.get("epoch") and status == 0:
         final = {k: a[-1] for k, a in history.items() if k.startswith("test_")}
-        split = "validation" if config["validation"] else "test"
-        print(f"final {split}: " + "  ".join(f"{k[5:]} {a:.4f}" for k, a in final.items()))
+        _say(f"final {split}: " + "  ".join(f"{k[5:]} {a:.4f}" for k, a in final.items()))
     timings["total"] = time.perf_counter() - _T0
-    _write_json(run_dir / "timings.json", timings)
-    print("time: " + ", ".join(f"{k} {a:.2f}s" for k, a in timings.items()))
-    print(f"run folder: {run_dir}")
+    folder.write_json("timings.json", timings)
+    _say("time: " + ", ".join(f"{k} {a:.2f}s" for k, a in timings.items()))
+    _say(f"run folder: {folder}")
     return status
 
 
-def _write_json(path: Path, obj) -> None:
-    # Temp file then rename: a run folder never holds half a file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def _echo(message: str, plain: bool) -> None:
+    if plain:
+        _say(message)
+    else:
+        from tqdm.auto import tqdm
 
-
-def _write_metrics(run_dir: Path, history: dict) -> None:
-    _write_json(run_dir / "metrics.json", {"history": history})
-    tmp = run_dir / ".metrics.csv.tmp"
-    keys = list(history)
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(keys)
-        for row in zip(*(history[k] for k in keys)):
-            writer.writerow(row)
-    os.replace(tmp, run_dir / "metrics.csv")
-
-
-def _plot(path: Path, history: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    second = "accuracy" if "test_accuracy" in history else "r2"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "test"):
-        axes[0].plot(history["epoch"], history[f"{split}_loss"], label=split)
-        axes[1].plot(history["epoch"], history[f"{split}_{second}"], label=split)
-    axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-    axes[1].set(xlabel="epoch", ylabel=second, title=second)
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+        tqdm.write(message)
 
 
 def evaluate(run: str) -> int:
-    from fnn import checkpoint
+    """``fnn evaluate RUN``: the test metrics of the run's checkpoint; exit 1 if they are not finite."""
     from fnn.train import evaluate as evaluate_metrics
+    from fnn.validation import check_params_finite
 
-    run_dir = Path(run)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} has no config.json: is it a run folder written by fnn train?")
-    config = json.loads(cfg_path.read_text())["config"]
-    data, net, loss = _setup(config)
-    ckpt = checkpoint.load(run_dir / "checkpoint.npz", net=net)
+    folder = RunFolder(run)
+    config = folder.read_config()
+    if config["x64"]:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    data, net, loss = build(config)
+    ckpt = folder.load_checkpoint(net)
+    try:
+        check_params_finite(ckpt.params)
+    except ValueError as err:
+        print(f"fnn evaluate: {folder.checkpoint_path}: {err}", file=sys.stderr)
+        return 1
     metrics = evaluate_metrics(net, loss, ckpt.params, data.x_test, data.y_test)
     split = "validation" if config["validation"] else "test"
-    print(f"{run_dir} (epoch {ckpt.step}): {split} " + "  ".join(f"{k} {a:.4f}" for k, a in metrics.items()))
+    print(f"{folder} (epoch {ckpt.step}): {split} " + "  ".join(f"{k} {a:.4f}" for k, a in metrics.items()))
+    if not all(math.isfinite(a) for a in metrics.values()):
+        print(f"fnn evaluate: the checkpoint's {split} metrics are not finite: the parameters in "
+              f"{folder.checkpoint_path} are unusable.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,11 +14,13 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fnn.files import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +222,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
-        raise ValueError(f"Cannot read IDX file {path}: {err}. Delete it and fetch it again.") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"Cannot read IDX file {path} ({type(err).__name__}: {err}): it is damaged. Delete it and fetch it again."
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number): delete it and fetch it again.")
     ndim = raw[3]
@@ -243,19 +247,17 @@ def download(url: str, dest: str | os.PathLike, md5: str, timeout: float = 30.0)
     """Downloads ``url`` to ``dest`` atomically and verifies its MD5; a bad file is never kept."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
+
+    def fetch(out):
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != md5:
             raise ValueError(f"Checksum mismatch for {url}: got md5 {digest.hexdigest()}, expected {md5}.")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(dest, fetch)
     return dest
 
 

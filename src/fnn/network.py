@@ -84,8 +84,14 @@ class MLP:
         return {"sizes": list(self.sizes), "activations": [a.name for a in self.activations]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MLP":
-        return cls(d["sizes"], d["activations"])
+    def from_dict(cls, d: dict, custom: Sequence[Activation] = ()) -> "MLP":
+        """The network :meth:`to_dict` described. Activations are rebuilt by name;
+        ``custom`` supplies user-defined ones (matched by their ``name``)."""
+        if not isinstance(d, dict) or not isinstance(d.get("sizes"), list) or not isinstance(
+                d.get("activations"), list):
+            raise ValueError(f"Not a network description (needs 'sizes' and 'activations' lists): {d!r}.")
+        by_name = {a.name: a for a in custom}
+        return cls(d["sizes"], [by_name.get(a, a) for a in d["activations"]])
 
     def __repr__(self) -> str:
         acts = ", ".join(a.name for a in self.activations)

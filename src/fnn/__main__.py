@@ -1,0 +1,7 @@
+"""``python -m fnn``: the ``fnn`` command."""
+
+import sys
+
+from fnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""Figures of a training history (matplotlib, imported only when a figure is drawn)."""
+
+from __future__ import annotations
+
+import io
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("Plotting needs matplotlib: pip install matplotlib.") from None
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: dict, title: str | None = None, split_names: tuple[str, str] = ("train", "test")):
+    """Loss (log scale) and accuracy or R² against the epoch, for each split in ``history``.
+
+    Args:
+      history: per-epoch lists as :func:`fnn.fit` returns them (``epoch``,
+        ``train_loss``, ``test_loss``, ``train_accuracy`` or ``train_r2``, ...).
+      title: the figure's title.
+      split_names: the labels for the ``train_*`` and ``test_*`` curves (e.g.
+        ``("train", "validation")``).
+
+    Returns:
+      The matplotlib ``Figure`` (in a notebook it displays itself).
+    """
+    plt = _pyplot()
+    second = "accuracy" if "train_accuracy" in history else "r2"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for split, label in zip(("train", "test"), split_names):
+        if f"{split}_loss" in history:
+            axes[0].plot(history["epoch"], history[f"{split}_loss"], label=label)
+        if f"{split}_{second}" in history:
+            axes[1].plot(history["epoch"], history[f"{split}_{second}"], label=label)
+    axes[0].set(xlabel="epoch", ylabel="loss (risk R)", yscale="log", title="loss")
+    axes[1].set(xlabel="epoch", ylabel=second, title=second)
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes (closed afterwards), for an atomic write."""
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
