@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from fnn.files import atomic_write, write_json
+from fnn.plots import figure_png
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -48,15 +51,9 @@ def write(name: str, results: dict, markdown: str, fig, out: str | os.PathLike =
     """Writes NAME.json, NAME.md and NAME.png into ``out`` (each via a temp file and rename)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for suffix, writer in (
-        (".json", lambda p: p.write_text(json.dumps(results, indent=2, default=float) + "\n")),
-        (".md", lambda p: p.write_text(markdown.rstrip() + "\n")),
-        (".png", lambda p: fig.savefig(p, dpi=100, format="png")),
-    ):
-        tmp = out / f".{name}{suffix}.tmp"
-        writer(tmp)
-        os.replace(tmp, out / f"{name}{suffix}")
-    figure().close(fig)
+    write_json(out / f"{name}.json", json.loads(json.dumps(results, default=float)))
+    atomic_write(out / f"{name}.md", markdown.rstrip() + "\n")
+    atomic_write(out / f"{name}.png", figure_png(fig))
     return out
 
 

@@ -26,6 +26,11 @@ import statistics
 import time
 from pathlib import Path
 
+import fnn
+from fnn.files import atomic_write, write_json
+from fnn.train import make_epoch_fn
+from fnn.plots import figure_png
+
 PEER_NAMES = ("torch", "torch-compile", "flax", "equinox")
 CONFIGS = {
     "digits": ((64, 128, 128, 10), 128),
@@ -94,8 +99,6 @@ def _fnn_rows(sizes, batch, dtype_name, device, steps_per_epoch=16, twins=False)
     import jax.numpy as jnp
     import optax
 
-    import fnn
-    from fnn.train import make_epoch_fn
 
     dev = jax.devices(device)[0]
     compute = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
@@ -438,8 +441,8 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if (args.device, args.dtype) == ("cpu", "float32") else f"_{args.device}_{args.dtype}"
-    (out / f"benchmark{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"benchmark{suffix}.md").write_text(_markdown(results))
+    write_json(out / f"benchmark{suffix}.json", results)
+    atomic_write(out / f"benchmark{suffix}.md", _markdown(results))
     _plot(results, out / f"benchmark{suffix}.png")
     print(f"wrote {out}/benchmark{suffix}.{{json,md,png}}")
     return 0
@@ -539,5 +542,4 @@ def _plot(results, path):
     axes[0][0].set_yticks(range(len(names)), ["floor (diagnostic)" if n == FLOOR_ROW else n for n in names])
     axes[0][0].invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    atomic_write(path, figure_png(fig))

@@ -137,8 +137,8 @@ def _restore(path: Path, arrays: dict, header: dict, net: MLP | None, opt_state_
         ) from None
     if net is not None and stored != net:
         raise ValueError(
-            f"The checkpoint {path} holds {stored!r}, but {net!r} was asked for: load it with the same "
-            "architecture, or start a new run."
+            f"The checkpoint {path} holds {stored!r}, but the caller asks for {net!r}: load it with the "
+            "same architecture, or start a new run."
         )
     params = [{"W": jnp.asarray(arrays[f"params/{l}/W"]), "b": jnp.asarray(arrays[f"params/{l}/b"])}
               for l in range(stored.num_layers)]

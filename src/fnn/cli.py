@@ -29,16 +29,23 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import jax  # noqa: E402
+
 from fnn import __version__  # noqa: E402
 from fnn.activations import ACTIVATIONS  # noqa: E402
 from fnn.backprop import METHODS  # noqa: E402
 from fnn.bench import add_arguments as add_bench_arguments  # noqa: E402
 from fnn.bench import run as run_bench  # noqa: E402
 from fnn.data import DATASETS  # noqa: E402
+from fnn.gradcheck import gradcheck  # noqa: E402
 from fnn.losses import LOSSES  # noqa: E402
 from fnn.network import SCHEMES  # noqa: E402
 from fnn.optim import OPTIMIZERS  # noqa: E402
+from fnn.parallel import make_mesh  # noqa: E402
 from fnn.runs import CHANGEABLE_ON_RESUME, DEFAULTS, Plan, RunFolder, build, flag, prepare  # noqa: E402
+from fnn.train import NonFiniteLossError, fit  # noqa: E402
+from fnn.train import evaluate as evaluate_metrics  # noqa: E402
+from fnn.validation import check_params_finite  # noqa: E402
 
 def _positive_int(s: str) -> int:
     v = int(s)
@@ -166,15 +173,11 @@ def _describe(err: Exception) -> str:
 
 def _say(*a, **kw) -> None:
     # In a multi-process run every process computes the same numbers; process 0 reports them.
-    import jax
-
     if jax.process_index() == 0:
         print(*a, **kw)
 
 
 def _init_distributed(args) -> None:
-    import jax
-
     if args.coordinator is None:
         if args.num_processes is not None or args.process_id is not None:
             raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT.")
@@ -221,7 +224,6 @@ def train(args, explicit: dict) -> int:
 
 
 def _gradcheck(plan: Plan):
-    from fnn.gradcheck import gradcheck
 
     params = plan.state.params if plan.state is not None else plan.params
     n = min(32, len(plan.data.x_train))
@@ -233,8 +235,6 @@ def _gradcheck(plan: Plan):
 
 
 def _train(plan: Plan, args, report, timings: dict) -> int:
-    from fnn.parallel import make_mesh
-    from fnn.train import NonFiniteLossError, fit
 
     config, folder, net, loss, data = plan.config, plan.folder, plan.net, plan.loss, plan.data
     folder.create(config, net, loss, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
@@ -301,15 +301,11 @@ def _echo(message: str, plain: bool) -> None:
 
 def evaluate(run: str) -> int:
     """``fnn evaluate RUN``: the test metrics of the run's checkpoint; exit 1 if they are not finite."""
-    from fnn.train import evaluate as evaluate_metrics
-    from fnn.validation import check_params_finite
 
     folder = RunFolder(run)
     config = folder.read_config()
     if config["x64"]:
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+            jax.config.update("jax_enable_x64", True)
     data, net, loss = build(config)
     ckpt = folder.load_checkpoint(net)
     try:
