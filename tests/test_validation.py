@@ -286,3 +286,30 @@ def test_a_mid_epoch_state_resumes_exactly(x64):
     mid = fnn.TrainState(p, s, 1, common["key"], batch=3)
     resumed, _ = fnn.fit(net, loss, params, data.x_train, data.y_train, epochs=3, state=mid, **common)
     jax.tree.map(np.testing.assert_array_equal, full, resumed)
+
+
+def test_keys_optimizers_and_coefficients_are_checked():
+    x, v = _batch()
+    params = fnn.init(jax.random.key(0), NET)
+    with pytest.raises(ValueError, match="must be a JAX PRNG key"):
+        fnn.init(123, NET)
+    with pytest.raises(ValueError, match="must be a JAX PRNG key"):
+        fnn.fit(NET, "softmax_cross_entropy", params, x, v, key=None, batch_size=2)
+    with pytest.raises(ValueError, match="optax GradientTransformation"):
+        fnn.fit(NET, "softmax_cross_entropy", params, x, v, key=jax.random.key(0), optimizer="adam")
+    with pytest.raises(ValueError, match="optax GradientTransformation"):
+        fnn.make_update_step(NET, "softmax_cross_entropy", "adam")
+    with pytest.raises(ValueError, match="l2 must be a finite number"):
+        fnn.value_and_grad(NET, "softmax_cross_entropy", params, x, v, l2=-1.0)
+    with pytest.raises(ValueError, match="learning rate must be positive and finite"):
+        fnn.gradient_descent(NET, "softmax_cross_entropy", params, x, v, learning_rate=float("inf"))
+    with pytest.raises(ValueError, match="momentum must be a finite number"):
+        fnn.get_optimizer("momentum", 0.1, float("nan"))
+    with pytest.raises(ValueError, match="test must be a pair"):
+        fnn.fit(NET, "softmax_cross_entropy", params, x, v, key=jax.random.key(0), test=(x,))
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        checkpoint.save("unused.npz", net=NET, params=params, meta={"a": object()})
+    # The raw uint32 keys of jax.random.PRNGKey still work, and so do array-likes.
+    fnn.init(jax.random.PRNGKey(0), NET)
+    np.testing.assert_allclose(fnn.forward(NET, params, [[1.0, 2.0, 3.0]]),
+                               fnn.forward(NET, params, jnp.array([[1.0, 2.0, 3.0]])))

@@ -22,7 +22,7 @@ import numpy as np
 
 from fnn.losses import Loss, get_loss, risk, risk_grad
 from fnn.network import MLP, Cache, Params, forward_with_cache
-from fnn.validation import check_params, validate
+from fnn.validation import check_coefficient, check_key, check_params, validate
 
 Array = jax.Array
 
@@ -167,6 +167,9 @@ def value_and_grad(
     loss = get_loss(loss)
     fn = get_method(method)
     validate(net, loss, params, x, v, weights)
+    check_coefficient(l2, "l2")
+    if key is not None:
+        check_key(key)
     return fn(net, loss, params, x, v, weights, l2=l2, dropout=dropout, key=key)
 
 

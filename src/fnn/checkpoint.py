@@ -74,7 +74,10 @@ def save(
         "opt_state_leaves": len(opt_leaves), "has_opt_state": opt_state is not None,
         "has_key": key is not None, "meta": meta or {}, "batch": int(batch),
     }
-    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    try:
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"meta must be JSON-serialisable (numbers, strings, lists, dicts): {err}.") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
@@ -109,6 +112,11 @@ def load(
             f"{path} is not a complete fnn checkpoint: it has no {err.args[0]!r}. It is damaged; use an "
             "earlier checkpoint or retrain."
         ) from None
+    except (TypeError, IndexError, AttributeError) as err:
+        raise ValueError(
+            f"{path} is not a valid fnn checkpoint ({type(err).__name__}: {err}). It is damaged; use an "
+            "earlier checkpoint or retrain."
+        ) from None
 
 
 def _read(path: Path) -> tuple[dict, dict]:
@@ -124,6 +132,18 @@ def _read(path: Path) -> tuple[dict, dict]:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         found = header.get("format") if isinstance(header, dict) else None
         raise ValueError(f"{path} has format {found!r}, expected {FORMAT!r}.")
+    fields = {"net": dict, "step": int, "opt_state_leaves": int, "has_opt_state": bool, "has_key": bool,
+              "meta": dict}
+    for name, kind in fields.items():
+        value = header.get(name)
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise ValueError(
+                f"{path} is not a complete fnn checkpoint: its header field {name!r} is "
+                f"{'missing' if name not in header else repr(value)}. It is damaged; use an earlier "
+                "checkpoint or retrain."
+            )
+    if not isinstance(header.get("batch", 0), int) or header.get("batch", 0) < 0:
+        raise ValueError(f"{path} is damaged: its header field 'batch' is {header['batch']!r}.")
     return arrays, header
 
 

@@ -47,25 +47,25 @@ from fnn.train import NonFiniteLossError, fit  # noqa: E402
 from fnn.train import evaluate as evaluate_metrics  # noqa: E402
 from fnn.validation import check_params_finite  # noqa: E402
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+def _number(kind, test, requirement):
+    """An argparse type: ``kind(text)`` that passes ``test``; the message says it must ``requirement``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must {requirement}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must {requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {s}")
-    return v
-
-
-def _rate(s: str) -> float:
-    v = float(s)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {s}")
-    return v
+_positive_int = _number(int, lambda v: v >= 1, "be a positive integer")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "be positive and finite")
+_rate = _number(float, lambda v: 0 <= v < 1, "lie in [0, 1)")
+_non_negative = _number(float, lambda v: math.isfinite(v) and v >= 0, "be a finite number >= 0")
+_seed = _number(int, lambda v: 0 <= v < 2**63, "be an integer in [0, 2**63)")
 
 
 def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False) -> None:
@@ -84,13 +84,13 @@ def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False) -> 
     p.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS),
                    help="gd is plain gradient descent written out; the rest are optax (default: %(default)s)")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=d["momentum"], help="for momentum/nesterov (default: %(default)s)")
+    p.add_argument("--momentum", type=_rate, default=d["momentum"], help="for momentum/nesterov (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="(default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed for data split, init, shuffling (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=d["seed"], help="seed for data split, init, shuffling (default: %(default)s)")
     p.add_argument("--method", default=d["method"], choices=list(METHODS),
                    help="gradient: manual (hand-written backward) or autodiff (jax.grad) (default: %(default)s)")
-    p.add_argument("--l2", type=float, default=d["l2"], help="L2 weight decay λ (default: %(default)s)")
+    p.add_argument("--l2", type=_non_negative, default=d["l2"], help="L2 weight decay λ (default: %(default)s)")
     p.add_argument("--dropout", type=_rate, default=d["dropout"], help="dropout rate on hidden layers (default: %(default)s)")
     p.add_argument("--validation", action="store_true", default=d["validation"],
                    help="evaluate on a validation split carved from the training data, not the test set "
@@ -113,7 +113,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="multi-host: the address of process 0, for jax.distributed.initialize "
                         "(with --num-processes and --process-id)")
     p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
-    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+    p.add_argument("--process-id", type=_number(int, lambda v: v >= 0, "be an integer >= 0"), default=None, help="multi-host: this process's index")
 
 
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:

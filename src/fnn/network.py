@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.activations import Activation, get_activation
-from fnn.validation import check_inputs, check_params
+from fnn.validation import check_inputs, check_key, check_params
 
 Array = jax.Array
 Params = list  # list of {"W": (d_in, d_out), "b": (d_out,)} dicts
@@ -153,6 +153,7 @@ def init(
       sigma: standard deviation for ``"normal"``.
       dtype: defaults to float32, or float64 when x64 is enabled.
     """
+    check_key(key)
     init_w = get_scheme(scheme, sigma)
     dtype = default_float() if dtype is None else dtype
     keys = jax.random.split(key, net.num_layers)
@@ -210,6 +211,7 @@ def forward_with_cache(
     """
     check_params(net, params)
     check_inputs(net, x)
+    x = jnp.asarray(x)  # array-likes (lists, numpy) too
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout rate must lie in [0, 1), got {dropout}.")
     if dropout > 0.0 and key is None:

@@ -11,12 +11,13 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fnn.backprop import get_method
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Params
-from fnn.validation import validate
+from fnn.validation import check_coefficient, check_optimizer, validate
 
 Array = jax.Array
 
@@ -38,8 +39,10 @@ def plain_gd(learning_rate: float) -> optax.GradientTransformation:
 
 
 def check_learning_rate(learning_rate: float) -> None:
-    if not learning_rate > 0:
-        raise ValueError(f"The learning rate must be positive, got {learning_rate}.")
+    """Raises unless the learning rate is a finite positive number."""
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.number)) or not (
+            np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"The learning rate must be positive and finite, got {learning_rate!r}.")
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -62,6 +65,7 @@ def get_optimizer(
     if spec not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {spec!r}. Known optimizers: {', '.join(OPTIMIZERS)}.")
     check_learning_rate(learning_rate)
+    check_coefficient(momentum, "momentum", upper=1.0)
     return OPTIMIZERS[spec](learning_rate, momentum)
 
 
@@ -81,6 +85,9 @@ def make_update_fn(
     """
     loss = get_loss(loss)
     grad_fn = get_method(method)
+    check_optimizer(optimizer)
+    check_coefficient(l2, "l2")
+    check_coefficient(dropout, "dropout rate", upper=1.0)
 
     def update(params, opt_state, x, v, key=None, weights=None):
         # Under jit this runs once per input shape, at trace time: shapes, dtypes and

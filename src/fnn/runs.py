@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import os
 import time
 from pathlib import Path
@@ -46,6 +47,48 @@ DEFAULTS: dict[str, Any] = dict(
 # What a resumed run may change: how long it trains, where it finds its data, how many
 # devices share each batch (the same numbers, up to the order of float reductions).
 CHANGEABLE_ON_RESUME = ("epochs", "data_dir", "devices")
+
+
+def _is_int(v, least):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _is_real(v, least, below=float("inf"), strict=False):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+        v > least if strict else v >= least) and v < below
+
+
+# What each configuration value must be, for config.json files read back (flags are checked by argparse).
+CONFIG_RULES = {
+    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+    "hidden": (lambda v: isinstance(v, list) and all(_is_int(a, 1) for a in v), "a list of positive integers"),
+    "activation": (lambda v: isinstance(v, str), "an activation name"),
+    "loss": (lambda v: isinstance(v, str), "a loss name"),
+    "init": (lambda v: isinstance(v, str), "an init scheme name"),
+    "optimizer": (lambda v: isinstance(v, str), "an optimizer name"),
+    "lr": (lambda v: _is_real(v, 0, strict=True), "a positive finite number"),
+    "momentum": (lambda v: _is_real(v, 0, 1), "a number in [0, 1)"),
+    "batch_size": (lambda v: _is_int(v, 1), "a positive integer"),
+    "epochs": (lambda v: _is_int(v, 1), "a positive integer"),
+    "seed": (lambda v: _is_int(v, 0) and v < 2**63, "an integer in [0, 2**63)"),
+    "method": (lambda v: isinstance(v, str), "a gradient method name"),
+    "l2": (lambda v: _is_real(v, 0), "a finite number >= 0"),
+    "dropout": (lambda v: _is_real(v, 0, 1), "a number in [0, 1)"),
+    "validation": (lambda v: isinstance(v, bool), "true or false"),
+    "data_dir": (lambda v: isinstance(v, str), "a folder path"),
+    "devices": (lambda v: _is_int(v, 1), "a positive integer"),
+    "x64": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_config(config: dict, source: str) -> None:
+    """Raises one ``ValueError`` naming the first value of ``config`` that breaks :data:`CONFIG_RULES`."""
+    missing = sorted(set(DEFAULTS) - set(config))
+    if missing:
+        raise ValueError(f"{source} is not an fnn run configuration (missing: {', '.join(missing)}).")
+    for key, (ok, requirement) in CONFIG_RULES.items():
+        if not ok(config[key]):
+            raise ValueError(f"{source}: {key} is {config[key]!r}, but it must be {requirement} ({flag(key)}).")
 CURVES_EVERY_S = 2.0
 
 
@@ -188,11 +231,7 @@ class RunFolder:
             raise FileNotFoundError(f"{self.path} is not a folder: give a run folder written by fnn train.")
         doc = read_json(self.path / "config.json", "run configuration")
         config = doc.get("config") if isinstance(doc, dict) else None
-        if not isinstance(config, dict) or set(DEFAULTS) - set(config):
-            missing = sorted(set(DEFAULTS) - set(config or {}))
-            raise ValueError(
-                f"{self.path / 'config.json'} is not an fnn run configuration (missing: {', '.join(missing)})."
-            )
+        check_config(config if isinstance(config, dict) else {}, str(self.path / "config.json"))
         return config
 
     def load_checkpoint(self, net: MLP, opt_state_like=None):

@@ -19,7 +19,7 @@ from fnn.losses import Loss, get_loss, risk
 from fnn.network import MLP, Params, forward
 from fnn.optim import check_learning_rate, make_update_fn, plain_gd
 from fnn.parallel import make_mesh, pad_batch, replicate, replicated, shard_batch
-from fnn.validation import check_params_finite, validate
+from fnn.validation import check_coefficient, check_key, check_optimizer, check_params_finite, validate
 
 Array = jax.Array
 
@@ -134,7 +134,9 @@ def gradient_descent(
     """
     loss = get_loss(loss)
     check_learning_rate(learning_rate)
-    if max_steps < 1:
+    check_coefficient(l2, "l2")
+    check_coefficient(eps, "eps")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
     validate(net, loss, params, x, v)
     check_params_finite(params)
@@ -336,6 +338,10 @@ def fit(
     """
     loss = get_loss(loss)
     optimizer = optimizer if optimizer is not None else plain_gd(0.1)
+    check_optimizer(optimizer)
+    check_key(key if state is None else state.key, "key")
+    if test is not None and (not isinstance(test, (tuple, list)) or len(test) != 2):
+        raise ValueError("test must be a pair (x_test, v_test).")
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}.")
     start = state if state is not None else None

@@ -196,3 +196,32 @@ def validate(net, loss, params, x, v, weights=None) -> None:
     check_targets(loss, v, net.out_dim, batch if batch else None)
     if weights is not None:
         check_weights(weights, batch)
+
+
+def check_key(key, what: str = "key") -> None:
+    """Raises unless ``key`` is a JAX PRNG key: ``jax.random.key(seed)`` (or a raw
+    ``jax.random.PRNGKey(seed)``)."""
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype is not None and np.dtype(dtype) == np.uint32 and _shape(key)[-1:] == (2,) if not typed else False
+    if not (typed or raw):
+        raise ValueError(f"{what} must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__}.")
+
+
+def check_optimizer(optimizer) -> None:
+    """Raises unless ``optimizer`` is an optax ``GradientTransformation`` (anything with
+    ``init(params)`` and ``update(grads, state, params)``)."""
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise ValueError(
+            f"optimizer must be an optax GradientTransformation such as optax.adam(1e-3), got "
+            f"{type(optimizer).__name__}; to get one by name use fnn.get_optimizer('adam', learning_rate)."
+        )
+
+
+def check_coefficient(value, name: str, *, upper: float | None = None) -> None:
+    """Raises unless ``value`` is a finite number ``>= 0`` (and ``< upper`` when given)."""
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value) \
+        and value >= 0 and (upper is None or value < upper)
+    if not ok:
+        bound = f"[0, {upper:g})" if upper is not None else "[0, ∞)"
+        raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}.")
