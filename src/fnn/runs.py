@@ -89,7 +89,7 @@ def check_config(config: dict, source: str) -> None:
     for key, (ok, requirement) in CONFIG_RULES.items():
         if not ok(config[key]):
             raise ValueError(f"{source}: {key} is {config[key]!r}, but it must be {requirement} ({flag(key)}).")
-CURVES_EVERY_S = 2.0
+CURVES_EVERY_S = 5.0
 
 
 def flag(key: str) -> str:
@@ -203,7 +203,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.writer = jax.process_index() == 0
-        self._curves_at = -float("inf")
+        self._curves_at = time.monotonic()  # the first curves after CURVES_EVERY_S, not at epoch 1
 
     def __str__(self) -> str:
         return str(self.path)

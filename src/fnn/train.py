@@ -387,10 +387,11 @@ class _Trainer:
             out.update({f"test_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *placed[1]).items()})
         return out
 
-    def good(self, params) -> bool:
-        """Finite parameters with a finite training risk."""
-        return all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(params)) and np.isfinite(
-            _host_metrics(self.net, self.loss, params, *self._place(params)[0])["loss"])
+    def good(self, params, opt_state, train_loss: float | None = None) -> bool:
+        """Finite parameters and optimizer state, and a finite training risk."""
+        if train_loss is None:
+            train_loss = _host_metrics(self.net, self.loss, params, *self._place(params)[0])["loss"]
+        return bool(_all_finite((params, opt_state))) and bool(np.isfinite(train_loss))
 
     def run_epoch(self, state: TrainState, first: int, limit: int):
         x, v = self._place(state.params)[0]
@@ -399,10 +400,10 @@ class _Trainer:
 
     def run(self, state, epochs, on_epoch, progress):
         state = state._replace(params=self._to_mesh(state.params), opt_state=self._to_mesh(state.opt_state))
-        if not self.good(state.params):
+        if not self.good(state.params, state.opt_state):
             raise ValueError(
-                "The training loss at the starting parameters is not finite: lower the init scale "
-                "or check the data (standardise inputs and regression targets)."
+                "The training loss at the starting parameters (or their optimizer state) is not finite: "
+                "lower the init scale or check the data (standardise inputs and regression targets)."
             )
         history: dict[str, list] = {"epoch": [], "train_loss": []}
         bar = _progress_bar(epochs, state.epoch) if progress else None
@@ -425,10 +426,9 @@ class _Trainer:
         params, opt_state, losses = self.run_epoch(state, state.batch, self.batches)
         losses = np.asarray(losses)[state.batch:]
         bad = np.flatnonzero(~np.isfinite(losses))
-        metrics = None
         if bad.size == 0:
             metrics = self.metrics(params)
-            if np.isfinite(metrics["train_loss"]) and self.good(params):
+            if self.good(params, opt_state, metrics["train_loss"]):
                 done = TrainState(params, opt_state, state.epoch + 1, state.key)
                 summary = {"epoch": state.epoch + 1, "train_loss": float(losses.mean())}
                 return done, {**summary, **metrics}
@@ -445,9 +445,16 @@ class _Trainer:
             if limit == state.batch:
                 return state  # the state the epoch started from was checked when it was made
             params, opt_state, _ = self.run_epoch(state, state.batch, limit)
-            if self.good(params):
+            if self.good(params, opt_state):
                 return TrainState(params, opt_state, state.epoch, state.key, limit)
         return state
+
+
+def _all_finite(tree) -> bool:
+    """Whether every floating-point leaf of ``tree`` is finite (checked on the host: a compiled
+    reduction would cost more to compile than the copy costs at these sizes)."""
+    leaves = (np.asarray(a) for a in jax.tree.leaves(tree))
+    return all(np.all(np.isfinite(a)) for a in leaves if np.issubdtype(a.dtype, np.inexact))
 
 
 def _progress_bar(total: int, initial: int):
