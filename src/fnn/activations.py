@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fnn.registry import Registry
+
 Array = jax.Array
 
 
@@ -80,25 +82,13 @@ def _leaky_relu(alpha: float) -> Activation:
     )
 
 
-ACTIVATIONS: dict[str, Activation] = {
-    a.name: a for a in (identity, step, sigmoid, tanh, relu, softplus, leaky_relu())
-}
+ACTIVATIONS: Registry[Activation] = Registry(
+    "activation", {a.name: a for a in (identity, step, sigmoid, tanh, relu, softplus, leaky_relu())},
+    factories={"leaky_relu": leaky_relu}, entry_type=Activation,
+    hint="or an fnn.Activation(name, fn, grad) of your own",
+)
 
 
 def get_activation(spec: str | Activation) -> Activation:
     """Looks an activation up by name (``"relu"``, ``"leaky_relu(0.2)"``) or passes one through."""
-    if isinstance(spec, Activation):
-        return spec
-    if isinstance(spec, str):
-        if spec in ACTIVATIONS:
-            return ACTIVATIONS[spec]
-        if spec.startswith("leaky_relu(") and spec.endswith(")"):
-            try:
-                return leaky_relu(float(spec[len("leaky_relu(") : -1]))
-            except ValueError as err:
-                raise ValueError(f"Bad leaky_relu slope in {spec!r}: {err}") from None
-    raise ValueError(
-        f"Unknown activation {spec!r}. Known activations: "
-        f"{', '.join(sorted(ACTIVATIONS))} (or 'leaky_relu(ALPHA)', "
-        "or an fnn.Activation(name, fn, grad) of your own)."
-    )
+    return ACTIVATIONS.get(spec)

@@ -13,29 +13,65 @@ calls ``jax.grad``, ``jax.vjp`` or ``jax.jacobian`` on the manual path.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+import dataclasses
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.layers import activation_backward, affine_backward, dropout_backward
 from fnn.losses import Loss, get_loss, risk, risk_grad
 from fnn.network import MLP, Cache, Params, forward_with_cache
+from fnn.registry import Registry
 from fnn.validation import check_coefficient, check_key, check_params, validate
 
 Array = jax.Array
 
 
-def _flat(a: Array) -> Array:
-    # All leading axes are batch axes: (..., d) -> (N, d).
-    return jnp.reshape(a, (-1, a.shape[-1]))
+class LayerBackward(NamedTuple):
+    """What one layer's backward step gives (see :func:`backward_step`).
+
+    Attributes:
+      grads: ``{"W": ∂R/∂W_l (d_{l-1}, d_l), "b": ∂R/∂b_l (d_l,)}``.
+      delta_z: ``δz_l = ∂R/∂z_l``, shaped like ``z_l`` ``(..., d_l)``.
+      delta_in: ``δy_{l-1} = ∂R/∂y_{l-1}`` ``(..., d_{l-1})``, the message to the layer
+        below, or ``None`` when not asked for.
+    """
+
+    grads: dict
+    delta_z: Array
+    delta_in: Array | None
+
+
+def backward_step(net: MLP, params: Params, cache: Cache, layer: int, delta_y: Array, *,
+                  input_grad: bool = True) -> LayerBackward:
+    """One layer of the backward pass: from ``δy_l``, the gradient at layer ``l``'s output.
+
+        δa_l = δy_l ⊙ m_l                (dropout, hidden layers that had it)
+        δz_l = δa_l ⊙ f_l'(z_l)          (activation)
+        ∂R/∂W_l = y_{l-1}ᵀ δz_l,  ∂R/∂b_l = Σ_b δz_l,  δy_{l-1} = δz_l W_lᵀ   (affine)
+
+    Args:
+      net, params, cache: the network and what :func:`fnn.forward_with_cache` kept.
+      layer: the 0-based index into ``params`` (layer ``layer + 1`` in the lectures' numbering).
+      delta_y: ``∂R/∂y_l``, shape ``(..., d_l)``.
+      input_grad: whether to form ``δy_{l-1}`` (one GEMM; not needed below the first layer).
+    """
+    if layer < net.num_layers - 1:
+        delta_y = dropout_backward(delta_y, cache.masks[layer])
+    act = net.activations[layer]
+    delta_z = activation_backward(act, delta_y, (cache.pre_activations[layer], cache.outputs[layer]))
+    delta_in, dw, db = affine_backward(delta_z, (cache.inputs[layer], params[layer]["W"]),
+                                       input_grad=input_grad)
+    return LayerBackward({"W": dw, "b": db}, delta_z, delta_in)
 
 
 def backward_with_input_grad(
     net: MLP, params: Params, cache: Cache, dout: Array, *, input_grad: bool = True
 ) -> tuple[Params, Array | None]:
-    """The backward pass; also returns ``δy_0 = ∂R/∂x`` when ``input_grad``.
+    """The backward pass, :func:`backward_step` from layer ``L`` down to 1; also returns
+    ``δy_0 = ∂R/∂x`` ``(..., d_0)`` when ``input_grad``.
 
     Args:
       net, params: the network.
@@ -50,17 +86,9 @@ def backward_with_input_grad(
     grads = [None] * net.num_layers
     delta_y = dout
     for l in reversed(range(net.num_layers)):
-        if l < net.num_layers - 1 and cache.masks[l] is not None:
-            delta_y = delta_y * cache.masks[l]  # dropout: y = f(z) ⊙ m, so δf = δy ⊙ m
-        act = net.activations[l]
-        delta_z = delta_y * act.grad(cache.pre_activations[l], cache.outputs[l])
-        grads[l] = {
-            "W": _flat(cache.inputs[l]).T @ _flat(delta_z),
-            "b": jnp.sum(_flat(delta_z), axis=0),
-        }
-        if l > 0 or input_grad:
-            delta_y = delta_z @ params[l]["W"].T
-    return grads, (delta_y if input_grad else None)
+        step = backward_step(net, params, cache, l, delta_y, input_grad=l > 0 or input_grad)
+        grads[l], delta_y = step.grads, step.delta_in
+    return grads, delta_y
 
 
 def _check_backward(net: MLP, params: Params, cache: Cache, dout) -> None:
@@ -96,40 +124,64 @@ def _add_l2_grad(grads: Params, params: Params, l2: float) -> Params:
     return [{"W": g["W"] + l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]
 
 
-def _objective(net, loss, params, x, v, weights, l2, dropout, key):
-    out, cache = forward_with_cache(net, params, x, dropout=dropout, key=key)
-    value = risk(loss, out, v, weights)
-    if l2:
-        value = value + l2_penalty(params, l2)
-    return value, out, cache
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What defines the risk being minimised, as one static, hashable value:
+
+        R(θ) = Σ_b w_b ℓ(f(x_b; θ), v_b) / Σ_b w_b + (λ/2) Σ_l ‖W_l‖²
+
+    with inverted dropout at rate ``dropout`` on the hidden layers (in training).
+
+    Attributes:
+      net: the :class:`fnn.MLP`.
+      loss: the :class:`fnn.Loss` (a name is looked up).
+      l2: the weight-decay coefficient λ ≥ 0.
+      dropout: the dropout rate in [0, 1).
+    """
+
+    net: MLP
+    loss: Loss
+    l2: float = 0.0
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "loss", get_loss(self.loss))
+        check_coefficient(self.l2, "l2")
+        check_coefficient(self.dropout, "dropout rate", upper=1.0)
+        object.__setattr__(self, "l2", float(self.l2))
+        object.__setattr__(self, "dropout", float(self.dropout))
+
+    def evaluate(self, params: Params, x: Array, v: Array, weights: Array | None = None,
+                 key: Array | None = None) -> tuple[Array, Array, Cache]:
+        """``(R, y_L, cache)``: the risk, the network output ``(B, d_L)`` and the forward cache."""
+        out, cache = forward_with_cache(self.net, params, x, dropout=self.dropout, key=key)
+        value = risk(self.loss, out, v, weights)
+        if self.l2:
+            value = value + l2_penalty(params, self.l2)
+        return value, out, cache
 
 
-def manual_value_and_grad(net, loss, params, x, v, weights=None, *, l2=0.0, dropout=0.0, key=None):
+def manual_value_and_grad(objective: Objective, params, x, v, weights=None, key=None):
     """``(R, ∂R/∂θ)`` by the hand-written forward and backward passes (no checks)."""
-    value, out, cache = _objective(net, loss, params, x, v, weights, l2, dropout, key)
-    grads = backward(net, params, cache, risk_grad(loss, out, v, weights))
-    return value, _add_l2_grad(grads, params, l2)
+    value, out, cache = objective.evaluate(params, x, v, weights, key)
+    grads = backward(objective.net, params, cache, risk_grad(objective.loss, out, v, weights))
+    return value, _add_l2_grad(grads, params, objective.l2)
 
 
-def autodiff_value_and_grad(net, loss, params, x, v, weights=None, *, l2=0.0, dropout=0.0, key=None):
+def autodiff_value_and_grad(objective: Objective, params, x, v, weights=None, key=None):
     """``(R, ∂R/∂θ)`` by ``jax.value_and_grad`` of the same objective (the reference)."""
-    return jax.value_and_grad(
-        lambda p: _objective(net, loss, p, x, v, weights, l2, dropout, key)[0]
-    )(params)
+    return jax.value_and_grad(lambda p: objective.evaluate(p, x, v, weights, key)[0])(params)
 
 
-METHODS: dict[str, Callable] = {
+METHODS: Registry[Callable] = Registry("gradient method", {
     "manual": manual_value_and_grad,
     "autodiff": autodiff_value_and_grad,
-}
+})
 
 
 def get_method(method: str) -> Callable:
-    if method not in METHODS:
-        raise ValueError(
-            f"Unknown gradient method {method!r}. Known methods: {', '.join(METHODS)}."
-        )
-    return METHODS[method]
+    """The ``(R, ∂R/∂θ)`` function of a gradient method: ``"manual"`` or ``"autodiff"``."""
+    return METHODS.get(method)
 
 
 def value_and_grad(
@@ -164,13 +216,12 @@ def value_and_grad(
     Inputs are validated (shapes, label range, NaN) before any computation when
     they are concrete; under ``jit`` only shapes can be checked.
     """
-    loss = get_loss(loss)
+    objective = Objective(net, loss, l2, dropout)
     fn = get_method(method)
-    validate(net, loss, params, x, v, weights)
-    check_coefficient(l2, "l2")
+    validate(net, objective.loss, params, x, v, weights)
     if key is not None:
         check_key(key)
-    return fn(net, loss, params, x, v, weights, l2=l2, dropout=dropout, key=key)
+    return fn(objective, params, x, v, weights, key)
 
 
 def _zero_cotangent(a: Array):

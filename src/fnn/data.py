@@ -17,10 +17,12 @@ import struct
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from fnn.files import atomic_write
+from fnn.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,17 +304,15 @@ def mnist(folder: str | os.PathLike = "data/mnist", *, download_missing: bool = 
     return _standardised("mnist", x_tr, y_tr, x_te, y_te, "classification", 10, False)
 
 
-DATASETS = {
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", {
     "digits": digits, "mnist1d": mnist1d, "mnist": mnist, "diabetes": diabetes,
     "sine": sine, "xor": xor, "moons": moons, "spirals": spirals,
-}
+})
 
 
 def load(name: str, seed: int = 0, **kwargs) -> Dataset:
     """A dataset by name: ``digits`` (default), ``mnist1d``, ``mnist``, ``diabetes``, ``sine``,
-    ``xor``, ``moons``, ``spirals``."""
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}.")
-    if name == "mnist":
-        return mnist(**kwargs)
-    return DATASETS[name](seed=seed, **kwargs)
+    ``xor``, ``moons``, ``spirals``. ``kwargs`` go to the loader (``folder=`` for ``mnist``,
+    which has no seed: its split is fixed)."""
+    loader = DATASETS.get(name)
+    return loader(**kwargs) if name == "mnist" else loader(seed=seed, **kwargs)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.backprop import _objective, autodiff_value_and_grad, manual_value_and_grad
+from fnn.backprop import Objective, autodiff_value_and_grad, manual_value_and_grad
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Params
 from fnn.validation import check_params_finite, validate
@@ -145,9 +145,10 @@ def _compute(net, loss, params, x, v, key, directions, eps):
     # One compiled call: both gradients, then every finite difference in one lax.map over
     # (tensor, direction) pairs. A loop rather than a copy of the network per tensor keeps
     # the program, and its compile time, the size of two forward passes.
-    _, manual = manual_value_and_grad(net, loss, params, x, v)
-    _, auto = autodiff_value_and_grad(net, loss, params, x, v)
-    risk_at = lambda p: _objective(net, loss, p, x, v, None, 0.0, 0.0, None)[0]
+    objective = Objective(net, loss)
+    _, manual = manual_value_and_grad(objective, params, x, v)
+    _, auto = autodiff_value_and_grad(objective, params, x, v)
+    risk_at = lambda p: objective.evaluate(p, x, v)[0]
     leaves, treedef = jax.tree.flatten(params)
     manual_leaves = jax.tree.leaves(manual)
     # One draw for every tensor's directions: each separate jax.random.normal adds its own

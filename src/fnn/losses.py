@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fnn.registry import Registry
 from fnn.validation import check_targets, check_weights
 
 Array = jax.Array
@@ -147,28 +148,15 @@ softmax_cross_entropy = Loss(
     "softmax_cross_entropy", _softmax_ce, _softmax_ce_grad, "multiclass"
 )
 
-LOSSES: dict[str, Loss] = {
-    l.name: l
-    for l in (mse, mae, huber(), mape, binary_cross_entropy, softmax_cross_entropy)
-}
+LOSSES: Registry[Loss] = Registry(
+    "loss", {l.name: l for l in (mse, mae, huber(), mape, binary_cross_entropy, softmax_cross_entropy)},
+    factories={"huber": huber}, entry_type=Loss, hint="or an fnn.Loss(name, value, grad) of your own",
+)
 
 
 def get_loss(spec: str | Loss) -> Loss:
     """Looks a loss up by name (``"mse"``, ``"huber(0.5)"``) or passes one through."""
-    if isinstance(spec, Loss):
-        return spec
-    if isinstance(spec, str):
-        if spec in LOSSES:
-            return LOSSES[spec]
-        if spec.startswith("huber(") and spec.endswith(")"):
-            try:
-                return huber(float(spec[len("huber(") : -1]))
-            except ValueError as err:
-                raise ValueError(f"Bad huber delta in {spec!r}: {err}") from None
-    raise ValueError(
-        f"Unknown loss {spec!r}. Known losses: {', '.join(sorted(LOSSES))} "
-        "(or 'huber(DELTA)', or an fnn.Loss(name, value, grad) of your own)."
-    )
+    return LOSSES.get(spec)
 
 
 def _normaliser(weights: Array | None, batch_shape: tuple[int, ...], dtype) -> tuple[Array, Array]:

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.activations import Activation, get_activation
+from fnn.layers import activation_forward, affine_forward, dropout_forward
+from fnn.registry import Registry
 from fnn.validation import check_inputs, check_key, check_params
 
 Array = jax.Array
@@ -100,7 +102,7 @@ class MLP:
 
 Initializer = Callable[[Array, tuple[int, ...], jnp.dtype], Array]
 
-SCHEMES: dict[str, Initializer] = {
+SCHEMES: Registry[Initializer] = Registry("init scheme", {
     # Glorot/Xavier: Var W = 2 / (fan_in + fan_out), for tanh/sigmoid.
     "glorot": jax.nn.initializers.glorot_uniform(),
     "xavier": jax.nn.initializers.glorot_uniform(),
@@ -109,22 +111,16 @@ SCHEMES: dict[str, Initializer] = {
     "kaiming": jax.nn.initializers.he_normal(),
     # LeCun: Var W = 1 / fan_in.
     "lecun": jax.nn.initializers.lecun_normal(),
-}
+}, factories={"normal": lambda sigma: jax.nn.initializers.normal(stddev=sigma)},
+    hint="'normal' (N(0, sigma²)), or any jax.nn.initializers-style function (key, shape, dtype) -> array")
 
 
 def get_scheme(scheme: str | Initializer, sigma: float = 0.01) -> Initializer:
-    """An initializer by name, ``"normal"`` with standard deviation ``sigma``, or a callable."""
+    """An initializer by name, ``"normal"`` with standard deviation ``sigma`` (or ``"normal(S)"``),
+    or a callable ``(key, shape, dtype) -> array`` passed through."""
     if callable(scheme):
         return scheme
-    if scheme == "normal":
-        return jax.nn.initializers.normal(stddev=sigma)
-    if scheme in SCHEMES:
-        return SCHEMES[scheme]
-    raise ValueError(
-        f"Unknown init scheme {scheme!r}. Known schemes: "
-        f"{', '.join(sorted([*SCHEMES, 'normal']))} "
-        "(or any jax.nn.initializers-style function (key, shape, dtype) -> array)."
-    )
+    return SCHEMES.get(f"normal({sigma!r})" if scheme == "normal" else scheme)
 
 
 def default_float() -> jnp.dtype:
@@ -161,11 +157,6 @@ def init(
         {"W": init_w(k, (d_in, d_out), dtype), "b": jnp.zeros((d_out,), dtype)}
         for k, d_in, d_out in zip(keys, net.sizes[:-1], net.sizes[1:])
     ]
-
-
-def affine(y: Array, w: Array, b: Array) -> Array:
-    """``z = y W + b`` for ``y`` of shape ``(..., d_in)``, broadcasting ``b`` explicitly."""
-    return y @ w + jnp.reshape(b, (1,) * (jnp.ndim(y) - 1) + jnp.shape(b))
 
 
 class Cache(NamedTuple):
@@ -220,17 +211,13 @@ def forward_with_cache(
     inputs, pres, outs, masks = [], [], [], []
     y = x
     for l, (layer, act) in enumerate(zip(params, net.activations)):
-        inputs.append(y)
-        z = affine(y, layer["W"], layer["b"])
-        y = act.fn(z)
+        z, (y_in, _) = affine_forward(y, layer["W"], layer["b"])
+        y, _ = activation_forward(act, z)
+        inputs.append(y_in)
         pres.append(z)
         outs.append(y)
-        if l < net.num_layers - 1:
-            mask = None
-            if dropout > 0.0:
-                keep = jax.random.bernoulli(keys[l], 1.0 - dropout, y.shape)
-                mask = keep.astype(y.dtype) / (1.0 - dropout)
-                y = y * mask
+        if l < net.num_layers - 1:  # dropout on hidden layers only
+            y, mask = dropout_forward(y, dropout, keys[l])
             masks.append(mask)
     return y, Cache(tuple(inputs), tuple(pres), tuple(outs), tuple(masks))
 

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn.backprop import get_method
+from fnn.backprop import Objective, get_method
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Params
+from fnn.registry import Registry
 from fnn.validation import check_coefficient, check_optimizer, validate
 
 Array = jax.Array
@@ -45,7 +46,7 @@ def check_learning_rate(learning_rate: float) -> None:
         raise ValueError(f"The learning rate must be positive and finite, got {learning_rate!r}.")
 
 
-OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+OPTIMIZERS: Registry[Callable[[float, float], optax.GradientTransformation]] = Registry("optimizer", {
     "gd": lambda lr, momentum: plain_gd(lr),
     "sgd": lambda lr, momentum: optax.sgd(lr),
     "momentum": lambda lr, momentum: optax.sgd(lr, momentum=momentum),
@@ -53,20 +54,20 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": lambda lr, momentum: optax.adam(lr),
     "adamw": lambda lr, momentum: optax.adamw(lr),
     "rmsprop": lambda lr, momentum: optax.rmsprop(lr),
-}
+}, hint="or any optax GradientTransformation")
 
 
 def get_optimizer(
     spec: str | optax.GradientTransformation, learning_rate: float = 1e-3, momentum: float = 0.9
 ) -> optax.GradientTransformation:
-    """An optimizer by name (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``, ...) or passed through."""
+    """An optimizer by name (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``, ...) with learning
+    rate η and momentum, or an optax ``GradientTransformation`` passed through."""
     if isinstance(spec, optax.GradientTransformation):
         return spec
-    if spec not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {spec!r}. Known optimizers: {', '.join(OPTIMIZERS)}.")
+    build = OPTIMIZERS.get(spec)
     check_learning_rate(learning_rate)
     check_coefficient(momentum, "momentum", upper=1.0)
-    return OPTIMIZERS[spec](learning_rate, momentum)
+    return build(learning_rate, momentum)
 
 
 def make_update_fn(
@@ -83,17 +84,15 @@ def make_update_fn(
     It is the body that :func:`make_update_step` jits, that the training loops
     scan over, and that :mod:`fnn.parallel` shards.
     """
-    loss = get_loss(loss)
+    objective = Objective(net, loss, l2, dropout)
     grad_fn = get_method(method)
     check_optimizer(optimizer)
-    check_coefficient(l2, "l2")
-    check_coefficient(dropout, "dropout rate", upper=1.0)
 
     def update(params, opt_state, x, v, key=None, weights=None):
         # Under jit this runs once per input shape, at trace time: shapes, dtypes and
         # the network's structure are checked for free; values only when concrete.
-        validate(net, loss, params, x, v, weights)
-        value, grads = grad_fn(net, loss, params, x, v, weights, l2=l2, dropout=dropout, key=key)
+        validate(net, objective.loss, params, x, v, weights)
+        value, grads = grad_fn(objective, params, x, v, weights, key)
         # fnn's own code is clean under strict dtype promotion; some optax
         # transformations (adam's bias correction) are not, so they get the default.
         with jax.numpy_dtype_promotion("standard"):

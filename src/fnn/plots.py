@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot``, imported on first use (Agg outside notebooks); a clear error if missing."""
     try:
         import matplotlib
     except ImportError:
@@ -30,7 +31,7 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
     Returns:
       The matplotlib ``Figure`` (in a notebook it displays itself).
     """
-    plt = _pyplot()
+    plt = pyplot()
     second = "accuracy" if "train_accuracy" in history else "r2"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for split, label in zip(("train", "test"), split_names):
@@ -51,7 +52,7 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
 
 def figure_png(fig) -> bytes:
     """The figure as PNG bytes (closed afterwards), for an atomic write."""
-    plt = _pyplot()
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
