@@ -10,7 +10,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import fnn
 from common import figure, main, table
@@ -62,12 +61,13 @@ def _run() -> dict:
     v = jnp.array([1])
     out, cache = fnn.forward_with_cache(net, params, x)
     dout = fnn.risk_grad(fnn.get_loss("softmax_cross_entropy"), out, v)
+    # The backward pass is fnn's own, one layer at a time: backward_step gives each layer's
+    # δz_l and the message δy_{l-1} it sends down.
     messages, delta_y = [], dout
     for l in reversed(range(net.num_layers)):
-        act = net.activations[l]
-        delta_z = delta_y * act.grad(cache.pre_activations[l], cache.outputs[l])
-        messages.append({"layer": l + 1, "delta_y": delta_y[0].tolist(), "delta_z": delta_z[0].tolist()})
-        delta_y = delta_z @ params[l]["W"].T
+        step = fnn.backward_step(net, params, cache, l, delta_y)
+        messages.append({"layer": l + 1, "delta_y": delta_y[0].tolist(), "delta_z": step.delta_z[0].tolist()})
+        delta_y = step.delta_in
     grads = fnn.backward(net, params, cache, dout)
     auto = fnn.value_and_grad(net, "softmax_cross_entropy", params, x, v, method="autodiff")[1]
     results["net_2322"] = {

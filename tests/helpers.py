@@ -1,7 +1,6 @@
 """Shared test helpers: targets that fit each loss, and a relative-error assertion."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import fnn

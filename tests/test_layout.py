@@ -64,3 +64,29 @@ def test_import_fnn_is_lean():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 50
+
+
+def _function_lengths(path: Path):
+    """(name, lines) of every function, its docstring not counted (prose is not complexity)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
+                    first.value.value, str):
+                lines -= first.end_lineno - first.lineno + 1
+            yield node.name, lines
+
+
+def test_small_modules_and_functions():
+    too_long = []
+    for path in sorted(SRC.rglob("*.py")):
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(SRC)}: {lines} lines")
+        too_long += [f"{path.relative_to(SRC)}:{name}: {n} lines" for name, n in _function_lengths(path)
+                     if n > MAX_FUNCTION_LINES]
+    assert not too_long, too_long

@@ -1,6 +1,5 @@
 """The lectures' worked examples, computed through fnn's own layers, losses and backward pass."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

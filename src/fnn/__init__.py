@@ -1,8 +1,22 @@
-"""fnn: feedforward neural networks in JAX with a hand-written backward pass."""
+"""fnn: feedforward neural networks in JAX with a hand-written backward pass.
+
+``import fnn`` exports the functions and classes a research script uses (the names below,
+listed in ``__all__``) and the modules a user reaches into by name: ``fnn.layers`` (the
+forward/backward pairs), ``fnn.data``, ``fnn.checkpoint``, ``fnn.parallel``, ``fnn.plots``
+and ``fnn.validation``. It needs only jax, optax and numpy; scikit-learn, matplotlib and
+tqdm are imported when a dataset, a figure or a progress bar first needs them. The command
+line (``fnn.cli``), the run folder (``fnn.runs``) and the benchmark (``fnn.bench``) are
+not imported here: they are applications of the library, not part of it.
+"""
+
+__version__ = "0.2.0"
 
 from fnn.activations import ACTIVATIONS, Activation, get_activation, leaky_relu
 from fnn.backprop import (
+    LayerBackward,
+    Objective,
     backward,
+    backward_step,
     backward_with_input_grad,
     bridge,
     bridged_loss,
@@ -12,20 +26,19 @@ from fnn.backprop import (
 from fnn.gradcheck import GradcheckReport, gradcheck
 from fnn.losses import LOSSES, Loss, get_loss, huber, risk, risk_grad
 from fnn.network import MLP, Cache, forward, forward_with_cache, init
-from fnn.validation import check_inputs, check_params, check_targets, check_weights
-
 from fnn.optim import get_optimizer, make_update_fn, make_update_step, plain_gd
+from fnn.plots import plot_history
 from fnn.train import NonFiniteLossError, TrainState, evaluate, fit, fit_parallel, gradient_descent
-from fnn import checkpoint, data, parallel, validation
-
-__version__ = "0.1.0"
+from fnn.validation import check_inputs, check_params, check_targets, check_weights
+from fnn import checkpoint, data, layers, parallel, plots, validation
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Cache", "GradcheckReport", "LOSSES", "Loss", "MLP",
-    "backward", "backward_with_input_grad", "bridge", "bridged_loss", "check_inputs",
-    "check_params", "check_targets", "check_weights", "forward", "forward_with_cache", "get_activation", "get_loss",
-    "gradcheck", "huber", "init", "l2_penalty", "leaky_relu", "risk", "risk_grad",
-    "value_and_grad", "get_optimizer", "make_update_fn", "make_update_step", "plain_gd",
-    "NonFiniteLossError", "TrainState", "evaluate", "fit", "fit_parallel", "gradient_descent", "checkpoint", "data",
-    "parallel", "validation",
+    "ACTIVATIONS", "Activation", "Cache", "GradcheckReport", "LOSSES", "LayerBackward", "Loss", "MLP",
+    "NonFiniteLossError", "Objective", "TrainState",
+    "backward", "backward_step", "backward_with_input_grad", "bridge", "bridged_loss", "check_inputs",
+    "check_params", "check_targets", "check_weights", "evaluate", "fit", "fit_parallel", "forward",
+    "forward_with_cache", "get_activation", "get_loss", "get_optimizer", "gradcheck", "gradient_descent",
+    "huber", "init", "l2_penalty", "leaky_relu", "make_update_fn", "make_update_step", "plain_gd",
+    "plot_history", "risk", "risk_grad", "value_and_grad",
+    "checkpoint", "data", "layers", "parallel", "plots", "validation",
 ]

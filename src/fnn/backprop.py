@@ -114,7 +114,8 @@ def backward(net: MLP, params: Params, cache: Cache, dout: Array) -> Params:
 
 
 def l2_penalty(params: Params, l2: float) -> Array:
-    """``(λ/2) Σ_l ‖W_l‖²``: weight decay on weights, not biases."""
+    """``(λ/2) Σ_l ‖W_l‖²`` (a scalar): weight decay on the weights ``W_l``, not the biases.
+    Its gradient ``λ W_l`` is added by hand in the manual path."""
     return 0.5 * l2 * sum(jnp.sum(layer["W"] ** 2) for layer in params)
 
 

@@ -117,6 +117,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
+    """The ``fnn`` argument parser; with ``explicit_only`` the ``train`` flags have no defaults,
+    so a parse holds just the flags given (what ``--resume`` compares with the run's own)."""
     parser = argparse.ArgumentParser(
         prog="fnn", description="Feedforward neural networks in JAX with a hand-written backward pass.")
     parser.add_argument("--version", action="version", version=f"fnn {__version__}")
@@ -235,7 +237,7 @@ def _gradcheck(plan: Plan):
 
 
 def _train(plan: Plan, args, report, timings: dict) -> int:
-
+    """Creates the run folder, trains with a checkpoint and metrics after every epoch, reports."""
     config, folder, net, loss, data = plan.config, plan.folder, plan.net, plan.loss, plan.data
     folder.create(config, net, loss, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
     if report is not None:
@@ -257,24 +259,7 @@ def _train(plan: Plan, args, report, timings: dict) -> int:
         _echo(f"epoch {metrics['epoch']:>3}  {shown}", args.no_progress)
 
     t = time.perf_counter()
-    status = 0
-    mesh = make_mesh(config["devices"]) if config["devices"] > 1 else None
-    try:
-        fit(net, loss, plan.params, data.x_train, data.y_train, key=plan.key, optimizer=plan.optimizer,
-            epochs=config["epochs"], batch_size=config["batch_size"], method=config["method"],
-            l2=config["l2"], dropout=config["dropout"], test=(data.x_test, data.y_test), state=plan.state,
-            mesh=mesh, on_epoch=on_epoch, progress=not args.no_progress and folder.writer)
-    except NonFiniteLossError as err:
-        # The error carries the last state with a finite loss, perhaps from inside an epoch
-        # that no checkpoint covers yet: save it, so nothing finite is lost.
-        folder.save(net, loss, err.state)
-        print(f"fnn train: {err} The last good checkpoint is {folder.checkpoint_path}.", file=sys.stderr)
-        status = 1
-    except KeyboardInterrupt:
-        done = history["epoch"][-1] if history.get("epoch") else 0
-        print(f"fnn train: interrupted. {folder} holds the checkpoint and metrics of epoch {done}: "
-              f"continue with fnn train --resume {folder}", file=sys.stderr)
-        status = 130
+    status = _fit(plan, on_epoch, history, progress=not args.no_progress and folder.writer)
     timings["compile + first epoch"] = (epoch_times[0] - t) if epoch_times else time.perf_counter() - t
     timings["train (other epochs)"] = (epoch_times[-1] - epoch_times[0]) if epoch_times else 0.0
     t = time.perf_counter()
@@ -288,6 +273,29 @@ def _train(plan: Plan, args, report, timings: dict) -> int:
     _say("time: " + ", ".join(f"{k} {a:.2f}s" for k, a in timings.items()))
     _say(f"run folder: {folder}")
     return status
+
+
+def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
+    """Runs :func:`fnn.fit` for the plan; 0 done, 1 diverged (last good state saved), 130 interrupted."""
+    config, folder, net, loss, data = plan.config, plan.folder, plan.net, plan.loss, plan.data
+    mesh = make_mesh(config["devices"]) if config["devices"] > 1 else None
+    try:
+        fit(net, loss, plan.params, data.x_train, data.y_train, key=plan.key, optimizer=plan.optimizer,
+            epochs=config["epochs"], batch_size=config["batch_size"], method=config["method"],
+            l2=config["l2"], dropout=config["dropout"], test=(data.x_test, data.y_test), state=plan.state,
+            mesh=mesh, on_epoch=on_epoch, progress=progress)
+    except NonFiniteLossError as err:
+        # The error carries the last state with a finite loss, perhaps from inside an epoch
+        # that no checkpoint covers yet: save it, so nothing finite is lost.
+        folder.save(net, loss, err.state)
+        print(f"fnn train: {err} The last good checkpoint is {folder.checkpoint_path}.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        done = history["epoch"][-1] if history.get("epoch") else 0
+        print(f"fnn train: interrupted. {folder} holds the checkpoint and metrics of epoch {done}: "
+              f"continue with fnn train --resume {folder}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _echo(message: str, plain: bool) -> None:

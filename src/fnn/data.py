@@ -43,15 +43,17 @@ class Dataset:
 
     @property
     def in_dim(self) -> int:
+        """The input width ``d_0`` (features per example)."""
         return self.x_train.shape[1]
 
     @property
     def out_dim(self) -> int:
+        """The output width a network needs: the number of classes, or of regression targets."""
         return self.num_classes if self.task == "classification" else self.y_train.shape[1]
 
 
 def check_data(x: np.ndarray, y: np.ndarray, name: str = "data") -> None:
-    """One clear error for empty, mismatched or non-finite data."""
+    """One clear error for empty, mismatched or non-finite data: ``x`` ``(N, d)``, ``y`` ``(N, ...)``."""
     if len(x) == 0:
         raise ValueError(f"The {name} set is empty: there is nothing to train on.")
     if len(x) != len(y):
@@ -184,7 +186,7 @@ def xor(seed: int = 0, n: int = 512, test_fraction: float = 0.25) -> Dataset:
 
 
 def moons(seed: int = 0, n: int = 512, test_fraction: float = 0.25, noise: float = 0.15) -> Dataset:
-    """scikit-learn's two interleaving half circles."""
+    """scikit-learn's two interleaving half circles: ``n`` points ``(n, 2)``, labels 0/1."""
     from sklearn.datasets import make_moons
 
     x, y = make_moons(n, noise=noise, random_state=seed)
@@ -194,7 +196,7 @@ def moons(seed: int = 0, n: int = 512, test_fraction: float = 0.25, noise: float
 
 def spirals(seed: int = 0, n: int = 600, test_fraction: float = 0.25, classes: int = 3,
             noise: float = 0.2) -> Dataset:
-    """``classes`` interleaved spiral arms in the plane."""
+    """``classes`` interleaved spiral arms in the plane: ``n`` points ``(n, 2)``, labels ``0..classes-1``."""
     rng = np.random.default_rng(seed)
     per = n // classes
     r = np.tile(np.linspace(0.05, 1.0, per), classes)

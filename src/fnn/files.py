@@ -64,7 +64,7 @@ def _sync_folder(folder: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """``obj`` as indented JSON, atomically."""
+    """Writes ``obj`` as indented JSON to ``path``, atomically (see :func:`atomic_write`)."""
     return atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 

@@ -28,6 +28,17 @@ from fnn.validation import check_params_finite, validate
 
 @dataclasses.dataclass(frozen=True)
 class GradcheckRow:
+    """One parameter tensor's line of a :class:`GradcheckReport`.
+
+    Attributes:
+      layer: the layer, 1-based as in the lectures (``params[layer - 1]``).
+      param: ``"W"`` or ``"b"``.
+      norm: ``‖∂R/∂θ‖₂`` from the hand-written backward.
+      autodiff_error: ``‖g_manual − g_jax.grad‖ / max(‖g_manual‖, ‖g_jax.grad‖)``.
+      fd_error: the worst ``|⟨g_manual, u⟩ − (R(θ+εu) − R(θ−εu))/2ε|`` over the random unit
+        directions ``u``, relative to the gradient's norm.
+    """
+
     layer: int  # 1-based, as in the lectures
     param: str  # "W" or "b"
     norm: float  # ‖∂R/∂θ‖ from the manual pass
@@ -37,6 +48,14 @@ class GradcheckRow:
 
 @dataclasses.dataclass(frozen=True)
 class GradcheckReport:
+    """The per-layer comparison :func:`gradcheck` returns; ``print`` it for the table.
+
+    Attributes:
+      rows: one :class:`GradcheckRow` per layer and parameter, in forward order.
+      autodiff_tol, fd_tol: the relative-error thresholds a row must meet.
+      dtype: the parameters' dtype (the tolerances depend on it).
+    """
+
     rows: tuple[GradcheckRow, ...]
     autodiff_tol: float
     fd_tol: float
@@ -44,16 +63,19 @@ class GradcheckReport:
 
     @property
     def failures(self) -> tuple[GradcheckRow, ...]:
+        """The rows over either tolerance."""
         return tuple(
             r for r in self.rows if r.autodiff_error > self.autodiff_tol or r.fd_error > self.fd_tol
         )
 
     @property
     def ok(self) -> bool:
+        """Whether every row is within both tolerances."""
         return not self.failures
 
     @property
     def worst(self) -> GradcheckRow:
+        """The row furthest over (or nearest to) its tolerances."""
         return max(self.rows, key=lambda r: max(r.autodiff_error / self.autodiff_tol, r.fd_error / self.fd_tol))
 
     @property

@@ -67,18 +67,22 @@ class MLP:
 
     @property
     def num_layers(self) -> int:
+        """``L``, the number of affine layers."""
         return len(self.sizes) - 1
 
     @property
     def in_dim(self) -> int:
+        """``d_0``, the input width."""
         return self.sizes[0]
 
     @property
     def out_dim(self) -> int:
+        """``d_L``, the output width."""
         return self.sizes[-1]
 
     @property
     def num_params(self) -> int:
+        """``Σ_l (d_{l-1} + 1) d_l``: weights and biases."""
         return sum((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
 
     def to_dict(self) -> dict:
@@ -124,7 +128,8 @@ def get_scheme(scheme: str | Initializer, sigma: float = 0.01) -> Initializer:
 
 
 def default_float() -> jnp.dtype:
-    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
+    """The default floating dtype for new parameters: float64 when ``jax_enable_x64`` is on,
+    float32 otherwise."""
     return jnp.zeros(()).dtype
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from fnn.backprop import Objective, get_method
-from fnn.losses import Loss, get_loss
-from fnn.network import MLP, Params
+from fnn.losses import Loss
+from fnn.network import MLP
 from fnn.registry import Registry
 from fnn.validation import check_coefficient, check_optimizer, validate
 
@@ -79,8 +78,12 @@ def make_update_fn(
     l2: float = 0.0,
     dropout: float = 0.0,
 ) -> Callable:
-    """The pure (un-jitted) update ``(params, opt_state, x, v, key=None, weights=None) -> (params, opt_state, metrics)``.
+    """The pure (un-jitted) update step of the objective ``R`` (see :class:`fnn.Objective`):
 
+        update(params, opt_state, x, v, key=None, weights=None) -> (params, opt_state, {"loss": R})
+        g = ∂R/∂θ (by ``method``),  (u, opt_state) = optimizer.update(g, opt_state, θ),  θ ← θ + u
+
+    ``x``: ``(B, d_0)``; ``weights``: ``(B,)``; ``R`` is the risk before the update.
     It is the body that :func:`make_update_step` jits, that the training loops
     scan over, and that :mod:`fnn.parallel` shards.
     """
@@ -103,16 +106,9 @@ def make_update_fn(
     return update
 
 
-def make_update_step(
-    net: MLP,
-    loss: str | Loss,
-    optimizer: optax.GradientTransformation,
-    method: str = "manual",
-    *,
-    l2: float = 0.0,
-    dropout: float = 0.0,
-    donate: bool = True,
-) -> Callable:
+def make_update_step(net: MLP, loss: str | Loss, optimizer: optax.GradientTransformation,
+                     method: str = "manual", *, l2: float = 0.0, dropout: float = 0.0,
+                     donate: bool = True) -> Callable:
     """One pure, jit-compiled training step.
 
         step(params, opt_state, x, v, key=None, weights=None) -> (params, opt_state, {"loss": R})

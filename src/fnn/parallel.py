@@ -22,7 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fnn.losses import Loss
-from fnn.network import MLP, Params
+from fnn.network import MLP
 from fnn.optim import make_update_fn
 
 AXIS = "data"

@@ -210,6 +210,7 @@ class RunFolder:
 
     @property
     def checkpoint_path(self) -> Path:
+        """``RUN/checkpoint.npz``."""
         return self.path / "checkpoint.npz"
 
     # --- checks (touch nothing) --------------------------------------------------------------
@@ -227,6 +228,7 @@ class RunFolder:
             )
 
     def read_config(self) -> dict:
+        """The run's configuration from ``config.json``, checked key by key (:func:`check_config`)."""
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path} is not a folder: give a run folder written by fnn train.")
         doc = read_json(self.path / "config.json", "run configuration")
@@ -235,6 +237,7 @@ class RunFolder:
         return config
 
     def load_checkpoint(self, net: MLP, opt_state_like=None):
+        """The run's checkpoint for ``net`` (see :func:`fnn.checkpoint.load`)."""
         if not self.checkpoint_path.exists():
             raise FileNotFoundError(
                 f"{self.path} has no checkpoint.npz: the run stopped before its first epoch ended. "
@@ -272,10 +275,12 @@ class RunFolder:
                    {"config": config, "net": net.to_dict(), "loss": loss.name, "commands": commands})
 
     def write_text(self, name: str, text: str) -> None:
+        """``RUN/name``, atomically (process 0 only)."""
         if self.writer:
             atomic_write(self.path / name, text)
 
     def write_json(self, name: str, obj) -> None:
+        """``RUN/name`` as JSON, atomically (process 0 only)."""
         if self.writer:
             write_json(self.path / name, obj)
 

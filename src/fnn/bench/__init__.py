@@ -24,13 +24,12 @@ import gc
 import os
 import resource
 import statistics
-import time
 from pathlib import Path
 
 import jax
 
 from fnn.bench.contestants import PEER_NAMES, PEERS, TWIN, _fnn_rows
-from fnn.bench.harness import _executed_flops, _flops, _matmul_peak, _rss_mb
+from fnn.bench.harness import _executed_flops, _flops, _matmul_peak, _rss_mb, calibrate, time_rows
 from fnn.bench.report import _markdown, _plot, _print_config
 from fnn.files import atomic_write, write_json
 
@@ -60,6 +59,7 @@ def _count(least: int):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``fnn bench``."""
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
                    help="which configurations (default: all)")
     p.add_argument("--rounds", type=_count(1), default=15, help="interleaved timing rounds (default: %(default)s)")
@@ -79,39 +79,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def bench_config(name, args) -> dict:
+    """Times every row of configuration ``name`` (interleaved rounds) and returns its results."""
     sizes, batch = CONFIGS[name]
-    rows = _fnn_rows(sizes, batch, args.dtype, args.device, SCAN_STEPS[name], args.twins)
-    skipped = {}
-    if args.device == "cpu" and args.dtype == "float32":
-        for peer in args.peers:
-            try:
-                rows.update(PEERS[peer](sizes, batch))
-            except ImportError as err:
-                skipped[peer] = f"not installed ({err.name}); pip install -e '.[bench]'"
-            except Exception as err:  # a peer that fails is reported, not fatal
-                skipped[peer] = f"failed: {type(err).__name__}: {err}"
-    flops, executed = _flops(sizes, batch), _executed_flops(sizes, batch)
-    # Warm-up (compilation) and a step count giving ~0.3 s per row per round.
-    per_call = {}
-    for row, run in rows.items():
-        spc = getattr(run, "steps_per_call", 1)
-        run(spc)
-        t = time.perf_counter()
-        run(spc)
-        per_call[row] = max(spc, int(round(0.3 / max((time.perf_counter() - t) / spc, 1e-7) / spc)) * spc)
-        if args.steps:
-            per_call[row] = max(spc, args.steps // spc * spc)
+    rows, skipped = _rows(sizes, batch, args)
+    per_call = calibrate(rows, args.steps)
     peak = _matmul_peak(sizes, batch, args.dtype, args.device)
-    times = {row: [] for row in rows}
-    names = list(rows)
-    for r in range(args.rounds):
-        # Rotate the order every round, so that no row always runs first or after the same peer
-        # (a row's speed depends a little on what ran before it: caches, allocator, threads).
-        for row in names[r % len(names):] + names[:r % len(names)]:
-            t = time.perf_counter()
-            rows[row](per_call[row])
-            times[row].append((time.perf_counter() - t) / per_call[row])
+    times = time_rows(rows, per_call, args.rounds)
     peak = max(peak, _matmul_peak(sizes, batch, args.dtype, args.device))
+    flops, executed = _flops(sizes, batch), _executed_flops(sizes, batch)
     manual = statistics.median(times["fnn manual (step per call)"])
     table = []
     for row, ts in times.items():
@@ -131,7 +106,27 @@ def bench_config(name, args) -> dict:
     return res
 
 
+def _rows(sizes, batch, args) -> tuple[dict, dict]:
+    """fnn's rows and the requested peers' (CPU, float32 only); peers that cannot run are skipped."""
+    rows = _fnn_rows(sizes, batch, args.dtype, args.device, SCAN_STEPS[_config_name(sizes)], args.twins)
+    skipped = {}
+    if args.device == "cpu" and args.dtype == "float32":
+        for peer in args.peers:
+            try:
+                rows.update(PEERS[peer](sizes, batch))
+            except ImportError as err:
+                skipped[peer] = f"not installed ({err.name}); pip install -e '.[bench]'"
+            except Exception as err:  # a peer that fails is reported, not fatal
+                skipped[peer] = f"failed: {type(err).__name__}: {err}"
+    return rows, skipped
+
+
+def _config_name(sizes) -> str:
+    return next(name for name, (s, _) in CONFIGS.items() if s == sizes)
+
+
 def run(args) -> int:
+    """``fnn bench``: times every configuration and writes ``benchmark.{json,md,png}`` to ``--out``."""
     if args.device != "cpu" and not any(d.platform == args.device for d in jax.devices()):
         raise ValueError(f"No {args.device} device here: JAX sees {jax.devices()}.")
     results = {"device": str(jax.devices(args.device)[0].device_kind), "jax": jax.__version__,

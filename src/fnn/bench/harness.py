@@ -110,3 +110,34 @@ def _matmul_peak(sizes, batch, dtype_name, device, repeats=7) -> float:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def calibrate(rows: dict, steps: int = 0) -> dict:
+    """Warms every row up (compiling it) and picks its steps per round: about 0.3 s of work,
+    or ``steps`` when given, in whole calls."""
+    per_call = {}
+    for row, run in rows.items():
+        spc = getattr(run, "steps_per_call", 1)
+        run(spc)
+        t = time.perf_counter()
+        run(spc)
+        per_call[row] = max(spc, int(round(0.3 / max((time.perf_counter() - t) / spc, 1e-7) / spc)) * spc)
+        if steps:
+            per_call[row] = max(spc, steps // spc * spc)
+    return per_call
+
+
+def time_rows(rows: dict, per_call: dict, rounds: int) -> dict:
+    """Seconds per step of every row in every round, the rows interleaved.
+
+    The order rotates every round, so that no row always runs first or after the same peer
+    (a row's speed depends a little on what ran before it: caches, allocator, threads).
+    """
+    times = {row: [] for row in rows}
+    names = list(rows)
+    for r in range(rounds):
+        for row in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            rows[row](per_call[row])
+            times[row].append((time.perf_counter() - t) / per_call[row])
+    return times

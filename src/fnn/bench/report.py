@@ -31,7 +31,7 @@ def _mb(mb) -> str:
 
 
 def _markdown(results) -> str:
-    lines = [f"# Benchmark: one training step (forward, backward, SGD), softmax CE, ReLU",
+    lines = ["# Benchmark: one training step (forward, backward, SGD), softmax CE, ReLU",
              "", f"Device: {results['device']} ({results['cpu_count']} CPUs visible), JAX {results['jax']}, "
              f"{results['dtype']}, median of {results['rounds']} interleaved rounds.", "",
              "GFLOP/s counts 6 × batch × weights per step. % of matmul peak divides the GEMM work a step "
