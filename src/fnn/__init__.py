@@ -28,6 +28,15 @@ from fnn.losses import LOSSES, Loss, get_loss, huber, risk, risk_grad
 from fnn.network import MLP, Cache, forward, forward_with_cache, init
 from fnn.optim import get_optimizer, make_update_fn, make_update_step, plain_gd
 from fnn.plots import plot_history
+from fnn.quantities import (
+    ggn_diagonal,
+    ggn_vp,
+    gradient_moments,
+    hvp,
+    kfac_factors,
+    per_example_grad_norms,
+    per_example_grads,
+)
 from fnn.train import NonFiniteLossError, TrainState, evaluate, fit, fit_parallel, gradient_descent
 from fnn.validation import check_inputs, check_params, check_targets, check_weights
 from fnn import checkpoint, data, layers, parallel, plots, validation
@@ -40,5 +49,7 @@ __all__ = [
     "forward_with_cache", "get_activation", "get_loss", "get_optimizer", "gradcheck", "gradient_descent",
     "huber", "init", "l2_penalty", "leaky_relu", "make_update_fn", "make_update_step", "plain_gd",
     "plot_history", "risk", "risk_grad", "value_and_grad",
+    "per_example_grads", "per_example_grad_norms", "gradient_moments", "ggn_diagonal", "kfac_factors", "hvp",
+    "ggn_vp",
     "checkpoint", "data", "layers", "parallel", "plots", "validation",
 ]

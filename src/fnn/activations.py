@@ -30,11 +30,14 @@ class Activation(NamedTuple):
       name: the name it is looked up and serialised by.
       fn: ``z -> f(z)``.
       grad: ``(z, y) -> f'(z)``, where ``y = f(z)``.
+      grad2: ``(z, y) -> f''(z)``, the second derivative, for Hessian-vector products
+        (:func:`fnn.hvp`); optional for activations of your own.
     """
 
     name: str
     fn: Callable[[Array], Array]
     grad: Callable[[Array, Array], Array]
+    grad2: Callable[[Array, Array], Array] | None = None
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
@@ -46,16 +49,22 @@ def _step(z: Array) -> Array:
     return jnp.where(z >= 0, 1.0, 0.0).astype(z.dtype)
 
 
-identity = Activation("identity", lambda z: z, lambda z, y: jnp.ones_like(z))
-step = Activation("step", _step, lambda z, y: jnp.zeros_like(z))
-sigmoid = Activation("sigmoid", jax.nn.sigmoid, lambda z, y: y * (1 - y))
-tanh = Activation("tanh", jnp.tanh, lambda z, y: 1 - y * y)
+def _zero(z, y):
+    return jnp.zeros_like(z)
+
+
+identity = Activation("identity", lambda z: z, lambda z, y: jnp.ones_like(z), _zero)
+step = Activation("step", _step, _zero, _zero)
+# σ' = σ(1 − σ), σ'' = σ(1 − σ)(1 − 2σ); tanh' = 1 − tanh², tanh'' = −2 tanh (1 − tanh²).
+sigmoid = Activation("sigmoid", jax.nn.sigmoid, lambda z, y: y * (1 - y), lambda z, y: y * (1 - y) * (1 - 2 * y))
+tanh = Activation("tanh", jnp.tanh, lambda z, y: 1 - y * y, lambda z, y: -2 * y * (1 - y * y))
 relu = Activation(
-    "relu", jax.nn.relu, lambda z, y: jnp.where(z > 0, 1.0, 0.0).astype(z.dtype)
+    "relu", jax.nn.relu, lambda z, y: jnp.where(z > 0, 1.0, 0.0).astype(z.dtype), _zero
 )
-# softplus(z) = log(1 + e^z) = logaddexp(z, 0) never overflows; its derivative is σ(z).
+# softplus(z) = log(1 + e^z) = logaddexp(z, 0) never overflows; its derivative is σ(z), then σ(1 − σ).
 softplus = Activation(
-    "softplus", lambda z: jnp.logaddexp(z, 0.0), lambda z, y: jax.nn.sigmoid(z)
+    "softplus", lambda z: jnp.logaddexp(z, 0.0), lambda z, y: jax.nn.sigmoid(z),
+    lambda z, y: jax.nn.sigmoid(z) * (1 - jax.nn.sigmoid(z)),
 )
 
 
@@ -79,6 +88,7 @@ def _leaky_relu(alpha: float) -> Activation:
         f"leaky_relu({alpha!r})" if alpha != 0.01 else "leaky_relu",
         lambda z: jnp.where(z >= 0, z, alpha * z),
         lambda z, y: jnp.where(z >= 0, 1.0, alpha).astype(z.dtype),
+        _zero,
     )
 
 

@@ -41,6 +41,11 @@ class Loss(NamedTuple):
         checked and what accuracy means.
       nonzero_targets: the loss divides by the target (``mape``), so targets
         must not be zero.
+      hessian_factor: ``(y, v) -> S`` of shape ``(..., d, k)`` with ``S Sᵀ = ∂²ℓ/∂y²`` per
+        example (for :func:`fnn.ggn_diagonal` and :func:`fnn.kfac_factors`).
+      hessian_vp: ``(y, v, u) -> (∂²ℓ/∂y²) u`` per example (for :func:`fnn.hvp`, :func:`fnn.ggn_vp`).
+      sample: ``(key, y) -> v̂``, a target drawn from the predictive distribution the loss is
+        the negative log-likelihood of (for the Monte-Carlo GGN); ``None`` when it is not one.
     """
 
     name: str
@@ -48,6 +53,9 @@ class Loss(NamedTuple):
     grad: Callable[[Array, Array], Array]
     kind: str = "regression"
     nonzero_targets: bool = False
+    hessian_factor: Callable | None = None
+    hessian_vp: Callable | None = None
+    sample: Callable | None = None
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r})"
@@ -97,7 +105,12 @@ def _huber(delta: float) -> Loss:
     def grad(y, v):
         return jnp.clip(y - _as_output_shape(y, v), -delta, delta)
 
-    return Loss("huber" if delta == 1.0 else f"huber({delta!r})", value, grad)
+    def inside(y, v):  # ∂²ℓ/∂y² = 1 where |r| ≤ δ, 0 beyond
+        return (jnp.abs(y - _as_output_shape(y, v)) <= delta).astype(y.dtype)
+
+    return Loss("huber" if delta == 1.0 else f"huber({delta!r})", value, grad,
+                hessian_factor=lambda y, v: _diagonal(inside(y, v)),
+                hessian_vp=lambda y, v, u: inside(y, v) * u)
 
 
 def _mape(y, v):
@@ -140,13 +153,62 @@ def _softmax_ce_grad(z, v):
     return jax.nn.softmax(z, axis=-1) * jnp.sum(t, axis=-1, keepdims=True) - t
 
 
-mse = Loss("mse", _mse, _mse_grad)
-mae = Loss("mae", _mae, _mae_grad)
-mape = Loss("mape", _mape, _mape_grad, nonzero_targets=True)
-binary_cross_entropy = Loss("binary_cross_entropy", _bce, _bce_grad, "binary")
+# --- second order: the loss Hessian in output space, as a factor and as a product ----------------
+
+def _eye(a: Array) -> Array:
+    # The identity (d, d) broadcast to a's batch shape: (..., d, d).
+    d = a.shape[-1]
+    return jnp.broadcast_to(jnp.eye(d, dtype=a.dtype), (*a.shape, d))
+
+
+def _diagonal(h):
+    # S = diag(√h), (..., d, d), for a diagonal Hessian h ≥ 0.
+    return jnp.sqrt(h)[..., :, None] * _eye(h)
+
+
+def _zero_factor(y, v):
+    return jnp.zeros((*y.shape, 1), y.dtype)
+
+
+def _bce_curvature(z):
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
+
+def _ce_scale(z, v):
+    # Σ_c t_c: 1 for integer labels and one-hot rows, the total mass for soft targets.
+    if jnp.issubdtype(v.dtype, jnp.integer):
+        return jnp.ones(z.shape[:-1], z.dtype)
+    return jnp.sum(v.astype(z.dtype), axis=-1)
+
+
+def _ce_factor(z, v):
+    # H = s (diag(p) − p pᵀ) = S Sᵀ with S = √s (diag(√p) − p √pᵀ), since Σ_c p_c = 1.
+    p = jax.nn.softmax(z, axis=-1)
+    root = jnp.sqrt(p)
+    factor = root[..., :, None] * _eye(z) - p[..., :, None] * root[..., None, :]
+    return jnp.sqrt(_ce_scale(z, v))[..., None, None] * factor
+
+
+def _ce_hvp(z, v, u):
+    p = jax.nn.softmax(z, axis=-1)
+    return _ce_scale(z, v)[..., None] * (p * u - p * jnp.sum(p * u, axis=-1, keepdims=True))
+
+
+mse = Loss("mse", _mse, _mse_grad,
+           hessian_factor=lambda y, v: _eye(y),
+           hessian_vp=lambda y, v, u: u,
+           sample=lambda key, y: y + jax.random.normal(key, y.shape, y.dtype))  # ℓ = −log N(v; y, I) + c
+mae = Loss("mae", _mae, _mae_grad, hessian_factor=_zero_factor, hessian_vp=lambda y, v, u: jnp.zeros_like(u))
+mape = Loss("mape", _mape, _mape_grad, nonzero_targets=True, hessian_factor=_zero_factor,
+            hessian_vp=lambda y, v, u: jnp.zeros_like(u))
+binary_cross_entropy = Loss(
+    "binary_cross_entropy", _bce, _bce_grad, "binary",
+    hessian_factor=lambda z, v: _diagonal(_bce_curvature(z)), hessian_vp=lambda z, v, u: _bce_curvature(z) * u,
+    sample=lambda key, z: jax.random.bernoulli(key, jax.nn.sigmoid(z)).astype(z.dtype))
 softmax_cross_entropy = Loss(
-    "softmax_cross_entropy", _softmax_ce, _softmax_ce_grad, "multiclass"
-)
+    "softmax_cross_entropy", _softmax_ce, _softmax_ce_grad, "multiclass",
+    hessian_factor=_ce_factor, hessian_vp=_ce_hvp, sample=lambda key, z: jax.random.categorical(key, z))
 
 LOSSES: Registry[Loss] = Registry(
     "loss", {l.name: l for l in (mse, mae, huber(), mape, binary_cross_entropy, softmax_cross_entropy)},

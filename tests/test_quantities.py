@@ -1,0 +1,156 @@
+"""Per-example gradients, moments, GGN diagonal, KFAC factors and Hessian/GGN-vector products from the
+hand-written backward pass, against jax.vmap(jax.grad), jax.jacfwd, jax.hessian and jax.jvp (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import fnn
+from helpers import assert_rel_close, targets_for
+
+HIDDEN = ("sigmoid", "tanh", "relu", "leaky_relu(0.2)", "softplus", "step")
+LOSSES = ["mse", "mae", "huber(0.5)", "mape", "binary_cross_entropy", "softmax_cross_entropy"]
+
+
+def _setup(loss_name, batch, seed=0, out_dim=3):
+    """A 4-layer network whose three hidden activations rotate with the loss, so that the losses
+    between them meet every activation (step last, as its zero derivative silences what is below)."""
+    loss = fnn.get_loss(loss_name)
+    i = LOSSES.index(loss_name)
+    acts = sorted((HIDDEN[(i + k) % len(HIDDEN)] for k in range(3)), key=lambda a: a == "step")[::-1]
+    sizes = (4, 5, 4, 5, out_dim)
+    net = fnn.MLP(sizes, (*acts, "identity"))
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    params = fnn.init(k1, net, "glorot", dtype=jnp.float64)
+    x = jax.random.normal(k2, (batch, sizes[0]), jnp.float64)
+    v = targets_for(loss, k3, batch, out_dim, jnp.float64)
+    return net, loss, params, x, v
+
+
+def _instance(net, loss, xb, vb):
+    return lambda p: loss.value(fnn.forward(net, p, xb[None]), vb[None])[0]
+
+
+def _ggn_matrix(net, loss, params, x, v):
+    flat, unravel = ravel_pytree(params)
+    f = lambda fl: fnn.forward(net, unravel(fl), x)
+    jac = jax.jacfwd(f)(flat)  # (B, d_L, P)
+    hess = jax.vmap(jax.hessian(lambda y, vb: loss.value(y[None], vb[None])[0]))(f(flat), v)
+    return jnp.einsum("bip,bij,bjq->pq", jac, hess, jac) / x.shape[0], unravel
+
+
+@pytest.mark.parametrize("loss_name,batch", [(name, 5) for name in LOSSES] + [("mse", 1), ("softmax_cross_entropy", 1)])
+def test_every_quantity_matches_autodiff(loss_name, batch, x64):
+    net, loss, params, x, v = _setup(loss_name, batch)
+    ref = jax.vmap(lambda xb, vb: jax.grad(_instance(net, loss, xb, vb))(params))(x, v)
+    assert_rel_close(fnn.per_example_grads(net, loss, params, x, v), ref, 1e-12)
+
+    norms = np.sqrt(sum(np.sum(np.asarray(a).reshape(batch, -1) ** 2, 1) for a in jax.tree.leaves(ref)))
+    np.testing.assert_allclose(fnn.per_example_grad_norms(net, loss, params, x, v), norms, rtol=1e-12, atol=1e-300)
+    per_layer = fnn.per_example_grad_norms(net, loss, params, x, v, per_layer=True)
+    for got, want in zip(per_layer, ref):
+        for k in ("W", "b"):
+            np.testing.assert_allclose(got[k], np.linalg.norm(np.asarray(want[k]).reshape(batch, -1), axis=1),
+                                       rtol=1e-12, atol=1e-300)
+
+    moments = fnn.gradient_moments(net, loss, params, x, v)
+    assert_rel_close(moments["mean"], jax.tree.map(lambda a: a.mean(0), ref), 1e-12)
+    assert_rel_close(moments["sum_grad_squared"], jax.tree.map(lambda a: (a ** 2).sum(0), ref), 1e-12)
+    # The variance is a difference of second moments: its rounding error scales with E[g²], not
+    # with the variance itself (which is exactly 0 for one example).
+    for got, want, second in zip(jax.tree.leaves(moments["variance"]), jax.tree.leaves(ref),
+                                 jax.tree.leaves(moments["sum_grad_squared"])):
+        np.testing.assert_allclose(got, np.asarray(want).var(0), rtol=0, atol=1e-13 * float(np.max(second)) / batch)
+    assert_rel_close(moments["mean"], fnn.value_and_grad(net, loss, params, x, v)[1], 1e-12)
+
+    ggn, unravel = _ggn_matrix(net, loss, params, x, v)
+    assert_rel_close(fnn.ggn_diagonal(net, loss, params, x, v), unravel(jnp.diag(ggn)), 1e-12)
+    vector = jax.tree.map(lambda a: jax.random.normal(jax.random.key(7), a.shape, a.dtype), params)
+    u = ravel_pytree(vector)[0]
+    assert_rel_close(fnn.ggn_vp(net, loss, params, x, v, vector), unravel(ggn @ u), 1e-11)
+    risk = lambda p: fnn.risk(loss, fnn.forward(net, p, x), v)
+    assert_rel_close(fnn.hvp(net, loss, params, x, v, vector), jax.jvp(jax.grad(risk), (params,), (vector,))[1],
+                     1e-11)
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "softmax_cross_entropy", "binary_cross_entropy"])
+def test_kflr_factors_are_their_definitions_and_exact_for_one_example(loss_name, x64):
+    net, loss, params, x, v = _setup(loss_name, 5)
+    factors = fnn.kfac_factors(net, loss, params, x, v)
+    _, cache = fnn.forward_with_cache(net, params, x)
+    out = fnn.forward(net, params, x)
+    columns = jnp.moveaxis(loss.hessian_factor(out, v), -1, 0)  # (k, B, d_L): S S^T = H
+    for l, f in enumerate(factors):
+        y = cache.inputs[l]
+        np.testing.assert_allclose(f["A"], y.T @ y / 5, rtol=1e-12)
+        # G_l from the δz of each factor column, by jax.vjp of z_l -> output, then summed over columns.
+        deltas = []
+        for c in columns:
+            def head(z, l=l):  # the network above z_l
+                a = net.activations[l].fn(z)
+                if l == net.num_layers - 1:
+                    return a
+                rest = fnn.MLP(net.sizes[l + 1:], net.activations[l + 1:])
+                return fnn.forward(rest, params[l + 1:], a)
+            _, vjp = jax.vjp(head, cache.pre_activations[l])
+            deltas.append(vjp(c)[0])
+        g = sum(d.T @ d for d in deltas) / 5
+        np.testing.assert_allclose(f["G"], g, rtol=1e-10, atol=1e-14)
+    # For one example the W-blocks of the GGN are exactly A ⊗ G.
+    net, loss, params, x, v = _setup(loss_name, 1)
+    ggn, _ = _ggn_matrix(net, loss, params, x, v)
+    factors = fnn.kfac_factors(net, loss, params, x, v)
+    start = 0
+    for layer, f in zip(params, factors):
+        n = layer["W"].size
+        np.testing.assert_allclose(ggn[start:start + n, start:start + n], jnp.kron(f["A"], f["G"]),
+                                   rtol=1e-10, atol=1e-14)
+        start += n + layer["b"].size
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "softmax_cross_entropy", "binary_cross_entropy"])
+def test_monte_carlo_ggn_is_unbiased_and_converges(loss_name, x64):
+    net, loss, params, x, v = _setup(loss_name, 4)
+    exact = ravel_pytree(fnn.ggn_diagonal(net, loss, params, x, v))[0]
+    draw = lambda key: ravel_pytree(fnn.ggn_diagonal(net, loss, params, x, v, mc_samples=8, key=key))[0]
+    draws = jax.vmap(draw)(jax.random.split(jax.random.key(0), 60))  # 60 independent estimates
+    mean, se = draws.mean(0), draws.std(0, ddof=1) / np.sqrt(len(draws))
+    live = se > 1e-12
+    z = np.asarray((mean - exact)[live] / se[live])
+    # Unbiased: the z-scores of the 60-draw means are standard normal-ish; a bias of a few
+    # standard errors anywhere fails this (the chance of |z| > 5 somewhere by luck is tiny).
+    assert np.abs(z).max() < 5, np.abs(z).max()
+    err = lambda m: float(jnp.linalg.norm(ravel_pytree(fnn.ggn_diagonal(
+        net, loss, params, x, v, mc_samples=m, key=jax.random.key(99)))[0] - exact))
+    assert err(4000) < err(10) / 4  # error falls like 1/√M: 20× more accurate in expectation
+
+
+def test_conventions_and_bad_input(x64):
+    net, loss, params, x, v = _setup("mse", 3)
+    with pytest.raises(ValueError, match="not a negative log-likelihood"):
+        fnn.ggn_diagonal(net, "mae", params, x, v, mc_samples=3, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="must be a JAX PRNG key"):
+        fnn.ggn_diagonal(net, loss, params, x, v, mc_samples=3)
+    with pytest.raises(ValueError, match="mc_samples must be a non-negative integer"):
+        fnn.kfac_factors(net, loss, params, x, v, mc_samples=-1)
+    with pytest.raises(ValueError, match="vector must be shaped like params"):
+        fnn.hvp(net, loss, params, x, v, params[:-1])
+    with pytest.raises(ValueError, match=r"shape \(B, d_0\)"):
+        fnn.per_example_grads(net, loss, params, x[0], v[0])
+    cube = fnn.Activation("cube", lambda z: z ** 3, lambda z, y: 3 * z ** 2)
+    custom = fnn.MLP((4, 3, 3), (cube, "identity"))
+    with pytest.raises(ValueError, match="second derivative of activation cube"):
+        fnn.hvp(custom, loss, fnn.init(jax.random.key(0), custom), x, v, fnn.init(jax.random.key(1), custom))
+
+
+def test_quantities_jit_and_vmap():
+    net, loss, params, x, v = _setup("softmax_cross_entropy", 6, out_dim=3)
+    f = jax.jit(fnn.per_example_grad_norms, static_argnums=(0, 1))
+    np.testing.assert_allclose(f(net, loss, params, x, v), fnn.per_example_grad_norms(net, loss, params, x, v),
+                               rtol=1e-6)
+    # vmap over two batches gives each batch's norms.
+    xs, vs = x.reshape(2, 3, -1), v.reshape(2, 3)
+    both = jax.vmap(lambda a, b: fnn.per_example_grad_norms(net, loss, params, a, b))(xs, vs)
+    np.testing.assert_allclose(both[1], fnn.per_example_grad_norms(net, loss, params, xs[1], vs[1]), rtol=1e-6)
