@@ -4,6 +4,7 @@ hand-written backward pass, against jax.vmap(jax.grad), jax.jacfwd, jax.hessian 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -154,3 +155,67 @@ def test_quantities_jit_and_vmap():
     xs, vs = x.reshape(2, 3, -1), v.reshape(2, 3)
     both = jax.vmap(lambda a, b: fnn.per_example_grad_norms(net, loss, params, a, b))(xs, vs)
     np.testing.assert_allclose(both[1], fnn.per_example_grad_norms(net, loss, params, xs[1], vs[1]), rtol=1e-6)
+
+
+# --- DP-SGD: clipping from one backward pass -----------------------------------------------------
+
+def _dp_setup(loss_name="softmax_cross_entropy", batch=8):
+    net, loss, params, x, v = _setup(loss_name, batch)
+    g = jax.vmap(lambda xb, vb: jax.grad(_instance(net, loss, xb, vb))(params))(x, v)
+    norms = np.sqrt(sum(np.sum(np.asarray(a).reshape(batch, -1) ** 2, 1) for a in jax.tree.leaves(g)))
+    return net, loss, params, x, v, g, norms
+
+
+@pytest.mark.parametrize("loss_name", ["softmax_cross_entropy", "mse", "huber(0.5)"])
+def test_dp_step_without_noise_equals_clipping_vmap_grad_by_hand(loss_name, x64):
+    net, loss, params, x, v, g, norms = _dp_setup(loss_name)
+    clip = float(np.median(norms))  # about half the examples are clipped
+    weights = jnp.array([1.0, 1.0, 0.0, 1.0, 2.0, 1.0, 1.0, 0.5])
+    scale = np.asarray(weights) * np.minimum(1.0, clip / norms) / float(weights.sum())
+    by_hand = jax.tree.map(lambda a: jnp.tensordot(scale, a, 1), g)
+    by_hand = [{"W": b["W"] + 0.01 * p["W"], "b": b["b"]} for b, p in zip(by_hand, params)]  # L2, not clipped
+    objective = fnn.Objective(net, loss, l2=0.01)
+    value, grads, got_norms = fnn.quantities.clipped_value_and_grad(objective, params, x, v, weights, clip_norm=clip)
+    np.testing.assert_allclose(got_norms, norms, rtol=1e-12)
+    assert_rel_close(grads, by_hand, 1e-12)
+    # Through the optimizer step, with the fraction of clipped examples reported.
+    opt = optax.sgd(1.0)
+    step = fnn.make_update_step(net, loss, opt, l2=0.01, clip_norm=clip, donate=False)
+    new, _, metrics = step(params, opt.init(params), x, v, None, weights)
+    assert_rel_close(jax.tree.map(lambda p, n: p - n, params, new), by_hand, 1e-12)
+    live = np.asarray(weights) > 0
+    assert float(metrics["clipped"]) == pytest.approx(np.mean(norms[live] > clip))
+    # A clipping norm above every example's norm changes nothing.
+    _, plain = fnn.value_and_grad(net, loss, params, x, v, weights=weights)
+    _, unclipped, _ = fnn.quantities.clipped_value_and_grad(fnn.Objective(net, loss), params, x, v, weights,
+                                                            clip_norm=10 * float(norms.max()))
+    assert_rel_close(unclipped, plain, 1e-12)
+
+
+def test_dp_noise_has_the_stated_scale(x64):
+    net, loss, params, x, v, _, norms = _dp_setup()
+    objective, clip, sigma = fnn.Objective(net, loss), 0.5, 1.3
+    _, clean, _ = fnn.quantities.clipped_value_and_grad(objective, params, x, v, clip_norm=clip)
+    _, noisy, _ = fnn.quantities.clipped_value_and_grad(objective, params, x, v, key=jax.random.key(3),
+                                                        clip_norm=clip, noise_multiplier=sigma)
+    z = (ravel_pytree(noisy)[0] - ravel_pytree(clean)[0]) * x.shape[0] / (sigma * clip)
+    n = z.size  # standard normal: mean within 5/√n of 0, variance within 5·√(2/n) of 1
+    assert abs(float(z.mean())) < 5 / np.sqrt(n) and abs(float(z.var()) - 1) < 5 * np.sqrt(2 / n)
+
+
+def test_dp_training_runs_and_refuses_what_it_cannot_do():
+    data = fnn.data.load("moons", seed=0)
+    net = fnn.MLP((2, 16, 2), "relu")
+    params = fnn.init(jax.random.key(0), net, "he")
+    kwargs = dict(key=jax.random.key(1), optimizer=optax.adam(1e-2), epochs=8, batch_size=32,
+                  test=(data.x_test, data.y_test), clip_norm=1.0, noise_multiplier=0.5)
+    p1, h1 = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train, **kwargs)
+    p2, h2 = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train, **kwargs)
+    assert h1 == h2 and h1["test_accuracy"][-1] > 0.8
+    with pytest.raises(ValueError, match="method='manual'"):
+        fnn.make_update_step(net, "mse", optax.sgd(0.1), "autodiff", clip_norm=1.0)
+    with pytest.raises(ValueError, match="noise_multiplier needs clip_norm"):
+        fnn.make_update_step(net, "mse", optax.sgd(0.1), noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="clip_norm must be a positive finite number"):
+        fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train, key=jax.random.key(0),
+                clip_norm=-1.0)

@@ -342,3 +342,14 @@ def test_a_checkpoint_header_with_bad_fields_is_one_clear_error(field, value, sm
     np.savez(ckpt, **arrays)
     status, _, err = _run(["evaluate", str(small_run)], capsys)
     assert status == 2 and f"header field '{field}'" in err
+
+
+def test_dp_sgd_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "dp"
+    assert main(["train", *SMALL, "--clip-norm", "1.0", "--noise-multiplier", "0.8", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["clip_norm"] == 1.0
+    capsys.readouterr()
+    for flags, message in ((["--noise-multiplier", "1.0"], "noise_multiplier needs clip_norm"),
+                           (["--clip-norm", "1.0", "--method", "autodiff"], "method='manual'")):
+        status, _, err = _run(["train", *SMALL, *flags, "--out", str(tmp_path / "bad")], capsys)
+        assert status == 2 and message in err and not (tmp_path / "bad").exists()

@@ -99,6 +99,11 @@ def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False) -> 
     p.add_argument("--devices", type=_positive_int, default=d["devices"],
                    help="data-parallel over this many devices (default: %(default)s)")
     p.add_argument("--x64", action="store_true", default=d["x64"], help="train in float64")
+    p.add_argument("--clip-norm", type=_positive_float, default=d["clip_norm"], metavar="C",
+                   help="DP-SGD: clip each example's gradient to norm C (one backward pass; default: off)")
+    p.add_argument("--noise-multiplier", type=_non_negative, default=d["noise_multiplier"], metavar="SIGMA",
+                   help="DP-SGD: add Gaussian noise SIGMA*C to each batch's clipped sum (needs --clip-norm; "
+                        "default: %(default)s)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -283,7 +288,8 @@ def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
         fit(net, loss, plan.params, data.x_train, data.y_train, key=plan.key, optimizer=plan.optimizer,
             epochs=config["epochs"], batch_size=config["batch_size"], method=config["method"],
             l2=config["l2"], dropout=config["dropout"], test=(data.x_test, data.y_test), state=plan.state,
-            mesh=mesh, on_epoch=on_epoch, progress=progress)
+            mesh=mesh, on_epoch=on_epoch, progress=progress, clip_norm=config["clip_norm"],
+            noise_multiplier=config["noise_multiplier"])
     except NonFiniteLossError as err:
         # The error carries the last state with a finite loss, perhaps from inside an epoch
         # that no checkpoint covers yet: save it, so nothing finite is lost.

@@ -52,7 +52,7 @@ def permutation(key: Array, n: int) -> Array:
 
 def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
                   method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None,
-                  donate: bool = True) -> Callable:
+                  donate: bool = True, clip_norm: float | None = None, noise_multiplier: float = 0.0) -> Callable:
     """``epoch(params, opt_state, x, v, key, first=0, limit=None) -> (params, opt_state, losses)``,
     one compiled call.
 
@@ -69,9 +69,12 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
 
     With a ``mesh`` (see :mod:`fnn.parallel`) each batch is split over its
     devices, padded with zero-weight examples to a multiple of their number.
-    ``donate`` donates ``params`` and ``opt_state`` to the call.
+    ``donate`` donates ``params`` and ``opt_state`` to the call. ``clip_norm`` and
+    ``noise_multiplier`` make every step DP-SGD (see :func:`fnn.make_update_fn`); batch ``i``
+    draws its dropout masks and noise from ``fold_in(key, i)``.
     """
-    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout)
+    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
+                            noise_multiplier=noise_multiplier)
 
     def epoch(params, opt_state, x, v, key, first=0, limit=None):
         n = x.shape[0]
@@ -84,7 +87,7 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
         def step(carry, inputs):
             params, opt_state, ok = carry
             index, i = inputs
-            step_key = jax.random.fold_in(dropout_key, i) if dropout > 0 else None
+            step_key = jax.random.fold_in(dropout_key, i) if update.needs_key else None
             xb, vb, weights = x[index], v[index], None
             if mesh is not None:
                 xb, vb, weights = shard_batch(pad_batch(xb, vb, mesh), mesh)

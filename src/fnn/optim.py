@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from fnn.backprop import Objective, get_method
 from fnn.losses import Loss
 from fnn.network import MLP
+from fnn.quantities import clipped_value_and_grad
 from fnn.registry import Registry
 from fnn.validation import check_coefficient, check_optimizer, validate
 
@@ -77,6 +79,8 @@ def make_update_fn(
     *,
     l2: float = 0.0,
     dropout: float = 0.0,
+    clip_norm: float | None = None,
+    noise_multiplier: float = 0.0,
 ) -> Callable:
     """The pure (un-jitted) update step of the objective ``R`` (see :class:`fnn.Objective`):
 
@@ -84,43 +88,75 @@ def make_update_fn(
         g = ∂R/∂θ (by ``method``),  (u, opt_state) = optimizer.update(g, opt_state, θ),  θ ← θ + u
 
     ``x``: ``(B, d_0)``; ``weights``: ``(B,)``; ``R`` is the risk before the update.
+    With ``clip_norm=C`` the step is DP-SGD: ``g`` is the clipped, noised gradient of
+    :func:`fnn.quantities.clipped_value_and_grad` (each example's gradient clipped to norm
+    ``C``, noise ``σ C`` added to the sum, ``σ = noise_multiplier``; one backward pass, no
+    per-example gradients), and the metrics add ``"clipped"``, the fraction of examples
+    whose gradient norm exceeded ``C``. ``key`` is needed for dropout and for noise.
     It is the body that :func:`make_update_step` jits, that the training loops
     scan over, and that :mod:`fnn.parallel` shards.
     """
     objective = Objective(net, loss, l2, dropout)
-    grad_fn = get_method(method)
+    grad_fn = _gradient(objective, method, clip_norm, noise_multiplier)
     check_optimizer(optimizer)
 
     def update(params, opt_state, x, v, key=None, weights=None):
         # Under jit this runs once per input shape, at trace time: shapes, dtypes and
         # the network's structure are checked for free; values only when concrete.
         validate(net, objective.loss, params, x, v, weights)
-        value, grads = grad_fn(objective, params, x, v, weights, key)
+        value, grads, metrics = grad_fn(params, x, v, weights, key)
         # fnn's own code is clean under strict dtype promotion; some optax
         # transformations (adam's bias correction) are not, so they get the default.
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value}
+        return params, opt_state, {"loss": value, **metrics}
 
+    update.needs_key = dropout > 0 or noise_multiplier > 0
     return update
+
+
+def _gradient(objective: Objective, method: str, clip_norm, noise_multiplier) -> Callable:
+    """``(params, x, v, weights, key) -> (R, g, extra metrics)`` for a plain or a DP-SGD step."""
+    grad_fn = get_method(method)
+    check_coefficient(noise_multiplier, "noise_multiplier")
+    if clip_norm is None:
+        if noise_multiplier:
+            raise ValueError("noise_multiplier needs clip_norm: the noise is scaled by the clipping norm.")
+        return lambda p, x, v, w, key: (*grad_fn(objective, p, x, v, w, key), {})
+    if not (isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and np.isfinite(clip_norm)
+            and clip_norm > 0):
+        raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}.")
+    if method != "manual":
+        raise ValueError("Per-example clipping (clip_norm) comes from the hand-written backward: use method='manual'.")
+
+    def private(p, x, v, w, key):
+        value, grads, norms = clipped_value_and_grad(objective, p, x, v, w, key, clip_norm=clip_norm,
+                                                     noise_multiplier=noise_multiplier)
+        live = jnp.ones_like(norms) if w is None else (jnp.asarray(w) > 0).astype(norms.dtype)
+        return value, grads, {"clipped": jnp.sum(live * (norms > clip_norm).astype(live.dtype)) / jnp.sum(live)}
+
+    return private
 
 
 def make_update_step(net: MLP, loss: str | Loss, optimizer: optax.GradientTransformation,
                      method: str = "manual", *, l2: float = 0.0, dropout: float = 0.0,
+                     clip_norm: float | None = None, noise_multiplier: float = 0.0,
                      donate: bool = True) -> Callable:
     """One pure, jit-compiled training step.
 
         step(params, opt_state, x, v, key=None, weights=None) -> (params, opt_state, {"loss": R})
 
     ``R`` is the risk before the update; ``x``: ``(B, d_0)``, ``weights``: ``(B,)``.
-    ``key`` is required when ``dropout > 0``. With ``donate=True`` (the default)
+    ``key`` is required when ``dropout > 0`` or ``noise_multiplier > 0``; ``clip_norm`` and
+    ``noise_multiplier`` make it a DP-SGD step (see :func:`make_update_fn`). With ``donate=True`` (the default)
     the step reuses the buffers of ``params`` and ``opt_state`` for its outputs,
     so those inputs are deleted by the call; pass ``donate=False`` to keep them.
     Shapes are checked when the step is traced (once per input shape). The same
     code runs on CPU, GPU and TPU.
     """
     return jax.jit(
-        make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout),
+        make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
+                       noise_multiplier=noise_multiplier),
         donate_argnums=(0, 1) if donate else (),
     )

@@ -110,6 +110,8 @@ def make_parallel_update_step(
     *,
     l2: float = 0.0,
     dropout: float = 0.0,
+    clip_norm: float | None = None,
+    noise_multiplier: float = 0.0,
 ) -> Callable:
     """The update step of :func:`fnn.make_update_step`, sharded over ``mesh``.
 
@@ -118,7 +120,8 @@ def make_parallel_update_step(
     The batch is padded to a multiple of the device count with zero-weight
     examples and split over the devices; params and state stay replicated.
     """
-    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout)
+    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
+                            noise_multiplier=noise_multiplier)
     rep, data = replicated(mesh), batch_sharded(mesh)
     sharded = jax.jit(
         update,

@@ -31,7 +31,7 @@ from fnn import data as datasets
 from fnn.files import atomic_write, check_writable_folder, read_json, remove_stale_temps, write_json
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, init
-from fnn.optim import get_optimizer
+from fnn.optim import get_optimizer, make_update_fn
 from fnn.parallel import make_mesh
 from fnn.plots import figure_png, plot_history
 from fnn.train import TrainState, check_batch_size
@@ -42,8 +42,10 @@ DEFAULTS: dict[str, Any] = dict(
     dataset="digits", hidden=[128, 128], activation="relu", loss="auto", init="he",
     optimizer="adam", lr=1e-3, momentum=0.9, batch_size=32, epochs=30, seed=0,
     method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
-    devices=1, x64=False,
+    devices=1, x64=False, clip_norm=None, noise_multiplier=0.0,
 )
+# Keys added after the first release: a config.json without them gets these values.
+LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0}
 # What a resumed run may change: how long it trains, where it finds its data, how many
 # devices share each batch (the same numbers, up to the order of float reductions).
 CHANGEABLE_ON_RESUME = ("epochs", "data_dir", "devices")
@@ -78,6 +80,8 @@ CONFIG_RULES = {
     "data_dir": (lambda v: isinstance(v, str), "a folder path"),
     "devices": (lambda v: _is_int(v, 1), "a positive integer"),
     "x64": (lambda v: isinstance(v, bool), "true or false"),
+    "clip_norm": (lambda v: v is None or _is_real(v, 0, strict=True), "a positive finite number or null"),
+    "noise_multiplier": (lambda v: _is_real(v, 0), "a finite number >= 0"),
 }
 
 
@@ -176,6 +180,9 @@ def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -
         jax.config.update("jax_enable_x64", True)
     data, net, loss = build(config)
     optimizer = get_optimizer(config["optimizer"], config["lr"], config["momentum"])
+    # Building the update step checks the method, L2, dropout and DP settings together.
+    make_update_fn(net, loss, optimizer, config["method"], l2=config["l2"], dropout=config["dropout"],
+                   clip_norm=config["clip_norm"], noise_multiplier=config["noise_multiplier"])
     check_batch_size(config["batch_size"], len(data.x_train))
     if config["devices"] > 1:
         make_mesh(config["devices"])  # enough devices?
@@ -233,7 +240,8 @@ class RunFolder:
             raise FileNotFoundError(f"{self.path} is not a folder: give a run folder written by fnn train.")
         doc = read_json(self.path / "config.json", "run configuration")
         config = doc.get("config") if isinstance(doc, dict) else None
-        check_config(config if isinstance(config, dict) else {}, str(self.path / "config.json"))
+        config = {**LATER_KEYS, **config} if isinstance(config, dict) else {}
+        check_config(config, str(self.path / "config.json"))
         return config
 
     def load_checkpoint(self, net: MLP, opt_state_like=None):

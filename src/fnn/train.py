@@ -90,6 +90,8 @@ def fit(
     mesh=None,
     on_epoch: Callable[[TrainState, dict], None] | None = None,
     progress: bool = False,
+    clip_norm: float | None = None,
+    noise_multiplier: float = 0.0,
 ) -> tuple[Params, dict]:
     """Minibatch training: ``epochs`` passes over freshly shuffled batches.
 
@@ -112,6 +114,10 @@ def fit(
       on_epoch: called after every epoch with the new state and its metrics
         (e.g. to write a checkpoint).
       progress: show a progress bar.
+      clip_norm, noise_multiplier: DP-SGD (see :func:`fnn.make_update_fn`): each example's
+        gradient clipped to norm ``clip_norm``, Gaussian noise ``noise_multiplier × clip_norm``
+        added to each batch's sum. Privacy accounting is left to a library such as
+        ``dp-accounting`` (sampling rate ``batch_size / N``, steps ``epochs × N // batch_size``).
 
     Returns:
       ``(params, history)`` with ``history`` a dict of per-epoch lists:
@@ -140,19 +146,20 @@ def fit(
     if start is None:
         start = TrainState(params, optimizer.init(params), 0, key)
     check_params_finite(start.params)
+    private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
     return _Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
-                    dropout=dropout, mesh=mesh).run(start, epochs, on_epoch, progress)
+                    dropout=dropout, mesh=mesh, **private).run(start, epochs, on_epoch, progress)
 
 
 class _Trainer:
     """The state of one ``fit`` call: data on the device, the compiled epoch, the history."""
 
-    def __init__(self, net, loss, optimizer, x, v, test, *, batch_size, method, l2, dropout, mesh):
+    def __init__(self, net, loss, optimizer, x, v, test, *, batch_size, method, l2, dropout, mesh, **private):
         self.net, self.loss, self.mesh = net, loss, mesh
         self.batches = len(x) // batch_size
         # Not donated: the state an epoch starts from is kept, to recover the last good state.
         self.epoch_fn = make_epoch_fn(net, loss, optimizer, batch_size=batch_size, method=method, l2=l2,
-                                      dropout=dropout, mesh=mesh, donate=False)
+                                      dropout=dropout, mesh=mesh, donate=False, **private)
         self.data, self.test = (x, v), test
         self.placed = None
 
