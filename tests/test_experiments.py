@@ -82,3 +82,14 @@ def test_vanishing_gradients(tmp_path):
     ratio = lambda k: r[k]["init"][0] / r[k]["init"][-1]
     assert ratio("sigmoid/glorot/10") < 1e-4 < ratio("relu/he/10")  # sigmoid vanishes, relu+he does not
     assert ratio("sigmoid/glorot/10") < ratio("sigmoid/glorot/2")  # and it gets worse with depth
+
+
+def test_gradient_noise_and_privacy(tmp_path):
+    r = _run("gradient_noise_and_privacy", tmp_path)
+    for layer in r["noise_and_curvature"]["layers"].values():
+        for key in ("snr", "ggn_trace", "norm_spread", "grad_norm"):
+            assert all(np.isfinite(m) and m >= 0 for m, _ in layer[key])
+    private = r["privacy"]
+    assert set(private) == {"no clipping", "clip C=1, σ=0", "σ=1"}
+    for arm in private.values():
+        assert len(arm["test_accuracy"]) == len(r["seeds"]) and arm["lr"] in r["lr_grid"]

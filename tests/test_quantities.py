@@ -175,7 +175,7 @@ def test_dp_step_without_noise_equals_clipping_vmap_grad_by_hand(loss_name, x64)
     by_hand = jax.tree.map(lambda a: jnp.tensordot(scale, a, 1), g)
     by_hand = [{"W": b["W"] + 0.01 * p["W"], "b": b["b"]} for b, p in zip(by_hand, params)]  # L2, not clipped
     objective = fnn.Objective(net, loss, l2=0.01)
-    value, grads, got_norms = fnn.quantities.clipped_value_and_grad(objective, params, x, v, weights, clip_norm=clip)
+    value, grads, got_norms = fnn.privacy.clipped_value_and_grad(objective, params, x, v, weights, clip_norm=clip)
     np.testing.assert_allclose(got_norms, norms, rtol=1e-12)
     assert_rel_close(grads, by_hand, 1e-12)
     # Through the optimizer step, with the fraction of clipped examples reported.
@@ -187,7 +187,7 @@ def test_dp_step_without_noise_equals_clipping_vmap_grad_by_hand(loss_name, x64)
     assert float(metrics["clipped"]) == pytest.approx(np.mean(norms[live] > clip))
     # A clipping norm above every example's norm changes nothing.
     _, plain = fnn.value_and_grad(net, loss, params, x, v, weights=weights)
-    _, unclipped, _ = fnn.quantities.clipped_value_and_grad(fnn.Objective(net, loss), params, x, v, weights,
+    _, unclipped, _ = fnn.privacy.clipped_value_and_grad(fnn.Objective(net, loss), params, x, v, weights,
                                                             clip_norm=10 * float(norms.max()))
     assert_rel_close(unclipped, plain, 1e-12)
 
@@ -195,8 +195,8 @@ def test_dp_step_without_noise_equals_clipping_vmap_grad_by_hand(loss_name, x64)
 def test_dp_noise_has_the_stated_scale(x64):
     net, loss, params, x, v, _, norms = _dp_setup()
     objective, clip, sigma = fnn.Objective(net, loss), 0.5, 1.3
-    _, clean, _ = fnn.quantities.clipped_value_and_grad(objective, params, x, v, clip_norm=clip)
-    _, noisy, _ = fnn.quantities.clipped_value_and_grad(objective, params, x, v, key=jax.random.key(3),
+    _, clean, _ = fnn.privacy.clipped_value_and_grad(objective, params, x, v, clip_norm=clip)
+    _, noisy, _ = fnn.privacy.clipped_value_and_grad(objective, params, x, v, key=jax.random.key(3),
                                                         clip_norm=clip, noise_multiplier=sigma)
     z = (ravel_pytree(noisy)[0] - ravel_pytree(clean)[0]) * x.shape[0] / (sigma * clip)
     n = z.size  # standard normal: mean within 5/√n of 0, variance within 5·√(2/n) of 1
@@ -219,3 +219,20 @@ def test_dp_training_runs_and_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="clip_norm must be a positive finite number"):
         fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train, key=jax.random.key(0),
                 clip_norm=-1.0)
+
+
+def test_diagnostics_are_their_definitions(x64):
+    net, loss, params, x, v = _setup("softmax_cross_entropy", 6)
+    g = jax.vmap(lambda xb, vb: jax.grad(_instance(net, loss, xb, vb))(params))(x, v)
+    d = fnn.quantities.diagnostics(net, loss, params, x, v)
+    ggn, unravel = _ggn_matrix(net, loss, params, x, v)
+    diag = unravel(jnp.diag(ggn))
+    for k, layer in enumerate(g, 1):
+        flat = np.concatenate([np.asarray(layer["W"]).reshape(6, -1), np.asarray(layer["b"])], axis=1)
+        mean, var = flat.mean(0), flat.var(0)
+        norms = np.linalg.norm(flat, axis=1)
+        np.testing.assert_allclose(d[f"grad_norm_l{k}"], np.linalg.norm(mean), rtol=1e-10)
+        np.testing.assert_allclose(d[f"snr_l{k}"], np.sum(mean ** 2) / np.sum(var), rtol=1e-8)
+        np.testing.assert_allclose(d[f"norm_spread_l{k}"], norms.std() / norms.mean(), rtol=1e-8)
+        np.testing.assert_allclose(d[f"ggn_trace_l{k}"], jnp.sum(diag[k - 1]["W"]) + jnp.sum(diag[k - 1]["b"]),
+                                   rtol=1e-10)

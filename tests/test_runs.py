@@ -353,3 +353,16 @@ def test_dp_sgd_from_the_cli(tmp_path, capsys):
                            (["--clip-norm", "1.0", "--method", "autodiff"], "method='manual'")):
         status, _, err = _run(["train", *SMALL, *flags, "--out", str(tmp_path / "bad")], capsys)
         assert status == 2 and message in err and not (tmp_path / "bad").exists()
+
+
+def test_diagnostics_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "diag"
+    assert main(["train", *SMALL, "--diagnostics", "--hidden", "16", "8", "--out", str(out)]) == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    for key in ("grad_norm", "snr", "norm_spread", "ggn_trace"):
+        for layer in (1, 2, 3):
+            values = history[f"diag_{key}_l{layer}"]
+            assert len(values) == 4 and all(np.isfinite(values)) and all(a >= 0 for a in values)
+    assert "diag_" not in capsys.readouterr().out  # kept in the files, not printed each epoch
+    assert main(["train", *[a for a in SMALL if a != "--no-plot"], "--diagnostics", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "diagnostics.png").stat().st_size > 0

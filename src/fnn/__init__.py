@@ -39,7 +39,7 @@ from fnn.quantities import (
 )
 from fnn.train import NonFiniteLossError, TrainState, evaluate, fit, fit_parallel, gradient_descent
 from fnn.validation import check_inputs, check_params, check_targets, check_weights
-from fnn import checkpoint, data, layers, parallel, plots, validation
+from fnn import checkpoint, data, layers, parallel, plots, privacy, quantities, validation
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Cache", "GradcheckReport", "LOSSES", "LayerBackward", "Loss", "MLP",
@@ -51,5 +51,5 @@ __all__ = [
     "plot_history", "risk", "risk_grad", "value_and_grad",
     "per_example_grads", "per_example_grad_norms", "gradient_moments", "ggn_diagonal", "kfac_factors", "hvp",
     "ggn_vp",
-    "checkpoint", "data", "layers", "parallel", "plots", "validation",
+    "checkpoint", "data", "layers", "parallel", "plots", "privacy", "quantities", "validation",
 ]

@@ -99,6 +99,9 @@ def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False) -> 
     p.add_argument("--devices", type=_positive_int, default=d["devices"],
                    help="data-parallel over this many devices (default: %(default)s)")
     p.add_argument("--x64", action="store_true", default=d["x64"], help="train in float64")
+    p.add_argument("--diagnostics", action="store_true", default=d["diagnostics"],
+                   help="record per-layer gradient norm, gradient SNR, per-example norm spread and GGN trace "
+                        "every epoch (metrics diag_*, figure diagnostics.png)")
     p.add_argument("--clip-norm", type=_positive_float, default=d["clip_norm"], metavar="C",
                    help="DP-SGD: clip each example's gradient to norm C (one backward pass; default: off)")
     p.add_argument("--noise-multiplier", type=_non_negative, default=d["noise_multiplier"], metavar="SIGMA",
@@ -260,7 +263,7 @@ def _train(plan: Plan, args, report, timings: dict) -> int:
         # checkpoint, which --resume trims, never a checkpoint ahead of its history.
         folder.write_history(history, title, split)
         folder.save(net, loss, state)
-        shown = "  ".join(f"{k} {a:.4f}" for k, a in metrics.items() if k != "epoch")
+        shown = "  ".join(f"{k} {a:.4f}" for k, a in metrics.items() if k != "epoch" and not k.startswith("diag_"))
         _echo(f"epoch {metrics['epoch']:>3}  {shown}", args.no_progress)
 
     t = time.perf_counter()
@@ -289,7 +292,7 @@ def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
             epochs=config["epochs"], batch_size=config["batch_size"], method=config["method"],
             l2=config["l2"], dropout=config["dropout"], test=(data.x_test, data.y_test), state=plan.state,
             mesh=mesh, on_epoch=on_epoch, progress=progress, clip_norm=config["clip_norm"],
-            noise_multiplier=config["noise_multiplier"])
+            noise_multiplier=config["noise_multiplier"], diagnostics=config["diagnostics"])
     except NonFiniteLossError as err:
         # The error carries the last state with a finite loss, perhaps from inside an epoch
         # that no checkpoint covers yet: save it, so nothing finite is lost.

@@ -17,7 +17,7 @@ import optax
 from fnn.backprop import Objective, get_method
 from fnn.losses import Loss
 from fnn.network import MLP
-from fnn.quantities import clipped_value_and_grad
+from fnn.privacy import clipped_value_and_grad
 from fnn.registry import Registry
 from fnn.validation import check_coefficient, check_optimizer, validate
 
@@ -89,7 +89,7 @@ def make_update_fn(
 
     ``x``: ``(B, d_0)``; ``weights``: ``(B,)``; ``R`` is the risk before the update.
     With ``clip_norm=C`` the step is DP-SGD: ``g`` is the clipped, noised gradient of
-    :func:`fnn.quantities.clipped_value_and_grad` (each example's gradient clipped to norm
+    :func:`fnn.privacy.clipped_value_and_grad` (each example's gradient clipped to norm
     ``C``, noise ``σ C`` added to the sum, ``σ = noise_multiplier``; one backward pass, no
     per-example gradients), and the metrics add ``"clipped"``, the fraction of examples
     whose gradient norm exceeded ``C``. ``key`` is needed for dropout and for noise.

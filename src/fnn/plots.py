@@ -57,3 +57,25 @@ def figure_png(fig) -> bytes:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def plot_diagnostics(history: dict, title: str | None = None):
+    """The ``diag_*`` curves :func:`fnn.fit` records with ``diagnostics=True``: gradient norm,
+    gradient signal-to-noise ratio, spread of per-example norms and GGN trace, one line per
+    layer (numbered from 1), against the epoch. Returns the matplotlib ``Figure``."""
+    plt = pyplot()
+    panels = [("grad_norm", "‖∇R‖ per layer", "log"), ("snr", "gradient SNR (mean² / variance)", "log"),
+              ("norm_spread", "per-example norm spread (std / mean)", "linear"),
+              ("ggn_trace", "GGN trace (curvature)", "log")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, (key, label, scale) in zip(axes, panels):
+        layers = sorted((k for k in history if k.startswith(f"diag_{key}_l")), key=lambda k: int(k.rsplit("l", 1)[1]))
+        for k in layers:
+            ax.plot(history["epoch"], history[k], label=f"layer {k.rsplit('l', 1)[1]}")
+        ax.set(xlabel="epoch", title=label, yscale=scale)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

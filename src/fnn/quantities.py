@@ -12,8 +12,8 @@ weight decay or dropout. ``g_b = ∇_θ ℓ_b`` is example ``b``'s gradient, so
   is ``g_b / B``).
 - :func:`per_example_grad_norms`: ``‖g_b‖₂`` (BackPACK's ``BatchL2Grad`` is ``‖g_b / B‖₂²``).
 - :func:`gradient_moments`: ``Σ_b g_b²`` and the population variance ``(1/B) Σ_b g_b² −
-  ((1/B) Σ_b g_b)²``, element-wise (BackPACK's ``SumGradSquared`` is ``Σ_b g_b² / B²``; its
-  ``Variance`` equals ours).
+  ((1/B) Σ_b g_b)²``, element-wise (BackPACK's ``SumGradSquared`` is ``Σ_b g_b² / B²`` and its
+  ``Variance`` is ours ``/ B²``: BackPACK's per-example gradients are those of ``ℓ_b / B``).
 - :func:`ggn_diagonal`, :func:`kfac_factors`, :func:`ggn_vp`: the GGN of ``R``,
   ``G = (1/B) Σ_b J_bᵀ H_b J_b`` with ``J_b = ∂y_{L,b}/∂θ`` and ``H_b = ∂²ℓ_b/∂y_{L,b}²``
   (BackPACK's ``DiagGGNExact``/``DiagGGNMC`` and ``KFLR``/``KFAC`` with mean reduction).
@@ -106,8 +106,8 @@ def gradient_moments(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
         "sum_grad_squared": Σ_b g_b²                      ((y²)ᵀ (δz²) for W: one GEMM)
         "variance":         (1/B) Σ_b g_b² − ((1/B) Σ_b g_b)²   (population variance)
 
-    element-wise. BackPACK's ``SumGradSquared`` (mean reduction) is ``sum_grad_squared / B²``;
-    its ``Variance`` equals ``variance``.
+    element-wise. BackPACK's ``SumGradSquared`` and ``Variance`` (mean reduction) are
+    ``sum_grad_squared / B²`` and ``variance / B²``.
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))
@@ -274,42 +274,30 @@ def _check_vector(net: MLP, params: Params, vector) -> None:
         raise ValueError(f"vector must be shaped like params: {err}") from None
 
 
-def clipped_value_and_grad(objective, params: Params, x: Array, v: Array, weights: Array | None = None,
-                           key: Array | None = None, *, clip_norm: float, noise_multiplier: float = 0.0):
-    """The DP-SGD gradient (Abadi et al., 2016) from one forward and one backward pass:
+def diagnostics(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array) -> dict[str, Array]:
+    """Per-layer training diagnostics on a batch, from one forward, one backward and the GGN pass:
 
-        ĝ = (Σ_b w_b c_b g_b + σ C ξ) / Σ_b w_b + λ W,   c_b = min(1, C / ‖g_b‖),   ξ ~ N(0, I)
+        grad_norm_l{k}:   ‖∇_{θ_k} R‖                      (W and b of layer k together)
+        snr_l{k}:         Σ mean² / Σ variance             (gradient signal-to-noise ratio)
+        norm_spread_l{k}: std_b ‖g_{k,b}‖ / mean_b ‖g_{k,b}‖ (how unequal the examples' pulls are)
+        ggn_trace_l{k}:   Σ diag G over layer k's parameters (curvature)
 
-    Each example's gradient ``g_b = ∇ℓ_b`` is clipped to norm ``C = clip_norm`` and Gaussian
-    noise of standard deviation ``σ C`` (``σ = noise_multiplier``) is added to the sum, which
-    is then divided by the total weight ``Σ_b w_b`` (``B`` unweighted; padding has weight 0).
-    The per-example output gradients ``δz_{l,b}`` are linear in example ``b``'s weight, so one
-    backward gives them all; the norms come from ``‖y_{l−1,b}‖² ‖δz_{l,b}‖²``; and the clipped
-    weight gradient is ``y_{l−1}ᵀ (c ⊙ δz_l)``: the same GEMMs as a plain step, and no
-    per-example gradient is ever formed. Weight decay is added after clipping (it does not
-    depend on the data). ``key`` draws the noise (and dropout masks); it is needed when
-    ``noise_multiplier > 0`` or the objective has dropout.
-
-    Returns ``(R, ĝ, norms)``: the risk before the step, the gradient shaped like ``params``,
-    and the per-example norms ``‖g_b‖`` ``(B,)`` before clipping.
+    with layers numbered from 1 as in the lectures. Returns scalars keyed as above.
     """
-    net, loss = objective.net, objective.loss
-    noise_key = dropout_key = key
-    if noise_multiplier > 0 and objective.dropout > 0:
-        dropout_key, noise_key = jax.random.split(key)
-    value, out, cache = objective.evaluate(params, x, v, weights, dropout_key)
+    loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))
-    norms = jnp.sqrt(sum(layer["W"] + layer["b"] for layer in _squared_norms(cache, dz)))
-    w = jnp.ones(norms.shape, norms.dtype) if weights is None else jnp.asarray(weights, norms.dtype)
-    total = jnp.maximum(jnp.sum(w), jnp.finfo(norms.dtype).tiny)
-    scale = w * jnp.minimum(1.0, clip_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny)) / total
-    grads = [{"W": y.T @ (scale[:, None] * d), "b": jnp.sum(scale[:, None] * d, 0)} for y, d in zip(cache.inputs, dz)]
-    if noise_multiplier > 0:
-        leaves, treedef = jax.tree.flatten(grads)
-        keys = jax.random.split(noise_key, len(leaves))
-        std = noise_multiplier * clip_norm / total
-        leaves = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
-        grads = treedef.unflatten(leaves)
-    if objective.l2:
-        grads = [{"W": g["W"] + objective.l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]
-    return value, grads, norms
+    n = x.shape[0]
+    squares = _squared_norms(cache, dz)
+    ggn = ggn_diagonal(net, loss, params, x, v)
+    result = {}
+    for k, (y, d, sq, g) in enumerate(zip(cache.inputs, dz, squares, ggn), 1):
+        mean = [y.T @ d / n, jnp.sum(d, 0) / n]
+        second = [(y * y).T @ (d * d) / n, jnp.sum(d * d, 0) / n]
+        mean_sq = sum(jnp.sum(m * m) for m in mean)
+        variance = sum(jnp.sum(s - m * m) for s, m in zip(second, mean))
+        norms = jnp.sqrt(sq["W"] + sq["b"])
+        result[f"grad_norm_l{k}"] = jnp.sqrt(mean_sq)
+        result[f"snr_l{k}"] = mean_sq / jnp.maximum(variance, jnp.finfo(variance.dtype).tiny)
+        result[f"norm_spread_l{k}"] = jnp.std(norms) / jnp.maximum(jnp.mean(norms), jnp.finfo(norms.dtype).tiny)
+        result[f"ggn_trace_l{k}"] = jnp.sum(g["W"]) + jnp.sum(g["b"])
+    return result

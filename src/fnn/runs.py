@@ -33,7 +33,7 @@ from fnn.losses import Loss, get_loss
 from fnn.network import MLP, init
 from fnn.optim import get_optimizer, make_update_fn
 from fnn.parallel import make_mesh
-from fnn.plots import figure_png, plot_history
+from fnn.plots import figure_png, plot_diagnostics, plot_history
 from fnn.train import TrainState, check_batch_size
 from fnn.validation import check_params_finite, validate
 
@@ -42,10 +42,10 @@ DEFAULTS: dict[str, Any] = dict(
     dataset="digits", hidden=[128, 128], activation="relu", loss="auto", init="he",
     optimizer="adam", lr=1e-3, momentum=0.9, batch_size=32, epochs=30, seed=0,
     method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
-    devices=1, x64=False, clip_norm=None, noise_multiplier=0.0,
+    devices=1, x64=False, clip_norm=None, noise_multiplier=0.0, diagnostics=False,
 )
 # Keys added after the first release: a config.json without them gets these values.
-LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0}
+LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0, "diagnostics": False}
 # What a resumed run may change: how long it trains, where it finds its data, how many
 # devices share each batch (the same numbers, up to the order of float reductions).
 CHANGEABLE_ON_RESUME = ("epochs", "data_dir", "devices")
@@ -82,6 +82,7 @@ CONFIG_RULES = {
     "x64": (lambda v: isinstance(v, bool), "true or false"),
     "clip_norm": (lambda v: v is None or _is_real(v, 0, strict=True), "a positive finite number or null"),
     "noise_multiplier": (lambda v: _is_real(v, 0), "a finite number >= 0"),
+    "diagnostics": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -312,6 +313,8 @@ class RunFolder:
         now = time.monotonic()
         if title and history.get("epoch") and (final or now - self._curves_at >= CURVES_EVERY_S):
             atomic_write(self.path / "curves.png", figure_png(plot_history(history, title, ("train", split))))
+            if any(k.startswith("diag_") for k in history):
+                atomic_write(self.path / "diagnostics.png", figure_png(plot_diagnostics(history, title)))
             self._curves_at = time.monotonic()
 
 

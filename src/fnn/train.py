@@ -21,6 +21,7 @@ from fnn.metrics import _host_metrics, _to_device, evaluate
 from fnn.network import MLP, Params
 from fnn.optim import plain_gd
 from fnn.parallel import make_mesh, replicate
+from fnn.quantities import diagnostics as quantities_diagnostics
 from fnn.validation import check_key, check_optimizer, check_params_finite, validate
 
 Array = jax.Array
@@ -92,6 +93,7 @@ def fit(
     progress: bool = False,
     clip_norm: float | None = None,
     noise_multiplier: float = 0.0,
+    diagnostics: bool = False,
 ) -> tuple[Params, dict]:
     """Minibatch training: ``epochs`` passes over freshly shuffled batches.
 
@@ -118,6 +120,10 @@ def fit(
         gradient clipped to norm ``clip_norm``, Gaussian noise ``noise_multiplier × clip_norm``
         added to each batch's sum. Privacy accounting is left to a library such as
         ``dp-accounting`` (sampling rate ``batch_size / N``, steps ``epochs × N // batch_size``).
+      diagnostics: also record, after every epoch and per layer, the gradient norm, the
+        gradient signal-to-noise ratio, the spread of per-example gradient norms and the GGN
+        trace (:func:`fnn.quantities.diagnostics`) on the first 256 training examples, under
+        history keys ``diag_grad_norm_l1``, ``diag_snr_l1``, ... (without dropout).
 
     Returns:
       ``(params, history)`` with ``history`` a dict of per-epoch lists:
@@ -148,13 +154,15 @@ def fit(
     check_params_finite(start.params)
     private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
     return _Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
-                    dropout=dropout, mesh=mesh, **private).run(start, epochs, on_epoch, progress)
+                    dropout=dropout, mesh=mesh, diagnostics=diagnostics, **private).run(
+        start, epochs, on_epoch, progress)
 
 
 class _Trainer:
     """The state of one ``fit`` call: data on the device, the compiled epoch, the history."""
 
-    def __init__(self, net, loss, optimizer, x, v, test, *, batch_size, method, l2, dropout, mesh, **private):
+    def __init__(self, net, loss, optimizer, x, v, test, *, batch_size, method, l2, dropout, mesh,
+                 diagnostics=False, **private):
         self.net, self.loss, self.mesh = net, loss, mesh
         self.batches = len(x) // batch_size
         # Not donated: the state an epoch starts from is kept, to recover the last good state.
@@ -162,6 +170,7 @@ class _Trainer:
                                       dropout=dropout, mesh=mesh, donate=False, **private)
         self.data, self.test = (x, v), test
         self.placed = None
+        self.diagnostics = diagnostics
 
     def _place(self, params):
         if self.placed is None:
@@ -182,6 +191,10 @@ class _Trainer:
         out = {f"train_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *placed[0]).items()}
         if self.test is not None:
             out.update({f"test_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *placed[1]).items()})
+        if self.diagnostics:
+            x, v = placed[0]
+            probe = _diagnostics(self.net, self.loss, params, x[:256], v[:256])
+            out.update({f"diag_{k}": float(a) for k, a in probe.items()})
         return out
 
     def good(self, params, opt_state, train_loss: float | None = None) -> bool:
@@ -256,6 +269,9 @@ def _all_finite(tree) -> bool:
     reduction would cost more to compile than the copy costs at these sizes)."""
     leaves = (np.asarray(a) for a in jax.tree.leaves(tree))
     return all(np.all(np.isfinite(a)) for a in leaves if np.issubdtype(a.dtype, np.inexact))
+
+
+_diagnostics = jax.jit(quantities_diagnostics, static_argnums=(0, 1))
 
 
 def _progress_bar(total: int, initial: int):
