@@ -82,6 +82,8 @@ def _rows(sizes, batch):
         "exact GGN diagonal (fnn)": (jax.jit(lambda p: fnn.ggn_diagonal(net, loss, p, x, v)), (params,)),
     }
     rows, memory = {}, {}
+    rows.update(_torch_rows(sizes, batch))
+    memory.update({name: None for name in rows})
     for name, (fn, args) in fns.items():
         def run(k, fn=fn, args=args):
             for _ in range(k):
@@ -93,6 +95,40 @@ def _rows(sizes, batch):
     return rows, memory
 
 
+def _torch_rows(sizes, batch) -> dict:
+    """PyTorch's plain step and BackPACK's BatchL2Grad and DiagGGNExact passes, when installed."""
+    try:
+        import torch
+        from backpack import backpack, extend
+        from backpack.extensions import BatchL2Grad, DiagGGNExact
+    except ImportError:
+        return {}
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(sizes) - 2 else [])
+    model = extend(torch.nn.Sequential(*layers))
+    lossf = extend(torch.nn.CrossEntropyLoss())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, v = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
+
+    def step(k, extension=None):
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(model(x), v)
+            if extension is None:
+                loss.backward()
+                opt.step()
+            else:
+                with backpack(extension()):
+                    loss.backward()
+
+    version = torch.__version__.split("+")[0]
+    return {f"PyTorch {version} plain step": step,
+            "BackPACK BatchL2Grad pass": lambda k: step(k, BatchL2Grad),
+            "BackPACK DiagGGNExact pass": lambda k: step(k, DiagGGNExact)}
+
+
 def bench(name: str, rounds: int) -> dict:
     sizes, batch = CONFIGS[name]
     rows, memory = _rows(sizes, batch)
@@ -100,6 +136,14 @@ def bench(name: str, rounds: int) -> dict:
     times = time_rows(rows, per_call, rounds)
     med = {row: statistics.median(ts) for row, ts in times.items()}
     ratio = lambda a, b: med[a] / med[b]
+    torch_ratios = {}
+    plain_torch = next((r for r in rows if r.endswith("plain step") and r.startswith("PyTorch")), None)
+    if plain_torch:
+        torch_ratios = {
+            "BackPACK BatchL2Grad / PyTorch plain step": ratio("BackPACK BatchL2Grad pass", plain_torch),
+            "BackPACK BatchL2Grad / fnn norms": ratio("BackPACK BatchL2Grad pass", "per-example norms (fnn)"),
+            "BackPACK DiagGGNExact / fnn GGN diagonal": ratio("BackPACK DiagGGNExact pass", "exact GGN diagonal (fnn)"),
+        }
     return {
         "config": name, "sizes": sizes, "batch": batch, "rounds": rounds,
         "rows": [{"row": row, "ms": med[row] * 1e3, "compiled_memory_mb": memory[row]} for row in rows],
@@ -112,6 +156,7 @@ def bench(name: str, rounds: int) -> dict:
                                                           "DP-SGD step (fnn, one backward)"),
             "GGN diagonal / plain gradient": ratio("exact GGN diagonal (fnn)", "plain gradient (fnn manual)"),
             "resolution: plain step 2nd copy / plain step": ratio("plain step (fnn, 2nd copy)", "plain step (fnn)"),
+            **torch_ratios,
         },
     }
 
