@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.backprop import backward
-from fnn.layers import activation_backward, affine_forward
+from fnn.layers import affine_forward
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Cache, Params, forward_with_cache
 from fnn.validation import check_key, check_params, validate
@@ -51,13 +51,19 @@ def _prepare(net: MLP, loss, params: Params, x, v) -> tuple[Loss, Array, Cache]:
 def deltas(net: MLP, params: Params, cache: Cache, dout: Array) -> list[Array]:
     """``δz_l`` of every layer for the output gradient ``dout`` ``(B, d_L)``: the backward
     recursion without the weight-gradient GEMMs. With ``dout = ∂ℓ_b/∂y_L`` row by row (not
-    divided by ``B``), row ``b`` of ``δz_l`` is example ``b``'s own ``∂ℓ_b/∂z_l``."""
+    divided by ``B``), row ``b`` of ``δz_l`` is example ``b``'s own ``∂ℓ_b/∂z_l``.
+
+    ``dout`` may have extra leading axes ``(..., B, d_L)`` (several output gradients per
+    example, as :func:`ggn_diagonal` backpropagates); they ride along in the same GEMMs.
+    """
+    extra = jnp.ndim(dout) - jnp.ndim(cache.outputs[-1])
+    lift = lambda a: jnp.reshape(a, (1,) * extra + a.shape)  # explicit broadcasting over the extra axes
     out, delta_y = [None] * net.num_layers, dout
     for l in reversed(range(net.num_layers)):
         act = net.activations[l]
         if l < net.num_layers - 1 and cache.masks[l] is not None:
-            delta_y = delta_y * cache.masks[l]
-        out[l] = activation_backward(act, delta_y, (cache.pre_activations[l], cache.outputs[l]))
+            delta_y = delta_y * lift(cache.masks[l])
+        out[l] = delta_y * lift(act.grad(cache.pre_activations[l], cache.outputs[l]))
         if l:
             delta_y = out[l] @ params[l]["W"].T
     return out
@@ -135,7 +141,7 @@ def _factor_deltas(net, loss: Loss, params, out, v, cache, mc_samples: int, key)
         keys = jax.random.split(key, mc_samples)
         douts = jax.vmap(lambda k: loss.grad(out, loss.sample(k, out)))(keys) / jnp.sqrt(mc_samples).astype(
             out.dtype)
-    return jax.vmap(lambda d: deltas(net, params, cache, d))(douts)
+    return deltas(net, params, cache, douts)
 
 
 def _check_mc(mc_samples) -> int:
