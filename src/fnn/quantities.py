@@ -187,22 +187,24 @@ def kfac_factors(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
     return [{"A": y.T @ y / n, "G": jnp.einsum("sbi,sbj->ij", d, d) / n} for y, d in zip(cache.inputs, dz)]
 
 
-def _r_forward(net: MLP, params: Params, vector: Params, cache: Cache) -> list[Array]:
-    """Pearlmutter's R-operator on the forward pass: ``R{z_l}``, the directional derivative of
-    every pre-activation along ``vector`` (``R{x} = 0``):
+def _r_forward(net: MLP, params: Params, vector: Params, cache: Cache) -> tuple[list[Array], list[Array]]:
+    """Pearlmutter's R-operator on the forward pass: ``(R{z_l}, R{y_l})`` for every layer, the
+    directional derivatives along ``vector`` of the pre-activations and of the layer outputs
+    (after dropout, as the next layer sees them), with ``R{x} = 0``:
 
-        R{z_l} = R{y_{l−1}} W_l + y_{l−1} V_{W_l} + V_{b_l},   R{y_l} = f_l'(z_l) ⊙ R{z_l}
+        R{z_l} = R{y_{l−1}} W_l + y_{l−1} V_{W_l} + V_{b_l},   R{y_l} = f_l'(z_l) ⊙ R{z_l} (⊙ m_l)
     """
-    rz, ry = [], None
+    rz, ry = [], []
     for l, (layer, vec, act) in enumerate(zip(params, vector, net.activations)):
         z = affine_forward(cache.inputs[l], vec["W"], vec["b"])[0]
-        if ry is not None:
-            z = z + ry @ layer["W"]
+        if ry:
+            z = z + ry[-1] @ layer["W"]
         rz.append(z)
-        ry = act.grad(cache.pre_activations[l], cache.outputs[l]) * z
+        y = act.grad(cache.pre_activations[l], cache.outputs[l]) * z
         if l < net.num_layers - 1 and cache.masks[l] is not None:
-            ry = ry * cache.masks[l]
-    return rz
+            y = y * cache.masks[l]
+        ry.append(y)
+    return rz, ry
 
 
 def ggn_vp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vector: Params) -> Params:
@@ -211,7 +213,7 @@ def ggn_vp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vecto
     product, ``Jᵀ`` by the ordinary backward pass."""
     loss, out, cache = _prepare(net, loss, params, x, v)
     _check_vector(net, params, vector)
-    j_u = _output_r(net, params, vector, cache)
+    j_u = _r_forward(net, params, vector, cache)[1][-1]
     return backward(net, params, cache, _loss_hvp(loss, out, v, j_u) / x.shape[0])
 
 
@@ -231,9 +233,9 @@ def hvp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vector: 
     for act in net.activations:
         if act.grad2 is None:
             raise ValueError(f"hvp needs the second derivative of activation {act.name}: give it grad2.")
-    rz = _r_forward(net, params, vector, cache)
+    rz, ry = _r_forward(net, params, vector, cache)
     n = x.shape[0]
-    delta_y, r_delta_y = loss.grad(out, v) / n, _loss_hvp(loss, out, v, _r_output(net, cache, rz)) / n
+    delta_y, r_delta_y = loss.grad(out, v) / n, _loss_hvp(loss, out, v, ry[-1]) / n
     result = [None] * net.num_layers
     for l in reversed(range(net.num_layers)):
         act, z, a = net.activations[l], cache.pre_activations[l], cache.outputs[l]
@@ -241,30 +243,13 @@ def hvp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vector: 
             delta_y, r_delta_y = delta_y * cache.masks[l], r_delta_y * cache.masks[l]
         delta_z = delta_y * act.grad(z, a)
         r_delta_z = r_delta_y * act.grad(z, a) + delta_y * act.grad2(z, a) * rz[l]
-        r_y_in = _r_input(net, cache, rz, l)
-        result[l] = {"W": cache.inputs[l].T @ r_delta_z + (0 if r_y_in is None else r_y_in.T @ delta_z),
-                     "b": jnp.sum(r_delta_z, 0)}
+        r_weight = cache.inputs[l].T @ r_delta_z
+        if l:  # R{y_{l−1}} = 0 for the data
+            r_weight = r_weight + ry[l - 1].T @ delta_z
+        result[l] = {"W": r_weight, "b": jnp.sum(r_delta_z, 0)}
         if l:
             delta_y, r_delta_y = delta_z @ params[l]["W"].T, r_delta_z @ params[l]["W"].T + delta_z @ vector[l]["W"].T
     return result
-
-
-def _r_input(net: MLP, cache: Cache, rz: list[Array], l: int) -> Array | None:
-    """``R{y_{l−1}}``, the R-derivative of layer ``l``'s input (``None`` for the data)."""
-    if l == 0:
-        return None
-    act = net.activations[l - 1]
-    ry = act.grad(cache.pre_activations[l - 1], cache.outputs[l - 1]) * rz[l - 1]
-    return ry if cache.masks[l - 1] is None else ry * cache.masks[l - 1]
-
-
-def _r_output(net: MLP, cache: Cache, rz: list[Array]) -> Array:
-    act = net.activations[-1]
-    return act.grad(cache.pre_activations[-1], cache.outputs[-1]) * rz[-1]
-
-
-def _output_r(net, params, vector, cache) -> Array:
-    return _r_output(net, cache, _r_forward(net, params, vector, cache))
 
 
 def _loss_hvp(loss: Loss, out: Array, v: Array, u: Array) -> Array:
