@@ -211,7 +211,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.writer = jax.process_index() == 0
-        self._curves_at = time.monotonic()  # the first curves after CURVES_EVERY_S, not at epoch 1
+        self._curves_at = -float("inf")  # curves after the first epoch, then every CURVES_EVERY_S
 
     def __str__(self) -> str:
         return str(self.path)
