@@ -366,3 +366,13 @@ def test_diagnostics_from_the_cli(tmp_path, capsys):
     assert "diag_" not in capsys.readouterr().out  # kept in the files, not printed each epoch
     assert main(["train", *[a for a in SMALL if a != "--no-plot"], "--diagnostics", "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "diagnostics.png").stat().st_size > 0
+
+
+def test_a_full_disk_at_the_start_leaves_no_new_folder(tmp_path, capsys, monkeypatch):
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    status, _, err = _run(["train", *SMALL, "--out", str(tmp_path / "new" / "run")], capsys)
+    assert status == 2 and "No space left on device" in err
+    assert not (tmp_path / "new").exists()

@@ -278,10 +278,17 @@ class RunFolder:
             doc = read_json(self.path / "config.json", "run configuration")
             commands = doc.get("commands", []) if isinstance(doc, dict) else []
         commands.append(_provenance(command))
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.path)
-        write_json(self.path / "config.json",
-                   {"config": config, "net": net.to_dict(), "loss": loss.name, "commands": commands})
+        try:
+            write_json(self.path / "config.json",
+                       {"config": config, "net": net.to_dict(), "loss": loss.name, "commands": commands})
+        except OSError:
+            for folder in missing:  # a full disk at the very start: leave no new, empty folders behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
 
     def write_text(self, name: str, text: str) -> None:
         """``RUN/name``, atomically (process 0 only)."""
