@@ -101,4 +101,4 @@ ACTIVATIONS: Registry[Activation] = Registry(
 
 def get_activation(spec: str | Activation) -> Activation:
     """Looks an activation up by name (``"relu"``, ``"leaky_relu(0.2)"``) or passes one through."""
-    return ACTIVATIONS.get(spec)
+    return ACTIVATIONS.lookup(spec)

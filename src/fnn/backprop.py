@@ -182,7 +182,7 @@ METHODS: Registry[Callable] = Registry("gradient method", {
 
 def get_method(method: str) -> Callable:
     """The ``(R, ∂R/∂θ)`` function of a gradient method: ``"manual"`` or ``"autodiff"``."""
-    return METHODS.get(method)
+    return METHODS.lookup(method)
 
 
 def value_and_grad(

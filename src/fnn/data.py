@@ -316,5 +316,5 @@ def load(name: str, seed: int = 0, **kwargs) -> Dataset:
     """A dataset by name: ``digits`` (default), ``mnist1d``, ``mnist``, ``diabetes``, ``sine``,
     ``xor``, ``moons``, ``spirals``. ``kwargs`` go to the loader (``folder=`` for ``mnist``,
     which has no seed: its split is fixed)."""
-    loader = DATASETS.get(name)
+    loader = DATASETS.lookup(name)
     return loader(**kwargs) if name == "mnist" else loader(seed=seed, **kwargs)

@@ -218,7 +218,7 @@ LOSSES: Registry[Loss] = Registry(
 
 def get_loss(spec: str | Loss) -> Loss:
     """Looks a loss up by name (``"mse"``, ``"huber(0.5)"``) or passes one through."""
-    return LOSSES.get(spec)
+    return LOSSES.lookup(spec)
 
 
 def _normaliser(weights: Array | None, batch_shape: tuple[int, ...], dtype) -> tuple[Array, Array]:

@@ -124,7 +124,7 @@ def get_scheme(scheme: str | Initializer, sigma: float = 0.01) -> Initializer:
     or a callable ``(key, shape, dtype) -> array`` passed through."""
     if callable(scheme):
         return scheme
-    return SCHEMES.get(f"normal({sigma!r})" if scheme == "normal" else scheme)
+    return SCHEMES.lookup(f"normal({sigma!r})" if scheme == "normal" else scheme)
 
 
 def default_float() -> jnp.dtype:

@@ -65,7 +65,7 @@ def get_optimizer(
     rate η and momentum, or an optax ``GradientTransformation`` passed through."""
     if isinstance(spec, optax.GradientTransformation):
         return spec
-    build = OPTIMIZERS.get(spec)
+    build = OPTIMIZERS.lookup(spec)
     check_learning_rate(learning_rate)
     check_coefficient(momentum, "momentum", upper=1.0)
     return build(learning_rate, momentum)

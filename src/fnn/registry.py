@@ -16,14 +16,14 @@ T = TypeVar("T")
 
 
 class Registry(Mapping, Generic[T]):
-    """Named entries of one kind, looked up by :meth:`get`.
+    """Named entries of one kind, looked up by :meth:`lookup`.
 
     Args:
       kind: what the entries are, for messages (``"activation"``).
       entries: name -> entry.
       factories: name -> function of one float that builds a parameterised entry,
         so that ``get("name(0.5)")`` returns ``factories["name"](0.5)``.
-      entry_type: objects of this type are passed through by :meth:`get`.
+      entry_type: objects of this type are passed through by :meth:`lookup`.
       hint: added to the unknown-name message (e.g. how to bring your own).
     """
 
@@ -44,10 +44,10 @@ class Registry(Mapping, Generic[T]):
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self._entries)})"
 
-    def get(self, spec, default=None) -> T:  # noqa: D417 - Mapping.get's signature, stricter meaning
+    def lookup(self, spec) -> T:
         """The entry named ``spec``, one built from ``"NAME(NUMBER)"``, or ``spec`` itself when it
-        is already an entry. Raises ``ValueError`` for anything else (``default`` is ignored:
-        an unknown name is always an error here)."""
+        is already an entry. Raises one ``ValueError`` listing the known names for anything else.
+        (``get`` keeps the ``Mapping`` meaning: plain names only, ``default`` when absent.)"""
         if self.entry_type is not None and isinstance(spec, self.entry_type):
             return spec
         if isinstance(spec, str):
