@@ -118,10 +118,16 @@ def gradient_moments(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))
     n = x.shape[0]
-    mean = [{"W": y.T @ d / n, "b": jnp.sum(d, 0) / n} for y, d in zip(cache.inputs, dz)]
-    sgs = [{"W": (y * y).T @ (d * d), "b": jnp.sum(d * d, 0)} for y, d in zip(cache.inputs, dz)]
+    mean, sgs = _moments(cache, dz, n)
     variance = jax.tree.map(lambda s, m: s / n - m * m, sgs, mean)
     return {"mean": mean, "sum_grad_squared": sgs, "variance": variance}
+
+
+def _moments(cache: Cache, dz: list[Array], n: int) -> tuple[Params, Params]:
+    """``(1/n) Σ_b g_b`` and ``Σ_b g_b²`` per layer: ``yᵀδz / n`` and ``(y²)ᵀ(δz²)`` for W."""
+    mean = [{"W": y.T @ d / n, "b": jnp.sum(d, 0) / n} for y, d in zip(cache.inputs, dz)]
+    sgs = [{"W": (y * y).T @ (d * d), "b": jnp.sum(d * d, 0)} for y, d in zip(cache.inputs, dz)]
+    return mean, sgs
 
 
 def _factor_deltas(net, loss: Loss, params, out, v, cache, mc_samples: int, key) -> list[Array]:
@@ -163,8 +169,12 @@ def ggn_diagonal(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
     unbiased estimate (BackPACK's ``DiagGGNMC``).
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
-    dz = _factor_deltas(net, loss, params, out, v, cache, _check_mc(mc_samples), key)
-    n = x.shape[0]
+    return _ggn_diagonal(net, loss, params, out, v, cache, _check_mc(mc_samples), key)
+
+
+def _ggn_diagonal(net, loss: Loss, params, out, v, cache, mc_samples: int, key) -> Params:
+    dz = _factor_deltas(net, loss, params, out, v, cache, mc_samples, key)
+    n = out.shape[0]
     return [{"W": (y * y).T @ jnp.sum(d * d, 0) / n, "b": jnp.sum(d * d, (0, 1)) / n}
             for y, d in zip(cache.inputs, dz)]
 
@@ -279,13 +289,11 @@ def diagnostics(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array) 
     dz = deltas(net, params, cache, loss.grad(out, v))
     n = x.shape[0]
     squares = _squared_norms(cache, dz)
-    ggn = ggn_diagonal(net, loss, params, x, v)
+    ggn = _ggn_diagonal(net, loss, params, out, v, cache, 0, None)  # the same forward pass
     result = {}
-    for k, (y, d, sq, g) in enumerate(zip(cache.inputs, dz, squares, ggn), 1):
-        mean = [y.T @ d / n, jnp.sum(d, 0) / n]
-        second = [(y * y).T @ (d * d) / n, jnp.sum(d * d, 0) / n]
-        mean_sq = sum(jnp.sum(m * m) for m in mean)
-        variance = sum(jnp.sum(s - m * m) for s, m in zip(second, mean))
+    for k, (mean, sgs, sq, g) in enumerate(zip(*_moments(cache, dz, n), squares, ggn), 1):
+        mean_sq = sum(jnp.sum(m * m) for m in mean.values())
+        variance = sum(jnp.sum(sgs[p] / n - mean[p] * mean[p]) for p in mean)
         norms = jnp.sqrt(sq["W"] + sq["b"])
         result[f"grad_norm_l{k}"] = jnp.sqrt(mean_sq)
         result[f"snr_l{k}"] = mean_sq / jnp.maximum(variance, jnp.finfo(variance.dtype).tiny)
