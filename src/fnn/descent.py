@@ -50,6 +50,17 @@ def gradient_descent(
       starting with the initial risk), ``steps`` and ``stopped``: ``"converged"``,
       ``"max_steps"`` or ``"non_finite"`` (the parameters are then the last finite ones).
     """
+    objective = _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, method, l2)
+    opt_state = optimizer.init(params) if optimizer is not None else optax.EmptyState()
+    params, losses, steps, code = _gd_loop(objective, method, int(max_steps), optimizer, params, opt_state,
+                                           *_to_device(params, x, v), learning_rate or 0.0, float(eps))
+    steps = int(steps)
+    stopped = ("converged", "max_steps", "non_finite")[int(code)]
+    return params, {"loss": np.asarray(losses[: steps + 1]), "steps": steps, "stopped": stopped}
+
+
+def _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, method, l2) -> Objective:
+    """Every check of :func:`gradient_descent`'s arguments, before anything runs; the objective."""
     if (learning_rate is None) == (optimizer is None):
         raise ValueError("Give gradient_descent exactly one of learning_rate and optimizer.")
     if optimizer is None:
@@ -63,12 +74,7 @@ def gradient_descent(
     validate(net, objective.loss, params, x, v)
     check_params_finite(params)
     get_method(method)
-    opt_state = optimizer.init(params) if optimizer is not None else optax.EmptyState()
-    params, losses, steps, code = _gd_loop(objective, method, int(max_steps), optimizer, params, opt_state,
-                                           *_to_device(params, x, v), learning_rate or 0.0, float(eps))
-    steps = int(steps)
-    stopped = ("converged", "max_steps", "non_finite")[int(code)]
-    return params, {"loss": np.asarray(losses[: steps + 1]), "steps": steps, "stopped": stopped}
+    return objective
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

@@ -84,24 +84,7 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
         batches = permutation(perm_key, n)[: num_batches * batch_size]
         batches = batches.reshape(num_batches, batch_size)
 
-        def step(carry, inputs):
-            params, opt_state, ok = carry
-            index, i = inputs
-            step_key = jax.random.fold_in(dropout_key, i) if update.needs_key else None
-            xb, vb, weights = x[index], v[index], None
-            if mesh is not None:
-                xb, vb, weights = shard_batch(pad_batch(xb, vb, mesh), mesh)
-            new_params, new_opt_state, metrics = update(params, opt_state, xb, vb, step_key, weights)
-            active = (i >= first) & (i < limit)
-            ok = ok & (~active | jnp.isfinite(metrics["loss"]))
-            # A non-finite loss, and every step after it, leaves the state as it was.
-            apply = active & ok
-            params, opt_state = jax.tree.map(
-                lambda new, old: jnp.where(apply, new, old),
-                (new_params, new_opt_state), (params, opt_state),
-            )
-            return (params, opt_state, ok), jnp.where(active, metrics["loss"], 0)
-
+        step = _guarded_step(update, mesh, x, v, dropout_key, first, limit)
         (params, opt_state, _), losses = jax.lax.scan(
             step, (params, opt_state, jnp.asarray(True)), (batches, jnp.arange(num_batches))
         )
@@ -111,6 +94,33 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
     if mesh is not None:
         kwargs["out_shardings"] = replicated(mesh)
     return jax.jit(epoch, donate_argnums=(0, 1) if donate else (), **kwargs)
+
+
+def _guarded_step(update, mesh, x, v, dropout_key, first, limit) -> Callable:
+    """The scan body of one batch: gather (and, on a mesh, pad and shard) batch ``i``, update,
+    and keep the update only for an active batch (``first <= i < limit``) whose loss is finite
+    and that no non-finite batch preceded. Carry ``(params, opt_state, ok)``; output the loss
+    (0 for inactive batches)."""
+
+    def step(carry, inputs):
+        params, opt_state, ok = carry
+        index, i = inputs
+        step_key = jax.random.fold_in(dropout_key, i) if update.needs_key else None
+        xb, vb, weights = x[index], v[index], None
+        if mesh is not None:
+            xb, vb, weights = shard_batch(pad_batch(xb, vb, mesh), mesh)
+        new_params, new_opt_state, metrics = update(params, opt_state, xb, vb, step_key, weights)
+        active = (i >= first) & (i < limit)
+        ok = ok & (~active | jnp.isfinite(metrics["loss"]))
+        # A non-finite loss, and every step after it, leaves the state as it was.
+        apply = active & ok
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(apply, new, old),
+            (new_params, new_opt_state), (params, opt_state),
+        )
+        return (params, opt_state, ok), jnp.where(active, metrics["loss"], 0)
+
+    return step
 
 
 def check_batch_size(batch_size: int, n: int) -> None:

@@ -139,23 +139,30 @@ def fit(
     """
     loss = get_loss(loss)
     optimizer = optimizer if optimizer is not None else plain_gd(0.1)
+    start = _starting_state(net, loss, params, x, v, key=key, optimizer=optimizer, epochs=epochs,
+                            batch_size=batch_size, test=test, state=state)
+    private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
+    return _Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
+                    dropout=dropout, mesh=mesh, diagnostics=diagnostics, **private).run(
+        start, epochs, on_epoch, progress)
+
+
+def _starting_state(net, loss: Loss, params, x, v, *, key, optimizer, epochs, batch_size, test, state
+                    ) -> TrainState:
+    """Every check of :func:`fit`'s arguments, once, before anything runs; the state to start from."""
     check_optimizer(optimizer)
     check_key(key if state is None else state.key, "key")
     if test is not None and (not isinstance(test, (tuple, list)) or len(test) != 2):
         raise ValueError("test must be a pair (x_test, v_test).")
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}.")
-    start = state if state is not None else None
     for xs, vs in [(x, v)] + ([tuple(test)] if test is not None else []):
-        validate(net, loss, params if start is None else start.params, xs, vs)
+        validate(net, loss, params if state is None else state.params, xs, vs)
     check_batch_size(batch_size, len(x))
-    if start is None:
-        start = TrainState(params, optimizer.init(params), 0, key)
-    check_params_finite(start.params)
-    private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
-    return _Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
-                    dropout=dropout, mesh=mesh, diagnostics=diagnostics, **private).run(
-        start, epochs, on_epoch, progress)
+    if state is None:
+        state = TrainState(params, optimizer.init(params), 0, key)
+    check_params_finite(state.params)
+    return state
 
 
 class _Trainer:
