@@ -77,23 +77,64 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
                             noise_multiplier=noise_multiplier)
 
     def epoch(params, opt_state, x, v, key, first=0, limit=None):
-        n = x.shape[0]
-        num_batches = n // batch_size
-        limit = num_batches if limit is None else limit
-        perm_key, dropout_key = jax.random.split(key)
-        batches = permutation(perm_key, n)[: num_batches * batch_size]
-        batches = batches.reshape(num_batches, batch_size)
+        batches, dropout_key = epoch_order(key, x.shape[0], batch_size)
+        limit = batches.shape[0] if limit is None else limit
+        return _scan(update, mesh, params, opt_state, x, v, batches, dropout_key,
+                     jnp.arange(batches.shape[0]), first, limit)
 
-        step = _guarded_step(update, mesh, x, v, dropout_key, first, limit)
-        (params, opt_state, _), losses = jax.lax.scan(
-            step, (params, opt_state, jnp.asarray(True)), (batches, jnp.arange(num_batches))
-        )
-        return params, opt_state, losses
+    return _jit(epoch, mesh, donate)
 
-    kwargs = {}
-    if mesh is not None:
-        kwargs["out_shardings"] = replicated(mesh)
-    return jax.jit(epoch, donate_argnums=(0, 1) if donate else (), **kwargs)
+
+def make_chunk_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
+                  chunk: int, method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None,
+                  donate: bool = True, clip_norm: float | None = None, noise_multiplier: float = 0.0
+                  ) -> tuple[Callable, Callable]:
+    """An epoch in pieces of ``chunk`` batches, for progress on long epochs: ``(order, run)``.
+
+        batches, dropout_key = order(x, key)       # the epoch's shuffle, once per epoch
+        run(params, opt_state, x, v, batches, dropout_key, start, first, limit)
+            -> (params, opt_state, losses)          # batches start .. start + chunk - 1
+
+    Run over ``start = 0, chunk, 2·chunk, ...`` it gives the same numbers as
+    :func:`make_epoch_fn`'s whole epoch with the same key (same shuffle, same dropout and
+    noise keys, same steps); batches past the end of the epoch, or outside
+    ``first <= i < limit``, are skipped and report a loss of 0. A non-finite loss stops the
+    rest of its chunk; the caller must not run later chunks after one.
+    """
+    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
+                            noise_multiplier=noise_multiplier)
+
+    def run(params, opt_state, x, v, batches, dropout_key, start, first, limit):
+        indices = start + jnp.arange(chunk)
+        rows = batches[jnp.minimum(indices, batches.shape[0] - 1)]
+        limit = jnp.minimum(limit, batches.shape[0])
+        return _scan(update, mesh, params, opt_state, x, v, rows, dropout_key, indices, first, limit)
+
+    def order(x, key):
+        return epoch_order(key, x.shape[0], batch_size)
+
+    order_kwargs = {"out_shardings": replicated(mesh)} if mesh is not None else {}
+    return jax.jit(order, **order_kwargs), _jit(run, mesh, donate)
+
+
+def epoch_order(key: Array, n: int, batch_size: int) -> tuple[Array, Array]:
+    """An epoch's batches ``(n // batch_size, batch_size)`` of example indices, drawn from
+    ``key``, and the key its dropout masks and noise come from (batch ``i``: ``fold_in(·, i)``)."""
+    perm_key, dropout_key = jax.random.split(key)
+    num_batches = n // batch_size
+    batches = permutation(perm_key, n)[: num_batches * batch_size]
+    return batches.reshape(num_batches, batch_size), dropout_key
+
+
+def _scan(update, mesh, params, opt_state, x, v, batches, dropout_key, indices, first, limit):
+    step = _guarded_step(update, mesh, x, v, dropout_key, first, limit)
+    (params, opt_state, _), losses = jax.lax.scan(step, (params, opt_state, jnp.asarray(True)), (batches, indices))
+    return params, opt_state, losses
+
+
+def _jit(fn, mesh, donate):
+    kwargs = {"out_shardings": replicated(mesh)} if mesh is not None else {}
+    return jax.jit(fn, donate_argnums=(0, 1) if donate else (), **kwargs)
 
 
 def _guarded_step(update, mesh, x, v, dropout_key, first, limit) -> Callable:

@@ -19,6 +19,7 @@ from fnn.losses import Loss
 from fnn.network import MLP
 from fnn.privacy import clipped_value_and_grad
 from fnn.registry import Registry
+from fnn.schedules import with_schedule
 from fnn.validation import check_coefficient, check_optimizer, validate
 
 Array = jax.Array
@@ -27,7 +28,8 @@ Array = jax.Array
 def plain_gd(learning_rate: float) -> optax.GradientTransformation:
     """Gradient descent written out: the update is ``−η ∇R(θ)``; no state.
 
-    Equivalent to ``optax.sgd(learning_rate)``, kept as the lectures' rule in code.
+    Equivalent to ``optax.sgd(learning_rate)``, kept as the lectures' rule in code. For a
+    schedule, ``get_optimizer("gd", schedule)`` wraps it in ``optax.inject_hyperparams``.
     """
     check_learning_rate(learning_rate)
 
@@ -41,33 +43,55 @@ def plain_gd(learning_rate: float) -> optax.GradientTransformation:
 
 
 def check_learning_rate(learning_rate: float) -> None:
-    """Raises unless the learning rate is a finite positive number."""
+    """Raises unless the learning rate is a finite positive number (or an array: under
+    ``optax.inject_hyperparams`` it arrives traced)."""
+    if isinstance(learning_rate, jax.Array):
+        return
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.number)) or not (
             np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"The learning rate must be positive and finite, got {learning_rate!r}.")
 
 
+def _momentum_sgd(nesterov: bool):
+    def factory(learning_rate, momentum):
+        return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+    return factory
+
+
+def _no_momentum(factory):
+    def build(learning_rate, momentum):
+        return factory(learning_rate)
+    return build
+
+
+# name -> factory(learning_rate, momentum); each takes a traced rate under inject_hyperparams.
 OPTIMIZERS: Registry[Callable[[float, float], optax.GradientTransformation]] = Registry("optimizer", {
-    "gd": lambda lr, momentum: plain_gd(lr),
-    "sgd": lambda lr, momentum: optax.sgd(lr),
-    "momentum": lambda lr, momentum: optax.sgd(lr, momentum=momentum),
-    "nesterov": lambda lr, momentum: optax.sgd(lr, momentum=momentum, nesterov=True),
-    "adam": lambda lr, momentum: optax.adam(lr),
-    "adamw": lambda lr, momentum: optax.adamw(lr),
-    "rmsprop": lambda lr, momentum: optax.rmsprop(lr),
+    "gd": _no_momentum(plain_gd),
+    "sgd": _no_momentum(optax.sgd),
+    "momentum": _momentum_sgd(False),
+    "nesterov": _momentum_sgd(True),
+    "adam": _no_momentum(optax.adam),
+    "adamw": _no_momentum(optax.adamw),
+    "rmsprop": _no_momentum(optax.rmsprop),
 }, hint="or any optax GradientTransformation")
 
 
 def get_optimizer(
-    spec: str | optax.GradientTransformation, learning_rate: float = 1e-3, momentum: float = 0.9
+    spec: str | optax.GradientTransformation, learning_rate: float | Callable = 1e-3, momentum: float = 0.9
 ) -> optax.GradientTransformation:
     """An optimizer by name (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``, ...) with learning
-    rate η and momentum, or an optax ``GradientTransformation`` passed through."""
+    rate η and momentum, or an optax ``GradientTransformation`` passed through.
+
+    ``learning_rate`` may be an optax schedule (``step -> rate``, e.g. from
+    :func:`fnn.make_schedule`): the optimizer is then wrapped in ``optax.inject_hyperparams``,
+    so its state holds the current rate and :func:`fnn.fit` records it as ``lr``."""
     if isinstance(spec, optax.GradientTransformation):
         return spec
     build = OPTIMIZERS.lookup(spec)
-    check_learning_rate(learning_rate)
     check_coefficient(momentum, "momentum", upper=1.0)
+    if callable(learning_rate):
+        return with_schedule(build, learning_rate, momentum=momentum)
+    check_learning_rate(learning_rate)
     return build(learning_rate, momentum)
 
 

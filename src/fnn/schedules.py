@@ -1,0 +1,105 @@
+"""Learning-rate schedules by name, built on optax's, and the learning rate an optimizer state holds.
+
+Every schedule maps the step count ``t`` (0-based, counting every batch of every
+epoch) to a learning rate. With a peak rate ``η``, ``T`` steps in all and ``W``
+warmup steps (a linear ramp from 0 to ``η`` first, for any schedule):
+
+- ``constant``: ``η``;
+- ``cosine``: ``η · ½(1 + cos(π t / T))``, down to 0 at the end;
+- ``warmup_cosine``: ``cosine`` after a warmup (``W`` defaults to 5% of ``T`` here);
+- ``exponential``: ``η · 0.01^(t / T)``, a hundredth of ``η`` at the end;
+- ``step``: ``η``, then ``η/10`` from 50% of ``T`` and ``η/100`` from 75%.
+
+Any optax schedule (a callable ``count -> rate``) can be given to
+:func:`fnn.get_optimizer` instead; :func:`with_schedule` wraps the optimizer in
+``optax.inject_hyperparams`` so that its state holds the current rate, which
+:func:`current_learning_rate` reads (``fit`` records it in the history as ``lr``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+import optax
+
+from fnn.registry import Registry
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def _cosine(lr, total):
+    return optax.cosine_decay_schedule(lr, max(total, 1))
+
+
+def _exponential(lr, total):
+    return optax.exponential_decay(lr, max(total, 1), 0.01)
+
+
+def _step(lr, total):
+    return optax.piecewise_constant_schedule(lr, {max(total // 2, 1): 0.1, max(3 * total // 4, 1): 0.1})
+
+
+SCHEDULES: Registry[Callable[[float, int], Schedule]] = Registry("schedule", {
+    "constant": lambda lr, total: optax.constant_schedule(lr),
+    "cosine": _cosine,
+    "warmup_cosine": _cosine,  # its warmup is added by make_schedule
+    "exponential": _exponential,
+    "step": _step,
+})
+
+
+def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_steps: int | None = None) -> Schedule:
+    """The schedule ``name`` (see the module docstring) peaking at ``learning_rate`` over
+    ``total_steps`` steps, after a linear warmup of ``warmup_steps`` (default 0, or 5% of the
+    steps for ``warmup_cosine``).
+
+    Raises ``ValueError`` for an unknown name, a non-positive total, or a warmup that is
+    negative or not shorter than the run.
+    """
+    build = SCHEDULES.lookup(name)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+        raise ValueError(f"A schedule needs a positive number of steps, got {total_steps!r}.")
+    if warmup_steps is None:
+        warmup_steps = max(1, total_steps // 20) if name == "warmup_cosine" else 0
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
+        raise ValueError(f"The warmup must be a non-negative number of steps, got {warmup_steps!r}.")
+    if warmup_steps and warmup_steps >= total_steps:
+        raise ValueError(
+            f"The warmup ({warmup_steps} steps) must be shorter than the run ({total_steps} steps): "
+            "use fewer warmup epochs or more epochs."
+        )
+    after = build(learning_rate, total_steps - warmup_steps)
+    if not warmup_steps:
+        return after
+    ramp = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([ramp, after], [warmup_steps])
+
+
+def with_schedule(factory: Callable[..., optax.GradientTransformation], schedule: Schedule, **kwargs
+                  ) -> optax.GradientTransformation:
+    """``factory(learning_rate=schedule, **kwargs)`` with the rate held in its state
+    (``optax.inject_hyperparams``), so that :func:`current_learning_rate` can read it."""
+    return optax.inject_hyperparams(factory)(learning_rate=schedule, **kwargs)
+
+
+def current_learning_rate(opt_state) -> float | None:
+    """The learning rate of the last step an ``inject_hyperparams`` optimizer state took (the
+    first one found in the state), or ``None`` if the state holds none."""
+    found = []
+
+    def visit(node):
+        hyper = getattr(node, "hyperparams", None)
+        if isinstance(hyper, dict) and "learning_rate" in hyper:
+            found.append(hyper["learning_rate"])
+            return
+        if isinstance(node, (tuple, list)):
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                visit(child)
+
+    visit(opt_state)
+    return float(np.asarray(found[0])) if found else None
