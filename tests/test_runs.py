@@ -157,7 +157,8 @@ def test_a_killed_run_keeps_its_history_and_resumes_to_the_same_result(tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if len(json.loads(metrics.read_text())["history"]["epoch"]) >= 3:
+            curves = (tmp_path / "killed" / "curves.png").exists()  # drawn after 5 s of training
+            if len(json.loads(metrics.read_text())["history"]["epoch"]) >= 3 and curves:
                 break
         except (FileNotFoundError, json.JSONDecodeError):
             pass

@@ -9,6 +9,11 @@ line (``fnn.cli``), the run folder (``fnn.runs``) and the benchmark (``fnn.bench
 not imported here: they are applications of the library, not part of it.
 """
 
+import time as _time
+
+# When fnn's import began (perf_counter): the command line measures its timings from here.
+_IMPORT_STARTED = _time.perf_counter()
+
 __version__ = "0.2.0"
 
 from fnn.activations import ACTIVATIONS, Activation, get_activation, leaky_relu

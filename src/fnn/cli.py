@@ -2,149 +2,30 @@
 
 from __future__ import annotations
 
-import time
+import fnn
 
+# Timings start when fnn's import began: the first moment this process runs fnn's code. (The
+# process's start time in /proc counts from a fork, which under `bash -c '... && fnn train'`
+# includes whatever bash ran before; the interpreter's own start-up, about 20 ms, is left out.)
+_T0 = fnn._IMPORT_STARTED
 
-def _process_start() -> float:
-    # perf_counter time at which this process started, so that "import" counts the
-    # interpreter and the imports before this module too (Linux; elsewhere: now).
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        import os as _os
-
-        return time.perf_counter() - (uptime - start_ticks / _os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter()
-
-
-_T0 = _process_start()
-
-import argparse  # noqa: E402
 import errno  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 
-from fnn import __version__  # noqa: E402
-from fnn.activations import ACTIVATIONS  # noqa: E402
-from fnn.backprop import METHODS  # noqa: E402
-from fnn.bench import add_arguments as add_bench_arguments  # noqa: E402
 from fnn.bench import run as run_bench  # noqa: E402
-from fnn.data import DATASETS  # noqa: E402
+from fnn.cliargs import build_parser  # noqa: E402
 from fnn.gradcheck import gradcheck  # noqa: E402
-from fnn.losses import LOSSES  # noqa: E402
-from fnn.network import SCHEMES  # noqa: E402
-from fnn.optim import OPTIMIZERS  # noqa: E402
 from fnn.parallel import make_mesh  # noqa: E402
-from fnn.runs import CHANGEABLE_ON_RESUME, DEFAULTS, Plan, RunFolder, build, flag, prepare  # noqa: E402
+from fnn.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
 from fnn.train import NonFiniteLossError, fit  # noqa: E402
 from fnn.train import evaluate as evaluate_metrics  # noqa: E402
 from fnn.validation import check_params_finite  # noqa: E402
-
-def _number(kind, test, requirement):
-    """An argparse type: ``kind(text)`` that passes ``test``; the message says it must ``requirement``."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must {requirement}, got {text!r}") from None
-        if not test(value):
-            raise argparse.ArgumentTypeError(f"must {requirement}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, lambda v: v >= 1, "be a positive integer")
-_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "be positive and finite")
-_rate = _number(float, lambda v: 0 <= v < 1, "lie in [0, 1)")
-_non_negative = _number(float, lambda v: math.isfinite(v) and v >= 0, "be a finite number >= 0")
-_seed = _number(int, lambda v: 0 <= v < 2**63, "be an integer in [0, 2**63)")
-
-
-def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False) -> None:
-    # explicit_only: every default is SUPPRESS, so the namespace holds just the flags given.
-    d = {k: argparse.SUPPRESS for k in DEFAULTS} if explicit_only else DEFAULTS
-    p.add_argument("--dataset", default=d["dataset"], choices=list(DATASETS),
-                   help="dataset (default: %(default)s, scikit-learn's 8x8 digits)")
-    p.add_argument("--hidden", type=_positive_int, nargs="*", default=d["hidden"], metavar="N",
-                   help="hidden layer sizes (default: %(default)s); none for a linear model")
-    p.add_argument("--activation", default=d["activation"],
-                   help=f"hidden activation: {', '.join(ACTIVATIONS)} or leaky_relu(ALPHA) (default: %(default)s)")
-    p.add_argument("--loss", default=d["loss"],
-                   help=f"loss: auto (softmax_cross_entropy or mse by task), {', '.join(LOSSES)} (default: %(default)s)")
-    p.add_argument("--init", default=d["init"], choices=[*SCHEMES, "normal"],
-                   help="weight init scheme (default: %(default)s)")
-    p.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS),
-                   help="gd is plain gradient descent written out; the rest are optax (default: %(default)s)")
-    p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate (default: %(default)s)")
-    p.add_argument("--momentum", type=_rate, default=d["momentum"], help="for momentum/nesterov (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="(default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="(default: %(default)s)")
-    p.add_argument("--seed", type=_seed, default=d["seed"], help="seed for data split, init, shuffling (default: %(default)s)")
-    p.add_argument("--method", default=d["method"], choices=list(METHODS),
-                   help="gradient: manual (hand-written backward) or autodiff (jax.grad) (default: %(default)s)")
-    p.add_argument("--l2", type=_non_negative, default=d["l2"], help="L2 weight decay λ (default: %(default)s)")
-    p.add_argument("--dropout", type=_rate, default=d["dropout"], help="dropout rate on hidden layers (default: %(default)s)")
-    p.add_argument("--validation", action="store_true", default=d["validation"],
-                   help="evaluate on a validation split carved from the training data, not the test set "
-                        "(use it to choose settings)")
-    p.add_argument("--data-dir", default=d["data_dir"], help="folder with the MNIST IDX files (default: %(default)s)")
-    p.add_argument("--devices", type=_positive_int, default=d["devices"],
-                   help="data-parallel over this many devices (default: %(default)s)")
-    p.add_argument("--x64", action="store_true", default=d["x64"], help="train in float64")
-    p.add_argument("--diagnostics", action="store_true", default=d["diagnostics"],
-                   help="record per-layer gradient norm, gradient SNR, per-example norm spread and GGN trace "
-                        "every epoch (metrics diag_*, figure diagnostics.png)")
-    p.add_argument("--clip-norm", type=_positive_float, default=d["clip_norm"], metavar="C",
-                   help="DP-SGD: clip each example's gradient to norm C (one backward pass; default: off)")
-    p.add_argument("--noise-multiplier", type=_non_negative, default=d["noise_multiplier"], metavar="SIGMA",
-                   help="DP-SGD: add Gaussian noise SIGMA*C to each batch's clipped sum (needs --clip-norm; "
-                        "default: %(default)s)")
-
-
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, help="run folder, new or empty (default: runs/DATASET-TIMESTAMP)")
-    p.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue the run in folder RUN from its checkpoint, with its configuration; only "
-                        f"{', '.join(flag(k) for k in CHANGEABLE_ON_RESUME)} may be given anew")
-    p.add_argument("--no-gradcheck", action="store_true", help="skip the gradient check")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-plot", action="store_true", help="do not write curves.png")
-    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                   help="multi-host: the address of process 0, for jax.distributed.initialize "
-                        "(with --num-processes and --process-id)")
-    p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
-    p.add_argument("--process-id", type=_number(int, lambda v: v >= 0, "be an integer >= 0"), default=None, help="multi-host: this process's index")
-
-
-def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
-    """The ``fnn`` argument parser; with ``explicit_only`` the ``train`` flags have no defaults,
-    so a parse holds just the flags given (what ``--resume`` compares with the run's own)."""
-    parser = argparse.ArgumentParser(
-        prog="fnn", description="Feedforward neural networks in JAX with a hand-written backward pass.")
-    parser.add_argument("--version", action="version", version=f"fnn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train", help="train a network (default: digits, hand-written backward)",
-        description="Train an MLP. Runs the gradient check of the hand-written backward against jax.grad "
-                    "first, then trains with one compiled lax.scan per epoch, and writes a run folder: "
-                    "config.json, metrics.json, metrics.csv, curves.png, gradcheck.txt, checkpoint.npz "
-                    "(rewritten after every epoch).")
-    _add_train_args(train, explicit_only)
-    _add_run_args(train)
-    ev = sub.add_parser("evaluate", help="reload a run's checkpoint and report its test metrics")
-    ev.add_argument("run", help="run folder written by fnn train")
-    bench = sub.add_parser("bench", help="time one training step against jax.grad and peers")
-    add_bench_arguments(bench)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     """The ``fnn`` command. Returns the exit status: 0 done, 1 the run failed (gradient check,
@@ -154,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             explicit = vars(build_parser(explicit_only=True).parse_args(argv))
+            compile_cache(args.no_compile_cache)
             return train(args, explicit)
         if args.command == "evaluate":
-            return evaluate(args.run)
-        return run_bench(args)
+            compile_cache(False)
+            return evaluate(args.run, best=args.best)
+        return run_bench(args)  # no cache: the benchmark measures compilation
     except KeyboardInterrupt:
         print(f"fnn {args.command}: interrupted.", file=sys.stderr)
         return 130
@@ -200,28 +83,70 @@ def _init_distributed(args) -> None:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
+def compile_cache(disabled: bool) -> str | None:
+    """Turns on JAX's persistent compilation cache in the user's cache folder (``FNN_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/fnn/jax``, ``~/Library/Caches/fnn/jax`` on macOS,
+    ``%LOCALAPPDATA%\\fnn\\jax`` on Windows) unless ``disabled`` or ``FNN_NO_COMPILE_CACHE`` is set
+    to anything but ``0``; a cache folder JAX was already given (``JAX_COMPILATION_CACHE_DIR``) is
+    kept. Returns the folder in use, or ``None``."""
+    if disabled or os.environ.get("FNN_NO_COMPILE_CACHE", "0") not in ("", "0"):
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    folder = os.environ.get("FNN_CACHE_DIR") or str(_user_cache_root() / "fnn" / "jax")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # fnn's programs compile in well under JAX's default 1 s threshold: cache them all.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+def _user_cache_root() -> Path:
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+class Stopwatch:
+    """Contiguous phases since the process began running fnn: they sum to the total."""
+
+    def __init__(self):
+        self.times, self._last = {}, _T0
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def total(self) -> dict:
+        self.lap("report")
+        return {**self.times, "total": self._last - _T0}
+
+
 def train(args, explicit: dict) -> int:
     """``fnn train``: prepare (every check, nothing written), gradient check, then train."""
-    timings = {"import": time.perf_counter() - _T0}
-    t = time.perf_counter()
+    clock = Stopwatch()
+    clock.lap("import")
     _init_distributed(args)
-    given = {k: explicit[k] for k in DEFAULTS if k in explicit} if args.resume else \
-        {k: getattr(args, k) for k in DEFAULTS}
+    given = _given(args, explicit)
     plan = prepare(given, out=args.out, resume=args.resume)
     config, data, net, loss = plan.config, plan.data, plan.net, plan.loss
-    timings["data, checks, init"] = time.perf_counter() - t
+    clock.lap("data, checks, init")
     split = "validation" if config["validation"] else "test"
+    schedule = "" if config["schedule"] == "constant" else f" ({config['schedule']} schedule)"
     _say(f"fnn train: {data.name} ({len(data.x_train)} train / {len(data.x_test)} {split} examples), {net}, "
-         f"loss {loss.name}, {config['optimizer']} lr={config['lr']}, gradients: {config['method']}")
+         f"loss {loss.name}, {config['optimizer']} lr={config['lr']}{schedule}, gradients: {config['method']}")
     if plan.state is not None:
-        if plan.state.epoch >= config["epochs"] and plan.state.batch == 0:
-            _say(f"{plan.folder} is already at epoch {plan.state.epoch}: nothing to train "
-                 f"(give --epochs more than {plan.state.epoch} to continue).")
+        if (plan.state.epoch >= config["epochs"] and plan.state.batch == 0) or plan.stopped:
+            why = "early stopping ended it" if plan.stopped else f"it is already at epoch {plan.state.epoch}"
+            _say(f"{plan.folder}: nothing to train ({why}; give --epochs more than {plan.state.epoch} "
+                 "to continue a run that ran out of epochs).")
             return 0
         at = f" (batch {plan.state.batch})" if plan.state.batch else ""
         _say(f"resuming {plan.folder} at epoch {plan.state.epoch}{at}, up to epoch {config['epochs']}")
 
-    t = time.perf_counter()
     report = None
     if not args.no_gradcheck:
         report = _gradcheck(plan)
@@ -229,8 +154,22 @@ def train(args, explicit: dict) -> int:
             print("fnn train: the hand-written backward disagrees with jax.grad; not training "
                   "(nothing was written).", file=sys.stderr)
             return 1
-    timings["gradcheck"] = time.perf_counter() - t
-    return _train(plan, args, report, timings)
+    clock.lap("gradcheck")
+    return _train(plan, args, report, clock)
+
+
+def _given(args, explicit: dict) -> dict:
+    """The configuration keys the user set: every flag (new run), the explicit flags (resume),
+    or a stored configuration with the explicit flags on top (``--config``)."""
+    if args.config is not None:
+        if args.resume:
+            raise ValueError("--config cannot be combined with --resume: a resumed run keeps its own configuration.")
+        path = Path(args.config)
+        folder = RunFolder(path.parent if path.name == "config.json" else path)
+        return {**folder.read_config(), **{k: explicit[k] for k in DEFAULTS if k in explicit}}
+    if args.resume:
+        return {k: explicit[k] for k in DEFAULTS if k in explicit}
+    return {k: getattr(args, k) for k in DEFAULTS}
 
 
 def _gradcheck(plan: Plan):
@@ -244,7 +183,7 @@ def _gradcheck(plan: Plan):
     return report
 
 
-def _train(plan: Plan, args, report, timings: dict) -> int:
+def _train(plan: Plan, args, report, clock: Stopwatch) -> int:
     """Creates the run folder, trains with a checkpoint and metrics after every epoch, reports."""
     config, folder, net, loss, data = plan.config, plan.folder, plan.net, plan.loss, plan.data
     folder.create(config, net, loss, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
@@ -253,34 +192,51 @@ def _train(plan: Plan, args, report, timings: dict) -> int:
     history = {k: list(a) for k, a in plan.history.items()}
     split = "validation" if config["validation"] else "test"
     title = None if args.no_plot else f"{data.name}: {net}"
-    epoch_times = []
+    clock.lap("run folder")
+    epochs_seen = []
 
     def on_epoch(state, metrics):
-        epoch_times.append(time.perf_counter())
+        clock.lap("train (other epochs)" if epochs_seen else "compile + first epoch")
+        epochs_seen.append(metrics["epoch"])
         for k, a in metrics.items():
             history.setdefault(k, []).append(a)
         # History first: a kill between the two writes leaves a history one epoch ahead of the
         # checkpoint, which --resume trims, never a checkpoint ahead of its history.
         folder.write_history(history, title, split)
         folder.save(net, loss, state)
-        shown = "  ".join(f"{k} {a:.4f}" for k, a in metrics.items() if k != "epoch" and not k.startswith("diag_"))
+        if plan.stopping is not None and plan.stopping.improved:
+            folder.save(net, loss, state, best=True)
+        shown = "  ".join(f"{k} {a:.4g}" if k == "lr" else f"{k} {a:.4f}" for k, a in metrics.items()
+                          if k != "epoch" and not k.startswith("diag_"))
         _echo(f"epoch {metrics['epoch']:>3}  {shown}", args.no_progress)
 
-    t = time.perf_counter()
     status = _fit(plan, on_epoch, history, progress=not args.no_progress and folder.writer)
-    timings["compile + first epoch"] = (epoch_times[0] - t) if epoch_times else time.perf_counter() - t
-    timings["train (other epochs)"] = (epoch_times[-1] - epoch_times[0]) if epoch_times else 0.0
-    t = time.perf_counter()
+    clock.lap("train (other epochs)" if epochs_seen else "compile + first epoch")
     folder.write_history(history, title, split, final=True)
-    timings["write"] = time.perf_counter() - t
+    clock.lap("write")
     if history.get("epoch") and status == 0:
         final = {k: a[-1] for k, a in history.items() if k.startswith("test_")}
         _say(f"final {split}: " + "  ".join(f"{k[5:]} {a:.4f}" for k, a in final.items()))
-    timings["total"] = time.perf_counter() - _T0
+        if plan.stopping is not None:
+            _report_best(plan, history, split)
+    timings = clock.total()
     folder.write_json("timings.json", timings)
     _say("time: " + ", ".join(f"{k} {a:.2f}s" for k, a in timings.items()))
     _say(f"run folder: {folder}")
     return status
+
+
+def _report_best(plan: Plan, history: dict, split: str) -> None:
+    stopping, last = plan.stopping, history["epoch"][-1]
+    why = (f"stopped early at epoch {last}: no better {split} loss for {stopping.patience} epochs"
+           if stopping.stop else f"ran all {last} epochs")
+    if stopping.best_epoch is None:
+        _say(f"{why}; no epoch had a finite {split} loss, so there is no best.npz.")
+        return
+    i = history["epoch"].index(stopping.best_epoch)
+    best = "  ".join(f"{k[5:]} {history[k][i]:.4f}" for k in history if k.startswith("test_"))
+    _say(f"{why}; best epoch {stopping.best_epoch} ({split} {best}) is in {plan.folder.best_path} "
+         f"(fnn evaluate {plan.folder} --best)")
 
 
 def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
@@ -292,7 +248,8 @@ def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
             epochs=config["epochs"], batch_size=config["batch_size"], method=config["method"],
             l2=config["l2"], dropout=config["dropout"], test=(data.x_test, data.y_test), state=plan.state,
             mesh=mesh, on_epoch=on_epoch, progress=progress, clip_norm=config["clip_norm"],
-            noise_multiplier=config["noise_multiplier"], diagnostics=config["diagnostics"])
+            noise_multiplier=config["noise_multiplier"], diagnostics=config["diagnostics"],
+            early_stopping=plan.stopping)
     except NonFiniteLossError as err:
         # The error carries the last state with a finite loss, perhaps from inside an epoch
         # that no checkpoint covers yet: save it, so nothing finite is lost.
@@ -316,26 +273,29 @@ def _echo(message: str, plain: bool) -> None:
         tqdm.write(message)
 
 
-def evaluate(run: str) -> int:
-    """``fnn evaluate RUN``: the test metrics of the run's checkpoint; exit 1 if they are not finite."""
+def evaluate(run: str, best: bool = False) -> int:
+    """``fnn evaluate RUN [--best]``: the test metrics of the run's checkpoint (or of ``best.npz``);
+    exit 1 if they are not finite."""
 
     folder = RunFolder(run)
     config = folder.read_config()
     if config["x64"]:
             jax.config.update("jax_enable_x64", True)
     data, net, loss = build(config)
-    ckpt = folder.load_checkpoint(net)
+    ckpt = folder.load_checkpoint(net, best=best)
+    path = folder.best_path if best else folder.checkpoint_path
     try:
         check_params_finite(ckpt.params)
     except ValueError as err:
-        print(f"fnn evaluate: {folder.checkpoint_path}: {err}", file=sys.stderr)
+        print(f"fnn evaluate: {path}: {err}", file=sys.stderr)
         return 1
     metrics = evaluate_metrics(net, loss, ckpt.params, data.x_test, data.y_test)
     split = "validation" if config["validation"] else "test"
-    print(f"{folder} (epoch {ckpt.step}): {split} " + "  ".join(f"{k} {a:.4f}" for k, a in metrics.items()))
+    which = "best, " if best else ""
+    print(f"{folder} ({which}epoch {ckpt.step}): {split} " + "  ".join(f"{k} {a:.4f}" for k, a in metrics.items()))
     if not all(math.isfinite(a) for a in metrics.values()):
         print(f"fnn evaluate: the checkpoint's {split} metrics are not finite: the parameters in "
-              f"{folder.checkpoint_path} are unusable.", file=sys.stderr)
+              f"{path} are unusable.", file=sys.stderr)
         return 1
     return 0
 

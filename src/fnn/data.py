@@ -27,14 +27,15 @@ from fnn.registry import Registry
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A train/test split. ``y`` holds int labels (classification) or float targets (regression)."""
+    """A train/test split. ``y`` holds int labels (classification), float 0/1 targets of shape
+    ``(N, 1)`` (binary, see :func:`fnn.tables.as_binary`) or float targets (regression)."""
 
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    task: str  # "classification" or "regression"
+    task: str  # "classification", "binary" or "regression"
     num_classes: int | None = None
     # The training inputs' per-feature statistics used to standardise both splits:
     # raw = x * x_std + x_mean (e.g. to draw the images), x = (raw - x_mean) / x_std for new data.
@@ -49,7 +50,15 @@ class Dataset:
     @property
     def out_dim(self) -> int:
         """The output width a network needs: the number of classes, or of regression targets."""
+        if self.task == "binary":
+            return 1
         return self.num_classes if self.task == "classification" else self.y_train.shape[1]
+
+    def __repr__(self) -> str:
+        what = (f"{self.num_classes} classes" if self.task == "classification"
+                else "binary" if self.task == "binary" else f"regression, {self.y_train.shape[1]} target(s)")
+        return (f"Dataset({self.name!r}: {len(self.x_train)} train / {len(self.x_test)} test examples, "
+                f"{self.in_dim} features, {what})")
 
 
 def check_data(x: np.ndarray, y: np.ndarray, name: str = "data") -> None:
@@ -140,6 +149,16 @@ def diabetes(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     d = load_diabetes()
     return split_standardise("diabetes", d.data.astype(np.float32), d.target, task="regression",
                              test_fraction=test_fraction, seed=seed, standardise_targets=True)
+
+
+def breast_cancer(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's Wisconsin breast-cancer set: 569 tumours, 30 features, 2 classes
+    (0 malignant, 1 benign): a binary task for ``binary_cross_entropy``."""
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    return split_standardise("breast_cancer", d.data.astype(np.float32), d.target.astype(np.int32),
+                             task="classification", test_fraction=test_fraction, seed=seed, num_classes=2)
 
 
 def mnist1d(seed: int = 0, num_samples: int = 5000) -> Dataset:
@@ -307,14 +326,15 @@ def mnist(folder: str | os.PathLike = "data/mnist", *, download_missing: bool = 
 
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", {
-    "digits": digits, "mnist1d": mnist1d, "mnist": mnist, "diabetes": diabetes,
+    "digits": digits, "mnist1d": mnist1d, "mnist": mnist, "diabetes": diabetes, "breast_cancer": breast_cancer,
     "sine": sine, "xor": xor, "moons": moons, "spirals": spirals,
 })
 
 
 def load(name: str, seed: int = 0, **kwargs) -> Dataset:
-    """A dataset by name: ``digits`` (default), ``mnist1d``, ``mnist``, ``diabetes``, ``sine``,
-    ``xor``, ``moons``, ``spirals``. ``kwargs`` go to the loader (``folder=`` for ``mnist``,
-    which has no seed: its split is fixed)."""
+    """A dataset by name: ``digits`` (default), ``mnist1d``, ``mnist``, ``diabetes``,
+    ``breast_cancer``, ``sine``, ``xor``, ``moons``, ``spirals`` (your own ``.csv``/``.npz``
+    files: :func:`fnn.tables.load_table`). ``kwargs`` go to the loader (``folder=`` for
+    ``mnist``, which has no seed: its split is fixed)."""
     loader = DATASETS.lookup(name)
     return loader(**kwargs) if name == "mnist" else loader(seed=seed, **kwargs)

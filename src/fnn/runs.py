@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import math
 import os
 import time
 from pathlib import Path
@@ -32,119 +31,66 @@ from fnn.files import atomic_write, check_writable_folder, read_json, remove_sta
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, init
 from fnn.optim import get_optimizer, make_update_fn
+from fnn.schedules import make_schedule
 from fnn.parallel import make_mesh
+from fnn.tables import as_binary, is_data_file, load_table
 from fnn.plots import figure_png, plot_diagnostics, plot_history
-from fnn.train import TrainState, check_batch_size
+from fnn.train import EarlyStopping, TrainState, check_batch_size
 from fnn.validation import check_params_finite, validate
+from fnn.config import (CHANGEABLE_ON_RESUME, CONFIG_RULES, DEFAULTS, LATER_KEYS, check_config, flag,  # noqa: F401
+                        resume_config)
 
-# The configuration of a run, with the defaults of `fnn train`.
-DEFAULTS: dict[str, Any] = dict(
-    dataset="digits", hidden=[128, 128], activation="relu", loss="auto", init="he",
-    optimizer="adam", lr=1e-3, momentum=0.9, batch_size=32, epochs=30, seed=0,
-    method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
-    devices=1, x64=False, clip_norm=None, noise_multiplier=0.0, diagnostics=False,
-)
-# Keys added after the first release: a config.json without them gets these values.
-LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0, "diagnostics": False}
-# What a resumed run may change: how long it trains, where it finds its data, how many
-# devices share each batch (the same numbers, up to the order of float reductions).
-CHANGEABLE_ON_RESUME = ("epochs", "data_dir", "devices")
-
-
-def _is_int(v, least):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= least
-
-
-def _is_real(v, least, below=float("inf"), strict=False):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
-        v > least if strict else v >= least) and v < below
-
-
-# What each configuration value must be, for config.json files read back (flags are checked by argparse).
-CONFIG_RULES = {
-    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
-    "hidden": (lambda v: isinstance(v, list) and all(_is_int(a, 1) for a in v), "a list of positive integers"),
-    "activation": (lambda v: isinstance(v, str), "an activation name"),
-    "loss": (lambda v: isinstance(v, str), "a loss name"),
-    "init": (lambda v: isinstance(v, str), "an init scheme name"),
-    "optimizer": (lambda v: isinstance(v, str), "an optimizer name"),
-    "lr": (lambda v: _is_real(v, 0, strict=True), "a positive finite number"),
-    "momentum": (lambda v: _is_real(v, 0, 1), "a number in [0, 1)"),
-    "batch_size": (lambda v: _is_int(v, 1), "a positive integer"),
-    "epochs": (lambda v: _is_int(v, 1), "a positive integer"),
-    "seed": (lambda v: _is_int(v, 0) and v < 2**63, "an integer in [0, 2**63)"),
-    "method": (lambda v: isinstance(v, str), "a gradient method name"),
-    "l2": (lambda v: _is_real(v, 0), "a finite number >= 0"),
-    "dropout": (lambda v: _is_real(v, 0, 1), "a number in [0, 1)"),
-    "validation": (lambda v: isinstance(v, bool), "true or false"),
-    "data_dir": (lambda v: isinstance(v, str), "a folder path"),
-    "devices": (lambda v: _is_int(v, 1), "a positive integer"),
-    "x64": (lambda v: isinstance(v, bool), "true or false"),
-    "clip_norm": (lambda v: v is None or _is_real(v, 0, strict=True), "a positive finite number or null"),
-    "noise_multiplier": (lambda v: _is_real(v, 0), "a finite number >= 0"),
-    "diagnostics": (lambda v: isinstance(v, bool), "true or false"),
-}
-
-
-def check_config(config: dict, source: str) -> None:
-    """Raises one ``ValueError`` naming the first value of ``config`` that breaks :data:`CONFIG_RULES`."""
-    missing = sorted(set(DEFAULTS) - set(config))
-    if missing:
-        raise ValueError(f"{source} is not an fnn run configuration (missing: {', '.join(missing)}).")
-    for key, (ok, requirement) in CONFIG_RULES.items():
-        if not ok(config[key]):
-            raise ValueError(f"{source}: {key} is {config[key]!r}, but it must be {requirement} ({flag(key)}).")
 CURVES_EVERY_S = 5.0
 
 
-def flag(key: str) -> str:
-    """The command-line flag of a configuration key (``batch_size`` -> ``--batch-size``)."""
-    return "--" + key.replace("_", "-")
-
-
-def resume_config(stored: dict, given: dict, run_dir: Path) -> dict:
-    """The configuration of a resumed run: ``stored``, with the changeable keys of ``given``.
-
-    Raises ``ValueError`` naming the flag and the run's value if ``given`` would
-    change anything else (network, loss, data, optimizer, seed, ...).
-    """
-    config = dict(stored)
-    for key, value in given.items():
-        if key not in DEFAULTS:
-            continue
-        if key in CHANGEABLE_ON_RESUME:
-            config[key] = value
-        elif value != stored.get(key):
-            raise ValueError(
-                f"{flag(key)} {_show(value)} would change the run in {run_dir}, which has "
-                f"{flag(key)} {_show(stored.get(key))}. A resumed run keeps its configuration (only "
-                f"{', '.join(flag(k) for k in CHANGEABLE_ON_RESUME)} may change): drop the flag, or start a "
-                "new run with --out."
-            )
-    return config
-
-
-def _show(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
 def build(config: dict) -> tuple[datasets.Dataset, MLP, Loss]:
-    """The dataset, network and loss a configuration describes (raises ``ValueError`` on bad values)."""
-    kwargs = {"folder": config["data_dir"]} if config["dataset"] == "mnist" else {}
-    data = datasets.load(config["dataset"], seed=config["seed"], **kwargs)
-    if config["validation"]:
-        data = datasets.validation_split(data, seed=config["seed"])
+    """The dataset, network and loss a configuration describes (raises ``ValueError`` on bad values).
+
+    ``--loss auto`` picks softmax cross-entropy for several classes, binary cross-entropy for
+    two, and MSE for a regression; a binary loss gets 0/1 targets and one sigmoid output.
+    """
+    data = _load_data(config)
     loss_name = config["loss"]
     if loss_name == "auto":
-        loss_name = "softmax_cross_entropy" if data.task == "classification" else "mse"
+        loss_name = {"classification": "softmax_cross_entropy", "regression": "mse"}[data.task]
+        if data.num_classes == 2:
+            loss_name = "binary_cross_entropy"
     loss = get_loss(loss_name)
-    if (loss.kind == "multiclass") != (data.task == "classification"):
+    if loss.kind == "binary":
+        data = as_binary(data)
+    elif (loss.kind == "multiclass") != (data.task == "classification"):
         raise ValueError(
             f"Loss {loss.name} does not fit the {data.task} dataset {data.name}: use --loss auto."
         )
     hidden = list(config["hidden"])
     net = MLP((data.in_dim, *hidden, data.out_dim), (config["activation"],) * len(hidden) + ("identity",))
     return data, net, loss
+
+
+def _load_data(config: dict) -> datasets.Dataset:
+    name = config["dataset"]
+    if is_data_file(name):
+        loss = None if config["loss"] == "auto" else get_loss(config["loss"])
+        task = None if loss is None else "regression" if loss.kind == "regression" else "classification"
+        data = load_table(name, config["target"], seed=config["seed"], task=task)
+    elif config["target"] is not None:
+        raise ValueError(f"--target names a column of your own data file; the built-in dataset {name} has none.")
+    else:
+        kwargs = {"folder": config["data_dir"]} if name == "mnist" else {}
+        data = datasets.load(name, seed=config["seed"], **kwargs)
+    if config["validation"]:
+        data = datasets.validation_split(data, seed=config["seed"])
+    return data
+
+
+def make_optimizer(config: dict, steps_per_epoch: int):
+    """The run's optimizer: constant learning rate, or the ``schedule`` over the run's steps
+    (with ``warmup_epochs``), held in the optimizer state so that the history records it."""
+    if config["schedule"] == "constant" and not config["warmup_epochs"]:
+        return get_optimizer(config["optimizer"], config["lr"], config["momentum"])
+    warmup = None if config["warmup_epochs"] is None else config["warmup_epochs"] * steps_per_epoch
+    schedule = make_schedule(config["schedule"], config["lr"], config["epochs"] * steps_per_epoch, warmup)
+    return get_optimizer(config["optimizer"], schedule, config["momentum"])
 
 
 @dataclasses.dataclass
@@ -162,6 +108,12 @@ class Plan:
     check_key: jax.Array
     state: TrainState | None = None  # set when resuming
     history: dict = dataclasses.field(default_factory=dict)
+    stopping: EarlyStopping | None = None  # with --early-stopping, brought up to date on resume
+
+    @property
+    def stopped(self) -> bool:
+        """Whether early stopping already ended this (resumed) run."""
+        return self.stopping is not None and self.stopping.stop
 
 
 def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -> Plan:
@@ -173,18 +125,25 @@ def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -
         folder = RunFolder(resume)
         stored = folder.read_config()
         config = resume_config(stored, given, folder.path)
+        if config["epochs"] != stored["epochs"] and (stored["schedule"] != "constant" or stored["warmup_epochs"]):
+            raise ValueError(f"The run in {folder.path} follows a {stored['schedule']} schedule over its "
+                             f"{stored['epochs']} epochs: a resumed run cannot change --epochs (start a new run).")
     else:
         config = {**DEFAULTS, **given}
-        folder = RunFolder(out or f"runs/{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        name = Path(config["dataset"]).stem if is_data_file(config["dataset"]) else config["dataset"]
+        folder = RunFolder(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.check_new()
+    if config["early_stopping"] and not config["validation"]:
+        raise ValueError("--early-stopping watches the validation loss: add --validation (stopping on the "
+                         "test set would choose the run's length on it).")
     if config["x64"]:
         jax.config.update("jax_enable_x64", True)
     data, net, loss = build(config)
-    optimizer = get_optimizer(config["optimizer"], config["lr"], config["momentum"])
+    check_batch_size(config["batch_size"], len(data.x_train))
+    optimizer = make_optimizer(config, len(data.x_train) // config["batch_size"])
     # Building the update step checks the method, L2, dropout and DP settings together.
     make_update_fn(net, loss, optimizer, config["method"], l2=config["l2"], dropout=config["dropout"],
                    clip_norm=config["clip_norm"], noise_multiplier=config["noise_multiplier"])
-    check_batch_size(config["batch_size"], len(data.x_train))
     if config["devices"] > 1:
         make_mesh(config["devices"])  # enough devices?
     init_key, run_key, check_key = jax.random.split(jax.random.key(config["seed"]), 3)
@@ -192,8 +151,12 @@ def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -
     validate(net, loss, params, data.x_train, data.y_train)
     validate(net, loss, params, data.x_test, data.y_test)
     plan = Plan(config, folder, data, net, loss, optimizer, params, run_key, check_key)
+    if config["early_stopping"]:
+        plan.stopping = EarlyStopping(config["early_stopping"], "test_loss")
     if resume is not None:
         _prepare_resume(plan)
+        if plan.stopping is not None:
+            plan.stopping.replay(plan.history)
     return plan
 
 
@@ -211,7 +174,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.writer = jax.process_index() == 0
-        self._curves_at = -float("inf")  # curves after the first epoch, then every CURVES_EVERY_S
+        self._curves_at = time.monotonic()  # curves every CURVES_EVERY_S of training, and at the end
 
     def __str__(self) -> str:
         return str(self.path)
@@ -220,6 +183,11 @@ class RunFolder:
     def checkpoint_path(self) -> Path:
         """``RUN/checkpoint.npz``."""
         return self.path / "checkpoint.npz"
+
+    @property
+    def best_path(self) -> Path:
+        """``RUN/best.npz``: the checkpoint of the epoch with the best validation loss (early stopping)."""
+        return self.path / "best.npz"
 
     # --- checks (touch nothing) --------------------------------------------------------------
 
@@ -245,8 +213,12 @@ class RunFolder:
         check_config(config, str(self.path / "config.json"))
         return config
 
-    def load_checkpoint(self, net: MLP, opt_state_like=None):
-        """The run's checkpoint for ``net`` (see :func:`fnn.checkpoint.load`)."""
+    def load_checkpoint(self, net: MLP, opt_state_like=None, best: bool = False):
+        """The run's checkpoint for ``net`` (see :func:`fnn.checkpoint.load`); ``best``: ``best.npz``."""
+        if best:
+            if not self.best_path.exists():
+                raise FileNotFoundError(f"{self.path} has no best.npz: only runs with --early-stopping keep one.")
+            return ckpt_io.load(self.best_path, net=net, opt_state_like=opt_state_like)
         if not self.checkpoint_path.exists():
             raise FileNotFoundError(
                 f"{self.path} has no checkpoint.npz: the run stopped before its first epoch ended. "
@@ -300,11 +272,12 @@ class RunFolder:
         if self.writer:
             write_json(self.path / name, obj)
 
-    def save(self, net: MLP, loss: Loss, state: TrainState) -> None:
-        """Writes the checkpoint; refuses non-finite parameters, so a good one is never replaced by them."""
+    def save(self, net: MLP, loss: Loss, state: TrainState, best: bool = False) -> None:
+        """Writes the checkpoint (``best``: ``best.npz``); refuses non-finite parameters, so a good one
+        is never replaced by them."""
         check_params_finite(state.params)
         if self.writer:
-            ckpt_io.save(self.checkpoint_path, net=net, params=state.params, opt_state=state.opt_state,
+            ckpt_io.save(self.best_path if best else self.checkpoint_path, net=net, params=state.params, opt_state=state.opt_state,
                          step=state.epoch, key=state.key, meta={"loss": loss.name}, batch=state.batch)
 
     def write_history(self, history: dict, title: str, split: str, *, final: bool = False) -> None:
