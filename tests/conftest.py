@@ -1,6 +1,12 @@
 """Test configuration in the style of equinox's: strict promotion, fake devices."""
 
+import os
+
 import jax
+
+# The CLI turns on JAX's persistent compilation cache in the user's cache folder; tests that
+# call it in-process leave it off (tests/test_usability.py checks the cache in a subprocess).
+os.environ.setdefault("FNN_NO_COMPILE_CACHE", "1")
 
 # Several fake CPU devices for the sharding tests; must precede any JAX computation.
 jax.config.update("jax_num_cpu_devices", 4)

@@ -21,7 +21,7 @@ def test_default_train_reaches_97_percent_on_digits(tmp_path, capsys):
                  "gradcheck.txt", "timings.json"):
         assert (tmp_path / "run" / name).stat().st_size > 0
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,train_loss") and len(lines) == 31
+    assert lines[0].startswith("epoch,batch_loss,train_accuracy,train_loss") and len(lines) == 31
 
     assert main(["evaluate", str(tmp_path / "run")]) == 0
     reported = capsys.readouterr().out
@@ -64,7 +64,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(lr, tmp_path, caps
 @pytest.mark.parametrize("args,message", [
     (["--lr", "-1"], "must be positive"),
     (["--batch-size", "0"], "must be a positive integer"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--dataset", "cifar"], "unknown dataset 'cifar'"),
     (["--dropout", "1.5"], r"must lie in \[0, 1\)"),
 ])
 def test_bad_flags(args, message, capsys):

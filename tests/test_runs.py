@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import fnn
+from fnn.tables import as_binary
 from fnn import checkpoint, files
 from fnn.cli import main
 
@@ -132,10 +133,10 @@ def test_resume_takes_the_runs_configuration_and_records_the_new_epochs(small_ru
 
 def test_gradcheck_on_resume_uses_the_resumed_parameters(small_run, capsys):
     epoch4 = checkpoint.load(small_run / "checkpoint.npz")
-    data = fnn.data.load("moons", seed=0)
-    _, grads = fnn.value_and_grad(epoch4.net, "softmax_cross_entropy", epoch4.params, data.x_train[:32],
+    data = as_binary(fnn.data.load("moons", seed=0))  # two classes: --loss auto picks binary cross-entropy
+    _, grads = fnn.value_and_grad(epoch4.net, "binary_cross_entropy", epoch4.params, data.x_train[:32],
                                   data.y_train[:32])
-    _, fresh = fnn.value_and_grad(epoch4.net, "softmax_cross_entropy",
+    _, fresh = fnn.value_and_grad(epoch4.net, "binary_cross_entropy",
                                   fnn.init(jax.random.split(jax.random.key(0), 3)[0], epoch4.net, "he"),
                                   data.x_train[:32], data.y_train[:32])
     status, out, _ = _run(["train", "--resume", str(small_run), "--epochs", "5", "--no-progress",

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     divergence, non-finite checkpoint), 2 bad input or a file problem, 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in config.json
     try:
         if args.command == "train":
             explicit = vars(build_parser(explicit_only=True).parse_args(argv))
@@ -186,7 +187,7 @@ def _gradcheck(plan: Plan):
 def _train(plan: Plan, args, report, clock: Stopwatch) -> int:
     """Creates the run folder, trains with a checkpoint and metrics after every epoch, reports."""
     config, folder, net, loss, data = plan.config, plan.folder, plan.net, plan.loss, plan.data
-    folder.create(config, net, loss, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
+    folder.create(config, net, loss, command=["fnn", *args.argv])
     if report is not None:
         folder.write_text("gradcheck.txt", str(report) + "\n")
     history = {k: list(a) for k, a in plan.history.items()}

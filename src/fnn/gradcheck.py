@@ -83,6 +83,23 @@ class GradcheckReport:
         """The layer whose backward rule first disagrees (the deepest failing layer), or None."""
         return max((r.layer for r in self.failures), default=None)
 
+    def _repr_html_(self) -> str:
+        """The table as HTML, for notebooks: failing rows in red."""
+        import html
+
+        head = "".join(f"<th>{h}</th>" for h in ("layer", "param", "|grad|", "vs jax.grad", "vs fin. diff.", "status"))
+        rows = []
+        for r in self.rows:
+            bad = r.autodiff_error > self.autodiff_tol or r.fd_error > self.fd_tol
+            style = ' style="color:#b00"' if bad else ""
+            cells = (r.layer, html.escape(str(r.param)), f"{r.norm:.3e}", f"{r.autodiff_error:.2e}",
+                     f"{r.fd_error:.2e}", "FAIL" if bad else "ok")
+            rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        verdict = "all layers agree" if self.ok else f"suspect layer {self.suspect_layer}"
+        return (f"<p>gradcheck ({self.dtype}): manual backward vs jax.grad (tol {self.autodiff_tol:.0e}) and "
+                f"finite differences (tol {self.fd_tol:.0e}): <b>{verdict}</b></p>"
+                f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
     def __str__(self) -> str:
         lines = [
             f"gradcheck ({self.dtype}): manual backward vs jax.grad (tol {self.autodiff_tol:.0e}) "

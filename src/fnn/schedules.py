@@ -70,11 +70,18 @@ def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_step
             f"The warmup ({warmup_steps} steps) must be shorter than the run ({total_steps} steps): "
             "use fewer warmup epochs or more epochs."
         )
-    after = build(learning_rate, total_steps - warmup_steps)
-    if not warmup_steps:
-        return after
-    ramp = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-    return optax.join_schedules([ramp, after], [warmup_steps])
+    schedule = build(learning_rate, total_steps - warmup_steps)
+    if warmup_steps:
+        ramp = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+        schedule = optax.join_schedules([ramp, schedule], [warmup_steps])
+
+    def rate(count):
+        # optax's schedules mix Python floats with the int32 count: give them the default
+        # promotion, whatever the caller's setting.
+        with jax.numpy_dtype_promotion("standard"):
+            return schedule(count)
+
+    return rate
 
 
 def with_schedule(factory: Callable[..., optax.GradientTransformation], schedule: Schedule, **kwargs
