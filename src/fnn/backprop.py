@@ -120,7 +120,7 @@ def l2_penalty(params: Params, l2: float) -> Array:
 
 
 def _add_l2_grad(grads: Params, params: Params, l2: float) -> Params:
-    if l2 == 0.0:
+    if not isinstance(l2, jax.Array) and l2 == 0.0:
         return grads
     return [{"W": g["W"] + l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]
 
@@ -138,6 +138,9 @@ class Objective:
       loss: the :class:`fnn.Loss` (a name is looked up).
       l2: the weight-decay coefficient λ ≥ 0.
       dropout: the dropout rate in [0, 1).
+
+    Inside a traced function (one run of :func:`fnn.sweep`), ``l2`` and ``dropout`` may be
+    traced arrays: they are then used as they are, unchecked, and the objective is not hashable.
     """
 
     net: MLP
@@ -147,17 +150,19 @@ class Objective:
 
     def __post_init__(self):
         object.__setattr__(self, "loss", get_loss(self.loss))
-        check_coefficient(self.l2, "l2")
-        check_coefficient(self.dropout, "dropout rate", upper=1.0)
-        object.__setattr__(self, "l2", float(self.l2))
-        object.__setattr__(self, "dropout", float(self.dropout))
+        if not isinstance(self.l2, jax.Array):
+            check_coefficient(self.l2, "l2")
+            object.__setattr__(self, "l2", float(self.l2))
+        if not isinstance(self.dropout, jax.Array):
+            check_coefficient(self.dropout, "dropout rate", upper=1.0)
+            object.__setattr__(self, "dropout", float(self.dropout))
 
     def evaluate(self, params: Params, x: Array, v: Array, weights: Array | None = None,
                  key: Array | None = None) -> tuple[Array, Array, Cache]:
         """``(R, y_L, cache)``: the risk, the network output ``(B, d_L)`` and the forward cache."""
         out, cache = forward_with_cache(self.net, params, x, dropout=self.dropout, key=key)
         value = risk(self.loss, out, v, weights)
-        if self.l2:
+        if isinstance(self.l2, jax.Array) or self.l2:
             value = value + l2_penalty(params, self.l2)
         return value, out, cache
 

@@ -68,8 +68,9 @@ def activation_backward(act, da: Array, cache: tuple[Array, Array]) -> Array:
 
 def dropout_forward(a: Array, rate: float, key: Array | None) -> tuple[Array, Array | None]:
     """Inverted dropout: ``y = a ⊙ m`` with ``m = keep / (1 − rate)``, ``keep ~ Bernoulli(1 − rate)``,
-    so that ``E[y] = a``. Returns ``(y, m)``; ``m`` is ``None`` (and ``y = a``) when ``rate == 0``."""
-    if rate == 0.0:
+    so that ``E[y] = a``. Returns ``(y, m)``; ``m`` is ``None`` (and ``y = a``) when ``rate == 0``.
+    ``rate`` may be a (traced) array, as in a sweep over dropout rates: the mask is then always drawn."""
+    if not isinstance(rate, jax.Array) and rate == 0.0:
         return a, None
     keep = jax.random.bernoulli(key, 1.0 - rate, a.shape)
     mask = keep.astype(a.dtype) / (1.0 - rate)

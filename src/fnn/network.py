@@ -208,11 +208,12 @@ def forward_with_cache(
     check_params(net, params)
     check_inputs(net, x)
     x = jnp.asarray(x)  # array-likes (lists, numpy) too
-    if not 0.0 <= dropout < 1.0:
+    traced = isinstance(dropout, jax.Array)  # a rate swept over runs: its value is not known here
+    if not traced and not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout rate must lie in [0, 1), got {dropout}.")
-    if dropout > 0.0 and key is None:
+    if (traced or dropout > 0.0) and key is None:
         raise ValueError("dropout > 0 needs a PRNG key: pass key=jax.random.key(...).")
-    keys = jax.random.split(key, net.num_layers) if dropout > 0.0 else [None] * net.num_layers
+    keys = jax.random.split(key, net.num_layers) if traced or dropout > 0.0 else [None] * net.num_layers
     inputs, pres, outs, masks = [], [], [], []
     y = x
     for l, (layer, act) in enumerate(zip(params, net.activations)):

@@ -136,7 +136,7 @@ def make_update_fn(
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": value, **metrics}
 
-    update.needs_key = dropout > 0 or noise_multiplier > 0
+    update.needs_key = isinstance(dropout, jax.Array) or dropout > 0 or noise_multiplier > 0
     return update
 
 

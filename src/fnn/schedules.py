@@ -91,9 +91,10 @@ def with_schedule(factory: Callable[..., optax.GradientTransformation], schedule
     return optax.inject_hyperparams(factory)(learning_rate=schedule, **kwargs)
 
 
-def current_learning_rate(opt_state) -> float | None:
-    """The learning rate of the last step an ``inject_hyperparams`` optimizer state took (the
-    first one found in the state), or ``None`` if the state holds none."""
+def learning_rates(opt_state) -> np.ndarray | None:
+    """The learning rate(s) an ``inject_hyperparams`` optimizer state holds (the first found):
+    an array shaped like the state's leading axes (a scalar for one run, ``(S, G)`` in a
+    sweep), or ``None`` if the state holds none."""
     found = []
 
     def visit(node):
@@ -109,4 +110,11 @@ def current_learning_rate(opt_state) -> float | None:
                 visit(child)
 
     visit(opt_state)
-    return float(np.asarray(found[0])) if found else None
+    return np.asarray(found[0]) if found else None
+
+
+def current_learning_rate(opt_state) -> float | None:
+    """The learning rate of the last step an ``inject_hyperparams`` optimizer state took (the
+    first one found in the state), or ``None`` if the state holds none."""
+    rates = learning_rates(opt_state)
+    return None if rates is None else float(rates)
