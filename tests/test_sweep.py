@@ -1,0 +1,112 @@
+"""fnn.sweep: every run equals its solo run; the summary statistics; bad grids."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import fnn
+from fnn.data import load
+from fnn.stats import mean_ci, t_quantile
+from fnn.sweep import sweep
+from fnn.tables import as_binary
+
+
+def _solo(net, loss, x, v, test, config, steps):
+    k_init, k_run, _ = jax.random.split(jax.random.key(config["seed"]), 3)
+    params = fnn.init(k_init, net, config["init"])
+    params = [{"W": l["W"] * config["init_scale"], "b": l["b"]} for l in params]
+    lr = config["lr"]
+    if config["schedule"] != "constant":
+        lr = fnn.make_schedule(config["schedule"], lr, config["epochs"] * steps)
+    opt = fnn.get_optimizer(config["optimizer"], lr, config["momentum"])
+    return fnn.fit(net, loss, params, x, v, key=k_run, optimizer=opt, epochs=config["epochs"],
+                   batch_size=config["batch_size"], l2=config["l2"], dropout=config["dropout"], test=test)
+
+
+def _moons(dtype):
+    d = as_binary(load("moons"))
+    cast = lambda a: np.asarray(a, dtype)
+    return cast(d.x_train), cast(d.y_train), (cast(d.x_test), cast(d.y_test))
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_every_run_equals_its_solo_run(precision):
+    with jax.enable_x64(precision == "float64"):
+        x, v, test = _moons(np.float64 if precision == "float64" else np.float32)
+        net = fnn.MLP((2, 12, 1), ("tanh", "identity"))
+        grid = {"lr": [0.01, 0.05], "dropout": [0.0, 0.2], "l2": [0.0, 1e-3], "init_scale": [1.0, 0.5],
+                "optimizer": ["momentum", "adam"]}
+        result = sweep(net, "binary_cross_entropy", x, v, seeds=[0, 7], grid=grid, test=test, epochs=2,
+                       batch_size=32, schedule="cosine")
+        assert len(result.configs) == 64 and result.history["test_loss"].shape == (64, 2)
+        rtol = 1e-11 if precision == "float64" else 2e-4
+        for i in range(0, 64, 9):  # 8 runs, among which every setting and both seeds vary
+            c = result.configs[i]
+            params, history = _solo(net, "binary_cross_entropy", x, v, test, c, len(x) // 32)
+            for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(result.run_params(i))):
+                np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * float(np.abs(a).max()))
+            for k in ("batch_loss", "train_loss", "test_loss", "test_accuracy", "lr"):
+                np.testing.assert_allclose(result.history[k][i], history[k], rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_a_sweep_of_one_run_equals_fit(precision):
+    # The same operations in the same order, except that a run axis of size 1 turns each
+    # matrix product into a batched one, whose float32 kernels may sum in another order.
+    with jax.enable_x64(precision == "float64"):
+        d = load("digits")
+        dtype = np.float64 if precision == "float64" else np.float32
+        x, xt = np.asarray(d.x_train, dtype), np.asarray(d.x_test, dtype)
+        net = fnn.MLP((64, 32, 10), ("relu", "identity"))
+        result = sweep(net, "softmax_cross_entropy", x, d.y_train, seeds=[3], test=(xt, d.y_test),
+                       epochs=3, batch_size=32, lr=3e-3, dropout=0.1)
+        config = result.configs[0]
+        params, history = _solo(net, "softmax_cross_entropy", x, d.y_train, (xt, d.y_test), config, len(x) // 32)
+        rtol = 1e-12 if precision == "float64" else 1e-4
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(result.run_params(0))):
+            np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * float(np.abs(a).max()))
+        for k in ("batch_loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            np.testing.assert_allclose(result.history[k][0], history[k], rtol=rtol)
+
+
+def test_per_seed_data_and_divergence():
+    net = fnn.MLP((64, 16, 10), ("relu", "identity"))
+    splits = [load("digits", seed=s) for s in (0, 1)]
+    stack = lambda name: np.stack([getattr(d, name) for d in splits])
+    result = sweep(net, "softmax_cross_entropy", stack("x_train"), stack("y_train"), seeds=[0, 1],
+                   test=(stack("x_test"), stack("y_test")), grid={"lr": [1e-3, 1e6]}, epochs=2,
+                   optimizer="sgd")
+    assert list(result.diverged[:2]) == [0, 0] and all(result.diverged[2:] == 1)
+    assert np.isnan(result.history["test_loss"][2:]).all()
+    assert all(np.isfinite(l).all() for l in jax.tree.leaves(result.run_params(3)))  # the last finite state
+    assert result.best["lr"] == 1e-3 and result.summary[1]["diverged"] == 2
+    params, _ = _solo(net, "softmax_cross_entropy", splits[1].x_train, splits[1].y_train, None,
+                      result.configs[1], len(splits[1].x_train) // 32)
+    np.testing.assert_allclose(result.run_params(1)[0]["W"], params[0]["W"], rtol=2e-4, atol=1e-6)
+
+
+def test_summary_statistics_on_known_numbers():
+    assert t_quantile(0.95, 4) == pytest.approx(2.776445, rel=1e-6)
+    mean, std, half, n = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (mean, n) == (3.0, 5) and std == pytest.approx(math.sqrt(2.5))
+    assert half == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    assert mean_ci([2.0, float("nan"), 4.0])[:2] == (3.0, pytest.approx(math.sqrt(2)))
+    assert math.isnan(mean_ci([1.0])[2]) and mean_ci([])[3] == 0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(grid={"lr": []}), "non-empty list"),
+    (dict(grid={"hidden": [[8], [16]]}), "'hidden' cannot be swept"),
+    (dict(grid={"lr": [0.1, -1.0]}), "learning rate must be positive"),
+    (dict(seeds=0), "at least 1"),
+    (dict(seeds=[1, 1]), "distinct integers"),
+    (dict(learning_rate=0.1), "Unknown sweep settings: learning_rate"),
+    (dict(batch_size=10**6), "larger than the"),
+])
+def test_bad_sweeps_get_one_clear_error(kwargs, message):
+    d = load("xor")
+    net = fnn.MLP((2, 4, 2), ("tanh", "identity"))
+    with pytest.raises(ValueError, match=message):
+        sweep(net, "softmax_cross_entropy", d.x_train, d.y_train, **{"epochs": 1, **kwargs})
