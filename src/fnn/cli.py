@@ -22,7 +22,11 @@ from fnn.bench import run as run_bench  # noqa: E402
 from fnn.cliargs import build_parser  # noqa: E402
 from fnn.gradcheck import gradcheck  # noqa: E402
 from fnn.parallel import make_mesh  # noqa: E402
+from fnn.config import flag  # noqa: E402
 from fnn.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
+from fnn.sweeprun import SweepPlan, configurations, summary_markdown  # noqa: E402
+from fnn.sweeprun import run as sweeprun  # noqa: E402
+from fnn.sweeprun import write as write_sweep  # noqa: E402
 from fnn.train import NonFiniteLossError, fit  # noqa: E402
 from fnn.train import evaluate as evaluate_metrics  # noqa: E402
 from fnn.validation import check_params_finite  # noqa: E402
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             compile_cache(False)
             return evaluate(args.run, best=args.best)
+        if args.command == "sweep":
+            compile_cache(args.no_compile_cache)
+            return sweep_command(args)
         return run_bench(args)  # no cache: the benchmark measures compilation
     except KeyboardInterrupt:
         print(f"fnn {args.command}: interrupted.", file=sys.stderr)
@@ -262,6 +269,40 @@ def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
         print(f"fnn train: interrupted. {folder} holds the checkpoint and metrics of epoch {done}: "
               f"continue with fnn train --resume {folder}", file=sys.stderr)
         return 130
+    return 0
+
+
+def sweep_command(args) -> int:
+    """``fnn sweep``: every check, then the runs, then the sweep folder and its summary."""
+    clock = Stopwatch()
+    clock.lap("import")
+    values = {k: getattr(args, k) for k in (*DEFAULTS, "seeds")}
+    seeds, base, grid = configurations(values)
+    plan = SweepPlan(seeds, base, grid, args.out, args.select)
+    clock.lap("data, checks")
+    swept = ", ".join(f"{flag(k)} {' '.join(map(str, a))}" for k, a in {**grid, **(
+        {"activation": plan.activations} if len(plan.activations) > 1 else {})}.items()) or "no grid"
+    _say(f"fnn sweep: {plan.data.name}, {plan.runs} runs ({len(seeds)} seeds × {swept}), "
+         f"{base['epochs']} epochs each")
+    results = sweeprun(plan, progress=not args.no_progress)
+    clock.lap("train")
+    rows = write_sweep(plan, results, ["fnn", *args.argv], plot=not args.no_plot)
+    clock.lap("write")
+    split = "validation" if base["validation"] else "test"
+    _say(summary_markdown(rows, plan.grid, split, len(plan.activations) > 1).rstrip())
+    best = [(a, r.best) for a, r in results if r.best is not None]
+    if best:
+        metric = plan.select or ("test_accuracy" if "test_accuracy_mean" in best[0][1] else "test_loss")
+        sign = -1.0 if metric.endswith(("accuracy", "r2")) else 1.0
+        activation, row = min(best, key=lambda b: sign * b[1][f"{metric}_mean"])
+        settings = ", ".join(f"{flag(k)} {row[k]}" for k in plan.grid) or "the one grid point"
+        _say(f"best by {metric.replace('test_', split + ' ')}: {settings}"
+             + (f", --activation {activation}" if len(plan.activations) > 1 else ""))
+    diverged = sum(int((r.diverged > 0).sum()) for _, r in results)
+    if diverged:
+        _say(f"{diverged} of {plan.runs} runs diverged (non-finite loss): left out of the statistics.")
+    _say("time: " + ", ".join(f"{k} {a:.2f}s" for k, a in clock.total().items()))
+    _say(f"sweep folder: {plan.folder}")
     return 0
 
 

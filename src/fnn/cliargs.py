@@ -9,7 +9,7 @@ from fnn import __version__
 from fnn.activations import ACTIVATIONS
 from fnn.backprop import METHODS
 from fnn.bench import add_arguments as add_bench_arguments
-from fnn.config import CHANGEABLE_ON_RESUME, DEFAULTS, flag
+from fnn.config import CHANGEABLE_ON_RESUME, DEFAULTS, SWEEP_FLAGS, flag
 from fnn.data import DATASETS
 from fnn.losses import LOSSES
 from fnn.network import SCHEMES
@@ -48,56 +48,74 @@ def _dataset(text: str) -> str:
         f"unknown dataset {text!r}: choose from {', '.join(DATASETS)}, or give a path to a .csv or .npz file")
 
 
-def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False) -> None:
+def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False, sweep: bool = False) -> None:
     # explicit_only: every default is SUPPRESS, so the namespace holds just the flags given.
+    # sweep: every valued flag takes one or more values (fnn sweep checks which may have several).
     d = {k: argparse.SUPPRESS for k in DEFAULTS} if explicit_only else DEFAULTS
-    p.add_argument("--dataset", default=d["dataset"], type=_dataset, metavar="NAME|PATH",
+    add = _listing(p) if sweep else p.add_argument
+    add("--dataset", default=d["dataset"], type=_dataset, metavar="NAME|PATH",
                    help=f"{', '.join(DATASETS)}, or your own .csv/.npz file (default: %(default)s, "
                         "scikit-learn's 8x8 digits)")
-    p.add_argument("--target", default=d["target"], metavar="COLUMN",
+    add("--target", default=d["target"], metavar="COLUMN",
                    help="for a .csv dataset: the target column, by name or 0-based index (default: the last)")
-    p.add_argument("--hidden", type=_positive_int, nargs="*", default=d["hidden"], metavar="N",
+    add("--hidden", type=_positive_int, nargs="*", default=d["hidden"], metavar="N",
                    help="hidden layer sizes (default: %(default)s); none for a linear model")
-    p.add_argument("--activation", default=d["activation"],
+    add("--activation", default=d["activation"],
                    help=f"hidden activation: {', '.join(ACTIVATIONS)} or leaky_relu(ALPHA) (default: %(default)s)")
-    p.add_argument("--loss", default=d["loss"],
+    add("--loss", default=d["loss"],
                    help=f"loss: auto (softmax_cross_entropy, binary_cross_entropy for two classes, or mse), {', '.join(LOSSES)} (default: %(default)s)")
-    p.add_argument("--init", default=d["init"], choices=[*SCHEMES, "normal"],
+    add("--init", default=d["init"], choices=[*SCHEMES, "normal"],
                    help="weight init scheme (default: %(default)s)")
-    p.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS),
+    add("--init-scale", type=_positive_float, default=d["init_scale"], metavar="S",
+                   help="multiply the initial weights by S (default: %(default)s)")
+    add("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS),
                    help="gd is plain gradient descent written out; the rest are optax (default: %(default)s)")
-    p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate (default: %(default)s)")
-    p.add_argument("--schedule", default=d["schedule"], choices=list(SCHEDULES),
+    add("--lr", type=_positive_float, default=d["lr"], help="learning rate (default: %(default)s)")
+    add("--schedule", default=d["schedule"], choices=list(SCHEDULES),
                    help="learning-rate schedule over the run, peaking at --lr (default: %(default)s)")
-    p.add_argument("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], metavar="N",
+    add("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], metavar="N",
                    help="linear warmup from 0 to --lr over N epochs, before the schedule "
                         "(default: 0, or 5%% of the steps for warmup_cosine)")
-    p.add_argument("--early-stopping", type=_positive_int, default=d["early_stopping"], metavar="PATIENCE",
+    add("--early-stopping", type=_positive_int, default=d["early_stopping"], metavar="PATIENCE",
                    help="stop when the validation loss has not improved for PATIENCE epochs, keeping "
                         "best.npz (needs --validation)")
-    p.add_argument("--momentum", type=_rate, default=d["momentum"], help="for momentum/nesterov (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="(default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="(default: %(default)s)")
-    p.add_argument("--seed", type=_seed, default=d["seed"], help="seed for data split, init, shuffling (default: %(default)s)")
-    p.add_argument("--method", default=d["method"], choices=list(METHODS),
+    add("--momentum", type=_rate, default=d["momentum"], help="for momentum/nesterov (default: %(default)s)")
+    add("--batch-size", type=_positive_int, default=d["batch_size"], help="(default: %(default)s)")
+    add("--epochs", type=_positive_int, default=d["epochs"], help="(default: %(default)s)")
+    add("--seed", type=_seed, default=d["seed"], help="seed for data split, init, shuffling (default: %(default)s)")
+    add("--method", default=d["method"], choices=list(METHODS),
                    help="gradient: manual (hand-written backward) or autodiff (jax.grad) (default: %(default)s)")
-    p.add_argument("--l2", type=_non_negative, default=d["l2"], help="L2 weight decay λ (default: %(default)s)")
-    p.add_argument("--dropout", type=_rate, default=d["dropout"], help="dropout rate on hidden layers (default: %(default)s)")
-    p.add_argument("--validation", action="store_true", default=d["validation"],
+    add("--l2", type=_non_negative, default=d["l2"], help="L2 weight decay λ (default: %(default)s)")
+    add("--dropout", type=_rate, default=d["dropout"], help="dropout rate on hidden layers (default: %(default)s)")
+    add("--validation", action="store_true", default=d["validation"],
                    help="evaluate on a validation split carved from the training data, not the test set "
                         "(use it to choose settings)")
-    p.add_argument("--data-dir", default=d["data_dir"], help="folder with the MNIST IDX files (default: %(default)s)")
-    p.add_argument("--devices", type=_positive_int, default=d["devices"],
+    add("--data-dir", default=d["data_dir"], help="folder with the MNIST IDX files (default: %(default)s)")
+    add("--devices", type=_positive_int, default=d["devices"],
                    help="data-parallel over this many devices (default: %(default)s)")
-    p.add_argument("--x64", action="store_true", default=d["x64"], help="train in float64")
-    p.add_argument("--diagnostics", action="store_true", default=d["diagnostics"],
+    add("--x64", action="store_true", default=d["x64"], help="train in float64")
+    add("--diagnostics", action="store_true", default=d["diagnostics"],
                    help="record per-layer gradient norm, gradient SNR, per-example norm spread and GGN trace "
                         "every epoch (metrics diag_*, figure diagnostics.png)")
-    p.add_argument("--clip-norm", type=_positive_float, default=d["clip_norm"], metavar="C",
+    add("--clip-norm", type=_positive_float, default=d["clip_norm"], metavar="C",
                    help="DP-SGD: clip each example's gradient to norm C (one backward pass; default: off)")
-    p.add_argument("--noise-multiplier", type=_non_negative, default=d["noise_multiplier"], metavar="SIGMA",
+    add("--noise-multiplier", type=_non_negative, default=d["noise_multiplier"], metavar="SIGMA",
                    help="DP-SGD: add Gaussian noise SIGMA*C to each batch's clipped sum (needs --clip-norm; "
                         "default: %(default)s)")
+
+
+def _listing(p: argparse.ArgumentParser):
+    """``add_argument`` for ``fnn sweep``: valued flags take a list (``--lr 1e-3 3e-3``), defaults
+    become one-element lists; ``--hidden`` stays one architecture."""
+    def add(*names, **kwargs):
+        if kwargs.get("action") is None and names[0] != "--hidden":
+            kwargs["nargs"] = "+"
+            if kwargs.get("default") not in (None, argparse.SUPPRESS):
+                kwargs["default"] = [kwargs["default"]]
+            elif kwargs.get("default") is None:
+                kwargs["default"] = [None]
+        return p.add_argument(*names, **kwargs)
+    return add
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -138,6 +156,23 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="reload a run's checkpoint and report its test metrics")
     ev.add_argument("run", help="run folder written by fnn train")
     ev.add_argument("--best", action="store_true", help="evaluate best.npz (early stopping) instead of the last checkpoint")
+    sw = sub.add_parser(
+        "sweep", help="train seeds x a grid of settings as one compiled program per group",
+        description="Train many runs: every seed (--seeds) with every combination of the values given to "
+                    f"{', '.join(flag(k) for k in SWEEP_FLAGS)} (several values each). Traced settings "
+                    "(learning rate, momentum, L2, dropout, init scale) share one vmapped program; the others "
+                    "make one program per value. Each run equals fnn train with the same --seed and settings. "
+                    "Writes sweep.json, summary.csv, summary.md, curves.png and params.npz.")
+    _add_train_args(sw, sweep=True)
+    sw.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[5], metavar="N",
+                    help="one number: that many seeds (0..N-1); several: those seeds (default: 5)")
+    sw.add_argument("--select", default=None, metavar="METRIC",
+                    help="the final metric that picks the best grid point (default: test_accuracy for "
+                         "classification, else test_loss; with --validation, on the validation split)")
+    sw.add_argument("--out", default=None, help="sweep folder, new or empty (default: sweeps/DATASET-TIMESTAMP)")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.add_argument("--no-plot", action="store_true", help="do not write curves.png")
+    sw.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     bench = sub.add_parser("bench", help="time one training step against jax.grad and peers")
     add_bench_arguments(bench)
     return parser

@@ -13,11 +13,14 @@ DEFAULTS: dict[str, Any] = dict(
     optimizer="adam", lr=1e-3, momentum=0.9, batch_size=32, epochs=30, seed=0,
     method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
     devices=1, x64=False, clip_norm=None, noise_multiplier=0.0, diagnostics=False,
-    schedule="constant", warmup_epochs=None, early_stopping=None, target=None,
+    schedule="constant", warmup_epochs=None, early_stopping=None, target=None, init_scale=1.0,
 )
+# What `fnn sweep` may give several values: traced in one program, or one program per value.
+SWEEP_FLAGS = ("lr", "momentum", "l2", "dropout", "init_scale", "optimizer", "batch_size", "schedule",
+               "warmup_epochs", "init", "epochs", "method", "activation")
 # Keys added after the first release: a config.json without them gets these values.
 LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0, "diagnostics": False, "schedule": "constant",
-              "warmup_epochs": None, "early_stopping": None, "target": None}
+              "warmup_epochs": None, "early_stopping": None, "target": None, "init_scale": 1.0}
 # What a resumed run may change: how long it trains, where it finds its data, how many
 # devices share each batch (the same numbers, up to the order of float reductions).
 CHANGEABLE_ON_RESUME = ("epochs", "data_dir", "devices")
@@ -58,6 +61,7 @@ CONFIG_RULES = {
     "schedule": (lambda v: isinstance(v, str), "a schedule name"),
     "warmup_epochs": (lambda v: v is None or _is_int(v, 0), "an integer >= 0 or null"),
     "early_stopping": (lambda v: v is None or _is_int(v, 1), "a positive integer or null"),
+    "init_scale": (lambda v: _is_real(v, 0, strict=True), "a positive finite number"),
     "target": (lambda v: v is None or isinstance(v, (str, int)) and not isinstance(v, bool),
                "a column name, a column index or null"),
 }

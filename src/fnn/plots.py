@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+
+from fnn.stats import mean_ci
+
 
 def pyplot():
     """``matplotlib.pyplot``, imported on first use (Agg outside notebooks); a clear error if missing."""
@@ -87,4 +91,41 @@ def plot_diagnostics(history: dict, title: str | None = None):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.84, wspace=0.25)
+    return fig
+
+
+def plot_sweep(results, grid: dict, split: str = "test"):
+    """The mean curve of every grid point of a sweep, with its 95% band over seeds: loss and
+    accuracy (or R²) on the ``test`` split against the epoch. ``results``: ``[(label,
+    SweepResult), ...]`` (one per program group, e.g. per activation); the legend names the
+    swept settings. Returns the matplotlib ``Figure``."""
+    plt = pyplot()
+    first = results[0][1].history
+    second = "test_accuracy" if "test_accuracy" in first else "test_r2"
+    panels = [k for k in ("test_loss", second) if k in first] or ["train_loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    colours = plt.get_cmap("tab10" if sum(len(r.summary) for _, r in results) <= 10 else "viridis")
+    n_points, i = sum(len(r.summary) for _, r in results), 0
+    for label, result in results:
+        point_of = np.array([c["point"] for c in result.configs])
+        for g, row in enumerate(result.summary):
+            name = ", ".join([label] * (len(results) > 1) + [f"{k}={row[k]}" for k in grid if k in row]) or "runs"
+            colour = colours(i % 10 if n_points <= 10 else i / max(n_points - 1, 1))
+            i += 1
+            for ax, key in zip(axes[0], panels):
+                curves = result.history[key][point_of == g]
+                stats = np.array([mean_ci(curves[:, e])[:3] for e in range(curves.shape[1])])
+                epochs = np.arange(1, curves.shape[1] + 1)
+                ax.plot(epochs, stats[:, 0], color=colour, label=name)
+                ax.fill_between(epochs, stats[:, 0] - stats[:, 2], stats[:, 0] + stats[:, 2], color=colour,
+                                alpha=0.2, linewidth=0)
+    for ax, key in zip(axes[0], panels):
+        ax.set(xlabel="epoch", ylabel=key.replace("test_", f"{split} "), title=key.replace("test_", f"{split} "))
+        if key.endswith("loss"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"mean over seeds with 95% bands (n = {len(set(c['seed'] for c in results[0][1].configs))})",
+                 fontsize=9)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.25)
     return fig

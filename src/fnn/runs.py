@@ -148,6 +148,8 @@ def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -
         make_mesh(config["devices"])  # enough devices?
     init_key, run_key, check_key = jax.random.split(jax.random.key(config["seed"]), 3)
     params = init(init_key, net, config["init"])
+    if config["init_scale"] != 1.0:
+        params = [{"W": layer["W"] * config["init_scale"], "b": layer["b"]} for layer in params]
     validate(net, loss, params, data.x_train, data.y_train)
     validate(net, loss, params, data.x_test, data.y_test)
     plan = Plan(config, folder, data, net, loss, optimizer, params, run_key, check_key)
