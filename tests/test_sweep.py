@@ -110,3 +110,53 @@ def test_bad_sweeps_get_one_clear_error(kwargs, message):
     net = fnn.MLP((2, 4, 2), ("tanh", "identity"))
     with pytest.raises(ValueError, match=message):
         sweep(net, "softmax_cross_entropy", d.x_train, d.y_train, **{"epochs": 1, **kwargs})
+
+
+# --- fnn sweep -------------------------------------------------------------------------------------
+
+def test_fnn_sweep_end_to_end_equals_fnn_train(tmp_path, capsys):
+    import json
+
+    from fnn import checkpoint
+    from fnn.cli import main
+
+    small = ["--dataset", "moons", "--hidden", "8", "--epochs", "2", "--no-progress"]
+    assert main(["sweep", *small, "--lr", "0.01", "0.03", "--seeds", "0", "4", "--dropout", "0.1",
+                 "--out", str(tmp_path / "sw")]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs (2 seeds × --lr 0.01 0.03)" in out and "best by test accuracy" in out
+    for name in ("sweep.json", "summary.csv", "summary.md", "curves.png", "params.npz"):
+        assert (tmp_path / "sw" / name).stat().st_size > 0
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [r["config"]["seed"] for r in doc["runs"]] == [0, 4, 0, 4]
+    assert len(doc["summary"]) == 2 and doc["summary"][1]["n"] == 2
+    params = np.load(tmp_path / "sw" / "params.npz")
+    run = 3  # lr 0.03, seed 4
+    assert main(["train", *small, "--lr", "0.03", "--seed", "4", "--dropout", "0.1", "--out", str(tmp_path / "solo"),
+                 "--no-gradcheck", "--no-plot"]) == 0
+    solo = checkpoint.load(tmp_path / "solo" / "checkpoint.npz")
+    for l, layer in enumerate(solo.params, 1):
+        np.testing.assert_allclose(params[f"relu/W{l}"][run], layer["W"], rtol=1e-4, atol=1e-6)
+    history = json.loads((tmp_path / "solo" / "metrics.json").read_text())["history"]
+    np.testing.assert_allclose(doc["runs"][run]["history"]["test_loss"], history["test_loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr"], "expected at least one argument"),
+    (["--dataset", "digits", "moons"], "--dataset takes one value in a sweep"),
+    (["--loss", "mse", "mae"], "--loss takes one value in a sweep"),
+    (["--seed", "3"], "not --seed"),
+    (["--seeds", "0", "0"], "distinct seeds"),
+    (["--lr", "0.1", "-1"], "must be positive"),
+    (["--hidden", "4096", "4096", "--seeds", "3000"], "more than half of this machine"),
+])
+def test_fnn_sweep_bad_inputs(args, message, tmp_path, capsys):
+    from fnn.cli import main
+
+    try:
+        status = main(["sweep", "--dataset", "xor", "--epochs", "1", "--no-progress", *args,
+                       "--out", str(tmp_path / "sw")])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    assert status == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()

@@ -72,27 +72,25 @@ class SweepPlan:
                 check_config({**point, "activation": activation}, "the sweep's flags")
         if base["x64"]:
             jax.config.update("jax_enable_x64", True)
+        self.runs = len(self.seeds) * len(self.points) * len(activations)
+        self.data, net, _ = build({**base, "seed": self.seeds[0]})
+        self._check_memory(net)  # before loading a split per seed
         self.groups = {}  # activation -> (net, loss, train, test)
         for activation in activations:
             splits = [build({**base, "activation": activation, "seed": s}) for s in self.seeds]
-            net, loss = splits[0][1], splits[0][2]
-            self.groups[activation] = (net, loss, *_stack([d for d, _, _ in splits]))
-        self.data = splits[0][0]
-        self.runs = len(self.seeds) * len(self.points) * len(activations)
-        self._check_memory()
+            self.groups[activation] = (splits[0][1], splits[0][2], *_stack([d for d, _, _ in splits]))
         name = Path(base["dataset"]).stem if is_data_file(base["dataset"]) else base["dataset"]
         self.folder = Path(out or f"sweeps/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         check_writable_folder(self.folder)
         if self.folder.is_dir() and any(self.folder.iterdir()):
             raise ValueError(f"{self.folder} is not empty: choose another --out (nothing was changed).")
 
-    def _check_memory(self) -> None:
-        net = next(iter(self.groups.values()))[0]
+    def _check_memory(self, net) -> None:
         weights = sum(a * b + b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
         itemsize = 8 if self.base["x64"] else 4
         need = self.runs * weights * itemsize * 4  # params, gradients and two optimizer moments
-        train = next(iter(self.groups.values()))[2]
-        need += sum(np.asarray(a).nbytes for a in train) * len(self.groups)
+        data = sum(a.nbytes for a in (self.data.x_train, self.data.y_train, self.data.x_test, self.data.y_test))
+        need += data * len(self.seeds) * len(self.activations)  # at worst one split per seed
         try:
             have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
