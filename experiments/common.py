@@ -62,3 +62,83 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(a) for a in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --- sweeps: several seeds, a learning rate tuned per arm on a validation split -------------------
+
+def seed_splits(load, seeds, validation: bool):
+    """Train and held-out arrays with a leading seed axis: ``load(seed)`` per seed, and with
+    ``validation`` the held-out part carved from its training split (the test split unused)."""
+    import numpy as np
+
+    from fnn.data import validation_split
+
+    splits = [load(s) for s in seeds]
+    if validation:
+        splits = [validation_split(d, seed=s) for d, s in zip(splits, seeds)]
+    stack = lambda name: np.stack([getattr(d, name) for d in splits])
+    return (stack("x_train"), stack("y_train")), (stack("x_test"), stack("y_test"))
+
+
+def auc(curves):
+    """The mean over epochs of each run's curve: one number that rewards fast and good."""
+    import numpy as np
+
+    return np.nanmean(np.asarray(curves), axis=-1)
+
+
+def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accuracy", **settings) -> dict:
+    """The learning rate of one arm, chosen on validation splits, then its runs on the test splits.
+
+    Every grid value trains on each seed's validation split (``fnn.sweep``, one program); the
+    chosen rate has the best mean over seeds of the area under the validation ``metric`` curve
+    (the mean over epochs: fast and good; lower is better for a loss). The chosen rate then
+    trains on the full training splits and is evaluated on the test splits, seed by seed.
+    Returns the validation curve over the grid (mean and 95% half-width), the chosen rate,
+    and the test histories ``(seeds, epochs)`` with their per-epoch mean and half-width.
+    """
+    import numpy as np
+
+    from fnn import sweep
+    from fnn.stats import mean_ci
+
+    sign = 1.0 if metric.endswith(("accuracy", "r2")) else -1.0
+    train, held = seed_splits(load, seeds, validation=True)
+    tuned = sweep(net, loss, *train, seeds=seeds, grid={"lr": list(lr_grid)}, test=held, epochs=epochs,
+                  **settings)
+    scores = auc(tuned.history[metric])
+    points = np.array([c["point"] for c in tuned.configs])
+    curve = [mean_ci(np.where(tuned.diverged[points == g] > 0, np.nan, scores[points == g]))
+             for g in range(len(lr_grid))]
+    usable = [g for g in range(len(lr_grid)) if (tuned.diverged[points == g] == 0).all()]
+    best = max(usable, key=lambda g: sign * curve[g][0])
+    train, test = seed_splits(load, seeds, validation=False)
+    final = sweep(net, loss, *train, seeds=seeds, test=test, epochs=epochs, lr=float(lr_grid[best]), **settings)
+    history = {k: final.history[k] for k in final.history}
+    bands = {k: [mean_ci(a[:, e])[::2] for e in range(a.shape[1])] for k, a in history.items()}
+    return {"lr_grid": [float(a) for a in lr_grid], "val_auc": [c[0] for c in curve],
+            "val_auc_ci95": [c[2] for c in curve], "diverged_at_lr": [int((tuned.diverged[points == g] > 0).sum())
+                                                                     for g in range(len(lr_grid))],
+            "lr": float(lr_grid[best]), "history": {k: a.tolist() for k, a in history.items()},
+            "mean": {k: [b[0] for b in v] for k, v in bands.items()},
+            "ci95": {k: [b[1] for b in v] for k, v in bands.items()}, "seeds": list(seeds)}
+
+
+def band(ax, arm: dict, key: str, **kwargs):
+    """Draws the mean curve of ``arm[key]`` over seeds with its 95% band; epoch k at x = k."""
+    import numpy as np
+
+    mean, half = np.asarray(arm["mean"][key]), np.nan_to_num(np.asarray(arm["ci95"][key]))
+    epochs = np.arange(1, len(mean) + 1)
+    line, = ax.plot(epochs, mean, **kwargs)
+    ax.fill_between(epochs, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def pm(mean, half, digits: int = 3) -> str:
+    """``mean ± half`` for tables."""
+    import math
+
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}" if half == half else f"{mean:.{digits}f}"
