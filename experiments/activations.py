@@ -1,8 +1,13 @@
-"""Experiment 2: the same network and data trained with step, sigmoid, tanh, relu and leaky relu.
+"""Experiment 2: the same network and data trained with step, sigmoid, tanh, relu and leaky relu,
+each with its own learning rate chosen on validation splits, over 10 seeds.
 
-Reports loss curves, epochs to a target test accuracy, and per-layer gradient norms at
-initialisation. The step network's hidden layers get an exactly zero gradient (f' = 0
-almost everywhere), so only its output layer ever changes.
+Digits, 64-64-64-10, glorot init for every arm (so only the activation differs), plain SGD,
+batches of 32. Each arm's learning rate comes from a grid, by the best mean area under the
+validation-accuracy curve (fast and good); the chosen rate then trains on each seed's full
+training split and is scored on its test split. Reported as mean ± 95% t-interval over seeds.
+
+The step network's hidden layers get an exactly zero gradient (f' = 0 almost everywhere), so
+only its output layer ever changes.
 """
 
 from __future__ import annotations
@@ -11,64 +16,104 @@ import sys
 
 import jax
 import numpy as np
-import optax
 
 import fnn
-from common import figure, main, table
+from common import band, figure, main, pm, table, tune_and_test
+from fnn.stats import mean_ci
 
 ACTIVATIONS = ["step", "sigmoid", "tanh", "relu", "leaky_relu"]
-TARGET = 0.95
+TARGET, LOSS_TARGET = 0.95, 0.1
+
+
+def _first(curve, test):
+    hit = [e for e, a in enumerate(curve, 1) if test(a)]
+    return hit[0] if hit else None
 
 
 def run(quick: bool = False) -> dict:
+    seeds = [0, 1] if quick else list(range(10))
+    grid = [0.1, 0.3] if quick else [0.01, 0.03, 0.1, 0.3, 1.0]
+    epochs = 6 if quick else 60
+    res = {"target_accuracy": TARGET, "loss_target": LOSS_TARGET, "epochs": epochs, "runs": {}}
     data = fnn.data.digits(seed=0)
-    epochs = 15 if quick else 60
-    results = {"target_accuracy": TARGET, "epochs": epochs, "runs": {}}
     for name in ACTIVATIONS:
         net = fnn.MLP((64, 64, 64, 10), name)
-        # Same init scheme for everyone, so only the activation differs.
-        params = fnn.init(jax.random.key(0), net, "glorot")
-        _, grads = fnn.value_and_grad(net, "softmax_cross_entropy", params, data.x_train, data.y_train)
-        norms = [float(np.linalg.norm(g["W"])) for g in grads]
-        _, h = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train,
-                       key=jax.random.key(1), optimizer=optax.sgd(0.05), epochs=epochs, batch_size=32,
-                       test=(data.x_test, data.y_test))
-        reached = [e for e, a in zip(h["epoch"], h["test_accuracy"]) if a >= TARGET]
-        results["runs"][name] = {"grad_norms_at_init": norms, "train_loss": h["train_loss"],
-                                 "test_accuracy": h["test_accuracy"],
-                                 "epochs_to_target": reached[0] if reached else None}
-    r = results["runs"]
-    if r["relu"]["epochs_to_target"] and r["sigmoid"]["epochs_to_target"]:
-        results["relu_speedup_over_sigmoid"] = r["sigmoid"]["epochs_to_target"] / r["relu"]["epochs_to_target"]
-    if r["relu"]["epochs_to_target"] and r["tanh"]["epochs_to_target"]:
-        results["relu_speedup_over_tanh"] = r["tanh"]["epochs_to_target"] / r["relu"]["epochs_to_target"]
-    return results
+        norms = []
+        for s in seeds:
+            params = fnn.init(jax.random.split(jax.random.key(s), 3)[0], net, "glorot")
+            _, grads = fnn.value_and_grad(net, "softmax_cross_entropy", params, data.x_train, data.y_train)
+            norms.append([float(np.linalg.norm(g["W"])) for g in grads])
+        arm = tune_and_test(net, "softmax_cross_entropy", lambda s: fnn.data.digits(seed=s), seeds=seeds,
+                            lr_grid=grid, epochs=epochs, optimizer="sgd", batch_size=32, init="glorot")
+        to_acc = [_first(c, lambda a: a >= TARGET) for c in arm["history"]["test_accuracy"]]
+        to_loss = [_first(c, lambda a: a <= LOSS_TARGET) for c in arm["history"]["train_loss"]]
+        arm.update(grad_norms_at_init=np.mean(norms, 0).tolist(), epochs_to_target=to_acc, epochs_to_loss=to_loss,
+                   final_accuracy=mean_ci([c[-1] for c in arm["history"]["test_accuracy"]])[::2])
+        res["runs"][name] = arm
+    for other in ("sigmoid", "tanh"):
+        res[f"relu_speedup_over_{other}"] = _speedup(res["runs"]["relu"], res["runs"][other], "epochs_to_target")
+        res[f"relu_loss_speedup_over_{other}"] = _speedup(res["runs"]["relu"], res["runs"][other], "epochs_to_loss")
+    return res
+
+
+def _speedup(fast: dict, slow: dict, key: str):
+    """The ratio of mean epochs to the target (slow / fast), when every seed of both reached it."""
+    a, b = fast[key], slow[key]
+    if any(e is None for e in a + b):
+        return None
+    return float(np.mean(b) / np.mean(a))
+
+
+def _epochs(values, budget):
+    reached = [e for e in values if e is not None]
+    if not reached:
+        return f"never (> {budget})"
+    mean, _, half, n = mean_ci(reached)
+    missing = len(values) - len(reached)
+    return pm(mean, half, 1) + (f" ({missing} seeds never)" if missing else "")
 
 
 def report(res: dict):
-    rows = [[n, *(f"{g:.3g}" for g in r["grad_norms_at_init"]), r["epochs_to_target"] or f"> {res['epochs']}",
-             r["test_accuracy"][-1]] for n, r in res["runs"].items()]
+    n = len(next(iter(res["runs"].values()))["seeds"])
+    rows = [[name, *(f"{g:.3g}" for g in r["grad_norms_at_init"]), r["lr"], _epochs(r["epochs_to_target"], res["epochs"]),
+             _epochs(r["epochs_to_loss"], res["epochs"]), pm(*r["final_accuracy"])] for name, r in res["runs"].items()]
     md = ["# Activations", "",
-          f"Digits, 64-64-64-10, glorot init, SGD lr 0.05, batch 32, {res['epochs']} epochs.", "",
-          table(["activation", "‖∂R/∂W1‖ at init", "‖∂R/∂W2‖", "‖∂R/∂W3‖",
-                 f"epochs to {res['target_accuracy']:.0%} test acc.", "final test acc."], rows), "",
-          "The step network's hidden-layer gradients are exactly zero: its derivative is zero "
-          "wherever it is defined, so no error signal passes below the output layer, and the "
-          "hidden weights never move from their random start.", ""]
-    for k in ("relu_speedup_over_sigmoid", "relu_speedup_over_tanh"):
-        if k in res:
-            md.append(f"- {k.replace('_', ' ')}: {res[k]:.1f}x fewer epochs to the target "
-                      "(the lectures cite 6x on CIFAR-10; this is a different, much smaller task).")
+          f"Digits, 64-64-64-10, glorot init, plain SGD, batch 32, {res['epochs']} epochs, {n} seeds (each its own "
+          "train/test split and init). Each activation's learning rate is chosen from "
+          f"{res['runs']['relu']['lr_grid']} by the best mean area under the validation-accuracy curve "
+          "(validation splits carved from the training data; the test split is used only for the table).", "",
+          table(["activation", "‖∂R/∂W1‖ at init", "‖∂R/∂W2‖", "‖∂R/∂W3‖", "chosen lr",
+                 f"epochs to {res['target_accuracy']:.0%} test acc.", f"epochs to train loss ≤ {res['loss_target']}",
+                 "final test acc."], rows), "",
+          "Epochs and accuracies are mean ± 95% t-interval over seeds. The step network's hidden-layer "
+          "gradients are exactly zero: no error signal passes below its output layer.", ""]
+    for other in ("sigmoid", "tanh"):
+        for key, what in ((f"relu_speedup_over_{other}", f"epochs to {res['target_accuracy']:.0%} test accuracy"),
+                          (f"relu_loss_speedup_over_{other}", f"epochs to training loss ≤ {res['loss_target']}")):
+            ratio = res.get(key)
+            md.append(f"- relu against {other}, {what}: " + (
+                f"{ratio:.2f}× (mean {other} epochs / mean relu epochs)." if ratio else
+                "not every seed reached the target in the budget."))
+    md += ["", "The lectures cite ReLU training about 6× faster than **tanh** (AlexNet on CIFAR-10). On this "
+           "small task, with each activation given its own tuned learning rate, the measured ratios above are "
+           "what holds here; where they are near 1, the lecture's claim does not carry over to digits."]
     plt = figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for n, r in res["runs"].items():
-        axes[0].plot(r["train_loss"], label=n)
-        axes[1].plot(r["test_accuracy"], label=n)
-    axes[0].set(yscale="log", xlabel="epoch", ylabel="train loss")
-    axes[1].set(xlabel="epoch", ylabel="test accuracy")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    for name, r in res["runs"].items():
+        line = band(axes[1], r, "test_accuracy", label=f"{name} (lr {r['lr']:g})")
+        band(axes[2], r, "train_loss", color=line.get_color())
+        axes[0].errorbar(r["lr_grid"], r["val_auc"], yerr=np.nan_to_num(r["val_auc_ci95"]), marker="o", capsize=3,
+                         color=line.get_color(), label=name)
+    axes[0].set(xscale="log", xlabel="learning rate", ylabel="mean validation accuracy over epochs",
+                title="(a) choosing each arm's learning rate")
+    axes[1].set(xlabel="epoch", ylabel="test accuracy", ylim=(0, 1), title="(b) test accuracy, mean and 95% band")
     axes[1].axhline(res["target_accuracy"], color="gray", ls=":")
-    axes[0].legend()
-    fig.tight_layout()
+    axes[2].set(yscale="log", xlabel="epoch", ylabel="training loss (full set)", title="(c) training loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.9, wspace=0.25)
     return "\n".join(md), fig
 
 

@@ -15,10 +15,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import fnn
-from common import figure, main, table
+from common import band, figure, main, pm, table, tune_and_test
+from fnn.stats import mean_ci
+from fnn.tables import as_binary
 
 
 def _softmax_mse_value(z, v):
@@ -46,25 +49,32 @@ SIGMOID_MSE = fnn.Loss("sigmoid_mse", _sigmoid_mse_value, _sigmoid_mse_grad, "bi
 
 
 def run(quick: bool = False) -> dict:
-    epochs = 5 if quick else 40
-    res = {"epochs": epochs, "softmax": {}, "sigmoid": {}}
-    digits = fnn.data.digits()
-    moons = fnn.data.moons()
+    seeds = [0, 1] if quick else list(range(10))
+    grid = [0.1, 1.0] if quick else [0.03, 0.1, 0.3, 1.0, 3.0]
+    res = {"softmax": {}, "sigmoid": {}, "seeds": seeds, "lr_grid": grid}
     setups = {
-        "softmax": (digits, (64, 64, 10), {"cross_entropy": "softmax_cross_entropy", "mse": SOFTMAX_MSE},
-                    digits.y_train, digits.y_test),
-        "sigmoid": (moons, (2, 32, 1), {"cross_entropy": "binary_cross_entropy", "mse": SIGMOID_MSE},
-                    moons.y_train.astype("float32")[:, None], moons.y_test.astype("float32")[:, None]),
+        "softmax": (lambda s: fnn.data.digits(seed=s), (64, 64, 10),
+                    {"cross_entropy": "softmax_cross_entropy", "mse": SOFTMAX_MSE}, 5 if quick else 40),
+        "sigmoid": (lambda s: as_binary(fnn.data.moons(seed=s)), (2, 32, 1),
+                    {"cross_entropy": "binary_cross_entropy", "mse": SIGMOID_MSE}, 5 if quick else 100),
     }
-    for output, (data, sizes, losses, ytr, yte) in setups.items():
+    for output, (load, sizes, losses, epochs) in setups.items():
+        res[f"{output}_epochs"] = epochs
+        data = load(0)
         for name, loss in losses.items():
             net = fnn.MLP(sizes, "tanh")
             params = fnn.init(jax.random.key(0), net, "glorot")
-            check = fnn.gradcheck(net, loss, params, data.x_train[:16], ytr[:16])
-            _, h = fnn.fit(net, loss, params, data.x_train, ytr, key=jax.random.key(1),
-                           optimizer=optax.sgd(0.1), epochs=epochs, batch_size=32, test=(data.x_test, yte))
-            res[output][name] = {"test_accuracy": h["test_accuracy"], "final": h["test_accuracy"][-1],
-                                 "gradcheck_ok": check.ok}
+            check = fnn.gradcheck(net, loss, params, data.x_train[:16], data.y_train[:16])
+            arm = tune_and_test(net, loss, load, seeds=seeds, lr_grid=grid, epochs=epochs, optimizer="sgd",
+                                batch_size=32, init="glorot")
+            acc = np.asarray(arm["history"]["test_accuracy"])
+            arm.update(gradcheck_ok=check.ok, after_one=mean_ci(acc[:, 0])[::2], final=mean_ci(acc[:, -1])[::2])
+            res[output][name] = arm
+        linear = fnn.fit(fnn.MLP((sizes[0], sizes[-1]), ("identity",)), list(losses.values())[0],
+                         fnn.init(jax.random.key(0), fnn.MLP((sizes[0], sizes[-1]), ("identity",))),
+                         data.x_train, data.y_train, key=jax.random.key(1), optimizer=optax.adam(1e-2),
+                         epochs=epochs, batch_size=32, test=(data.x_test, data.y_test))[1]
+        res[f"{output}_linear_accuracy"] = linear["test_accuracy"][-1]
     return res
 
 
@@ -72,20 +82,37 @@ def report(res):
     rows = []
     for output in ("softmax", "sigmoid"):
         for name, r in res[output].items():
-            acc = r["test_accuracy"]
-            rows.append([output, name, acc[0], acc[len(acc) // 2], r["final"], r["gradcheck_ok"]])
+            rows.append([output, name, r["lr"], pm(*r["after_one"]), pm(*r["final"]), r["gradcheck_ok"]])
+    n = len(res["seeds"])
     md = ["# Cross-entropy vs MSE", "",
-          f"Softmax outputs: digits, 64-64-10 tanh. Sigmoid output: two moons, 2-32-1 tanh. "
-          f"SGD lr 0.1, batch 32, {res['epochs']} epochs, same init for both losses.", "",
-          table(["output", "loss", "test acc. after 1 epoch", "halfway", "final", "gradcheck ok"], rows)]
+          f"Softmax outputs: digits, 64-64-10 tanh, {res['softmax_epochs']} epochs. Sigmoid output: two moons, "
+          f"2-32-1 tanh, {res['sigmoid_epochs']} epochs. Plain SGD, batch 32, glorot init, {n} seeds (each its "
+          f"own split and init). Each loss gets its own learning rate from {res['lr_grid']}, chosen by the best "
+          "mean area under the validation-accuracy curve on validation splits; test accuracy is mean ± 95% "
+          "t-interval over seeds.", "",
+          table(["output", "loss", "chosen lr", "test acc. after 1 epoch", "final test acc.", "gradcheck ok"], rows),
+          "", f"A linear model (Adam) reaches {res['softmax_linear_accuracy']:.3f} on digits and "
+          f"{res['sigmoid_linear_accuracy']:.3f} on moons (seed 0): the reference for what the hidden layer adds.", ""]
+    for output in ("softmax", "sigmoid"):
+        ce, mse = res[output]["cross_entropy"], res[output]["mse"]
+        gap = ce["after_one"][0] - mse["after_one"][0]
+        md.append(f"- {output}: after one epoch cross-entropy leads MSE by {gap * 100:.1f} points "
+                  f"({pm(*ce['after_one'])} vs {pm(*mse['after_one'])}); at the end {pm(*ce['final'])} vs "
+                  f"{pm(*mse['final'])}.")
+    md += ["", "With each loss given its own learning rate, the lecture's point that cross-entropy learns faster "
+           "than MSE on a saturating output is a claim about the first epochs; the table says how large the "
+           "gap is here, and whether it survives to the end of the budget."]
     plt = figure()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, output in zip(axes, ("softmax", "sigmoid")):
         for name, r in res[output].items():
-            ax.plot(r["test_accuracy"], label=name)
-        ax.set(title=f"{output} output", xlabel="epoch", ylabel="test accuracy")
-        ax.legend()
-    fig.tight_layout()
+            band(ax, r, "test_accuracy", label=f"{name} (lr {r['lr']:g})")
+        ax.axhline(res[f"{output}_linear_accuracy"], color="gray", ls=":", label="linear model")
+        ax.set(title=f"{output} output: test accuracy, mean and 95% band", xlabel="epoch", ylabel="test accuracy",
+               ylim=(0.5, 1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.2)
     return "\n".join(md), fig
 
 
