@@ -10,6 +10,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import fnn
 from common import figure, main, table
@@ -25,15 +26,27 @@ def run(quick: bool = False) -> dict:
         return _run()
 
 
+# The 2-3-2-2 network with round weights, so that the trace can be redone on paper.
+NET_2322 = dict(
+    W1=[[0.1, -0.2, 0.3], [0.4, 0.5, -0.6]], b1=[0.1, 0.0, -0.1],
+    W2=[[0.7, -0.8], [0.2, 0.3], [-0.5, 0.6]], b2=[0.0, 0.0],
+    W3=[[1.0, -1.0], [0.5, 0.5]], b3=[0.0, 0.2],
+)
+
+
 def _run() -> dict:
     results = {}
-    # (x + y) z at (-2, 5, -4): one identity layer computes q = x + y; ∂f/∂q = z.
-    net = fnn.MLP((2, 1), ("identity",))
-    params = [_layer([[1.0], [1.0]])]
-    q, cache = fnn.forward_with_cache(net, params, jnp.array([[-2.0, 5.0]]))
-    _, dxy = fnn.backward_with_input_grad(net, params, cache, jnp.array([[-4.0]]))
-    auto = jax.grad(lambda a: (a[0] + a[1]) * a[2])(jnp.array([-2.0, 5.0, -4.0]))
-    results["sum_times_product"] = {"f": float(q[0, 0]) * -4.0, "manual": [*map(float, dxy[0]), float(q[0, 0])],
+    # (x + y) z at (-2, 5, -4), all in fnn pieces: an identity layer with weights (1, 1) adds,
+    # q = x + y; the multiply node is an identity layer whose one weight is z, f = q z. Its
+    # backward gives ∂f/∂q = z (the message sent down, then ∂f/∂x = ∂f/∂y = z) and ∂f/∂z = q
+    # (the gradient of that weight).
+    z = -4.0
+    net = fnn.MLP((2, 1, 1), ("identity", "identity"))
+    params = [_layer([[1.0], [1.0]]), _layer([[z]])]
+    f, cache = fnn.forward_with_cache(net, params, jnp.array([[-2.0, 5.0]]))
+    grads, dxy = fnn.backward_with_input_grad(net, params, cache, jnp.ones((1, 1)))
+    auto = jax.grad(lambda a: (a[0] + a[1]) * a[2])(jnp.array([-2.0, 5.0, z]))
+    results["sum_times_product"] = {"f": float(f[0, 0]), "manual": [*map(float, dxy[0]), float(grads[1]["W"][0, 0])],
                                     "jax_grad": [float(a) for a in auto]}
     # Logistic loss -log σ(w·x).
     net = fnn.MLP((3, 1), ("identity",))
@@ -54,29 +67,37 @@ def _run() -> dict:
     auto = jax.grad(lambda x: jnp.log(jnp.exp((2 * x) ** 2)))(0.5)
     results["chain"] = {"forward": [float(o[0, 0]) for o in cache.outputs], "manual": float(dx[0, 0]),
                         "jax_grad": float(auto)}
-    # A 2-3-2-2 network: every forward value and backward message.
+    # The 2-3-2-2 network: fnn.trace gives every forward value and backward message.
     net = fnn.MLP((2, 3, 2, 2), ("sigmoid", "sigmoid", "identity"))
-    params = fnn.init(jax.random.key(0), net, "glorot")
-    x = jnp.array([[0.5, -1.0]])
-    v = jnp.array([1])
-    out, cache = fnn.forward_with_cache(net, params, x)
-    dout = fnn.risk_grad(fnn.get_loss("softmax_cross_entropy"), out, v)
-    # The backward pass is fnn's own, one layer at a time: backward_step gives each layer's
-    # δz_l and the message δy_{l-1} it sends down.
-    messages, delta_y = [], dout
-    for l in reversed(range(net.num_layers)):
-        step = fnn.backward_step(net, params, cache, l, delta_y)
-        messages.append({"layer": l + 1, "delta_y": delta_y[0].tolist(), "delta_z": step.delta_z[0].tolist()})
-        delta_y = step.delta_in
-    grads = fnn.backward(net, params, cache, dout)
+    params = [{"W": jnp.asarray(NET_2322[f"W{l}"], jnp.float64), "b": jnp.asarray(NET_2322[f"b{l}"], jnp.float64)}
+              for l in (1, 2, 3)]
+    x, v = jnp.array([[0.5, -1.0]]), jnp.array([1])
+    t = fnn.trace(net, "softmax_cross_entropy", params, x, v)
     auto = fnn.value_and_grad(net, "softmax_cross_entropy", params, x, v, method="autodiff")[1]
     results["net_2322"] = {
-        "z": [z[0].tolist() for z in cache.pre_activations], "y": [y[0].tolist() for y in cache.outputs],
-        "messages": messages[::-1],
-        "max_abs_diff_vs_jax_grad": max(float(jnp.abs(a - b).max()) for a, b in
-                                        zip(jax.tree.leaves(grads), jax.tree.leaves(auto))),
+        "weights": NET_2322, "loss": t.loss,
+        "layers": [{"layer": l.layer, "z": l.z[0].tolist(), "y": l.y[0].tolist(), "delta_y": l.delta_y[0].tolist(),
+                    "delta_z": l.delta_z[0].tolist(), "grad_W": l.grad_W.tolist(), "grad_b": l.grad_b.tolist()}
+                   for l in t.layers],
+        "max_abs_diff_vs_jax_grad": max(float(np.abs(l.grad_W - np.asarray(a["W"])).max()) for l, a in
+                                        zip(t.layers, auto)),
     }
+    results["numerical_differentiation"] = _finite_differences()
     return results
+
+
+def _finite_differences() -> dict:
+    """Forward and central differences of f(x) = sin(x) e^x at x = 1 against the exact
+    derivative (what jax.grad gives), as the step δ shrinks: truncation error falls (∝ δ and
+    δ²), rounding error (∝ ε/δ) grows, so each has a best δ."""
+    f = lambda a: jnp.sin(a) * jnp.exp(a)
+    x0 = 1.0
+    exact = float(jax.grad(f)(x0))
+    deltas = np.logspace(-1, -13, 49)
+    forward = [abs(float((f(x0 + d) - f(x0)) / d) - exact) for d in deltas]
+    central = [abs(float((f(x0 + d) - f(x0 - d)) / (2 * d)) - exact) for d in deltas]
+    return {"x": x0, "exact": exact, "deltas": deltas.tolist(), "forward_error": forward, "central_error": central,
+            "best_forward": float(deltas[int(np.argmin(forward))]), "best_central": float(deltas[int(np.argmin(central))])}
 
 
 def report(r: dict) -> tuple[str, object]:
@@ -91,21 +112,35 @@ def report(r: dict) -> tuple[str, object]:
               ["log(exp((2x)²)) at 0.5", r["chain"]["forward"][-1], f"{r['chain']['manual']:.4f}",
                f"{r['chain']['jax_grad']:.4f}"],
           ]), "", "## 2-3-2-2 network (sigmoid, sigmoid, softmax cross-entropy), x = (0.5, -1), label 1", ""]
-    rows = []
-    for l, (z, y) in enumerate(zip(r["net_2322"]["z"], r["net_2322"]["y"]), 1):
-        m = r["net_2322"]["messages"][l - 1]
-        rows.append([l, fmt(z), fmt(y), fmt(m["delta_y"]), fmt(m["delta_z"])])
-    md += [table(["layer", "z_l", "y_l = f(z_l)", "δy_l", "δz_l"], rows), "",
-           f"Largest difference between hand-written and jax.grad parameter gradients: "
-           f"{r['net_2322']['max_abs_diff_vs_jax_grad']:.2e}."]
+    n = r["net_2322"]
+    weights = [[f"W{l}", str(n["weights"][f"W{l}"]), f"b{l}", str(n["weights"][f"b{l}"])] for l in (1, 2, 3)]
+    md += ["Weights (rows: inputs, columns: units):", "", table(["", "W", "", "b"], weights), ""]
+    rows = [[l["layer"], fmt(l["z"]), fmt(l["y"]), fmt(l["delta_y"]), fmt(l["delta_z"]),
+             "; ".join(fmt(row) for row in l["grad_W"])] for l in n["layers"]]
+    md += [table(["layer", "z_l", "y_l = f(z_l)", "δy_l (arriving)", "δz_l", "∂R/∂W_l (rows)"], rows), "",
+           f"Loss R = {n['loss']:.6f}. Largest difference between the hand-written and jax.grad weight gradients: "
+           f"{n['max_abs_diff_vs_jax_grad']:.2e}. (`fnn.trace(net, loss, params, x, v)` prints this table.)", "",
+           "## Numerical differentiation", "",
+           f"d/dx sin(x)eˣ at x = {r['numerical_differentiation']['x']}: the forward difference is best at "
+           f"δ ≈ {r['numerical_differentiation']['best_forward']:.0e}, the central difference at "
+           f"δ ≈ {r['numerical_differentiation']['best_central']:.0e} (float64). Below those, rounding error "
+           "(∝ ε/δ) dominates the truncation error (∝ δ and δ²). Automatic differentiation has neither."]
     plt = figure()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    msgs = r["net_2322"]["messages"]
-    for m in msgs:
-        ax.bar([f"L{m['layer']} δz{i + 1}" for i in range(len(m["delta_z"]))], m["delta_z"])
-    ax.set(title="backward messages δz_l in the 2-3-2-2 network", ylabel="δz")
-    ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for l in n["layers"]:
+        axes[0].bar([f"layer {l['layer']}: δz{i + 1}" for i in range(len(l["delta_z"]))], l["delta_z"])
+    axes[0].set(title="backward messages δz_l in the 2-3-2-2 network", ylabel="δz = ∂R/∂z")
+    axes[0].tick_params(axis="x", rotation=45)
+    nd = r["numerical_differentiation"]
+    axes[1].loglog(nd["deltas"], np.maximum(nd["forward_error"], 1e-17), "o-", ms=3, label="forward (f(x+δ)−f(x))/δ")
+    axes[1].loglog(nd["deltas"], np.maximum(nd["central_error"], 1e-17), "s-", ms=3,
+                   label="central (f(x+δ)−f(x−δ))/2δ")
+    axes[1].set(xlabel="step δ", ylabel="|error| against the exact derivative",
+                title="finite differences: truncation against rounding (float64)")
+    axes[1].invert_xaxis()
+    axes[1].grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=8)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.3, top=0.9, wspace=0.25)
     return "\n".join(md), fig
 
 

@@ -50,3 +50,49 @@ def test_chain_rule_example(x64):
     assert [float(z[0, 0]) for z in cache.outputs] == pytest.approx([1.0, 1.0, np.e, 1.0])
     _, dy_dx = fnn.backward_with_input_grad(net, params, cache, jnp.ones((1, 1)))
     assert float(dy_dx[0, 0]) == pytest.approx(4.0, rel=1e-15)
+
+
+def test_bias_as_a_weight_gives_the_same_gradients(x64):
+    # The lectures' trick: y_0 = 1 prepended to the input and w_0j = b_j make the bias an
+    # ordinary weight. A layer without bias on the augmented input has the same output and
+    # gradients as (W, b): ∂R/∂w_0j = ∂R/∂b_j.
+    import jax
+    import jax.numpy as jnp
+
+    import fnn
+
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (7, 3), jnp.float64)
+    v = jnp.array([0, 1, 1, 0, 1, 0, 0])
+    net = fnn.MLP((3, 2), ("identity",))
+    params = [{"W": jax.random.normal(jax.random.key(1), (3, 2), jnp.float64),
+               "b": jnp.array([0.3, -0.2], jnp.float64)}]
+    augmented = [{"W": jnp.concatenate([params[0]["b"][None], params[0]["W"]]), "b": jnp.zeros(2, jnp.float64)}]
+    net_aug = fnn.MLP((4, 2), ("identity",))
+    x_aug = jnp.concatenate([jnp.ones((7, 1), jnp.float64), x], 1)
+    value, grads = fnn.value_and_grad(net, "softmax_cross_entropy", params, x, v)
+    value_aug, grads_aug = fnn.value_and_grad(net_aug, "softmax_cross_entropy", augmented, x_aug, v)
+    assert float(value) == pytest.approx(float(value_aug), rel=1e-14)
+    np.testing.assert_allclose(grads_aug[0]["W"][0], grads[0]["b"], rtol=1e-13)
+    np.testing.assert_allclose(grads_aug[0]["W"][1:], grads[0]["W"], rtol=1e-13)
+
+
+def test_trace_records_every_message_of_the_backward_pass(x64):
+    import jax
+    import jax.numpy as jnp
+
+    import fnn
+
+    net = fnn.MLP((2, 3, 2, 2), ("sigmoid", "tanh", "identity"))
+    params = fnn.init(jax.random.key(0), net)
+    x, v = jax.random.normal(jax.random.key(1), (4, 2), jnp.float64), jnp.array([0, 1, 1, 0])
+    t = fnn.trace(net, "softmax_cross_entropy", params, x, v)
+    _, grads = fnn.value_and_grad(net, "softmax_cross_entropy", params, x, v, method="autodiff")
+    assert [l.layer for l in t.layers] == [1, 2, 3]
+    for layer, g in zip(t.layers, grads):
+        np.testing.assert_allclose(layer.grad_W, g["W"], rtol=1e-12)
+        np.testing.assert_allclose(layer.grad_b, g["b"], rtol=1e-12)
+    for lower, upper in zip(t.layers, t.layers[1:]):  # the message sent down is the one that arrives
+        np.testing.assert_array_equal(upper.delta_in, lower.delta_y)
+        np.testing.assert_array_equal(upper.y_in, lower.y)
+    assert "layer 3  δz" in str(t) and t._repr_html_().count("<tr>") == 1 + 10 * 3

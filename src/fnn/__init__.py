@@ -44,18 +44,19 @@ from fnn.quantities import (
 )
 from fnn.schedules import SCHEDULES, make_schedule
 from fnn.sweep import SweepResult, sweep
+from fnn.trace import BackpropTrace, trace
 from fnn.train import EarlyStopping, NonFiniteLossError, TrainState, evaluate, fit, fit_parallel, gradient_descent
 from fnn.validation import check_inputs, check_params, check_targets, check_weights
 from fnn import checkpoint, data, layers, parallel, plots, privacy, quantities, schedules, tables, validation
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Cache", "GradcheckReport", "LOSSES", "LayerBackward", "Loss", "MLP",
+    "ACTIVATIONS", "Activation", "BackpropTrace", "Cache", "GradcheckReport", "LOSSES", "LayerBackward", "Loss", "MLP",
     "EarlyStopping", "NonFiniteLossError", "Objective", "SCHEDULES", "SweepResult", "TrainState",
     "backward", "backward_step", "backward_with_input_grad", "bridge", "bridged_loss", "check_inputs",
     "check_params", "check_targets", "check_weights", "evaluate", "fit", "fit_parallel", "forward",
     "forward_with_cache", "get_activation", "get_loss", "get_optimizer", "gradcheck", "gradient_descent",
     "huber", "init", "l2_penalty", "leaky_relu", "make_schedule", "make_update_fn", "make_update_step", "plain_gd",
-    "plot_history", "risk", "risk_grad", "sweep", "value_and_grad",
+    "plot_history", "risk", "risk_grad", "sweep", "trace", "value_and_grad",
     "per_example_grads", "per_example_grad_norms", "gradient_moments", "ggn_diagonal", "kfac_factors", "hvp",
     "ggn_vp",
     "checkpoint", "data", "layers", "parallel", "plots", "privacy", "quantities", "schedules", "tables", "validation",
