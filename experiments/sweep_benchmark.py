@@ -5,7 +5,7 @@ ensembling (``torch.func.stack_module_state`` + ``vmap`` + ``functional_call`` +
 a vectorised Adam step).
 
 Digits size: 64-128-128-10, ReLU, softmax cross-entropy, Adam, batches of 32, 44 batches per
-epoch, float32. The K runs are one seed and K learning rates, so they share their batches
+epoch, float32. Wide: the MNIST-1D network 40-512-512-512-10, batches of 128, 31 per epoch. The K runs are one seed and K learning rates, so they share their batches
 (fnn's first-layer products become one wide matrix product). Compilation is timed apart.
 Arms are interleaved round by round; figures are medians over rounds of whole epochs.
 
@@ -31,7 +31,9 @@ from fnn.sweep import _Data, _Group
 
 from common import main
 
-SIZES, BATCH = (64, 128, 128, 10), 32
+# name: (sizes, batch size, dataset); the wide case is the MNIST-1D network of the README.
+CASES = {"digits": ((64, 128, 128, 10), 32, "digits"), "wide": ((40, 512, 512, 512, 10), 128, "mnist1d")}
+SIZES, BATCH = CASES["digits"][:2]
 
 
 def _fnn_sweep(data, k: int):
@@ -78,12 +80,17 @@ def _torch_ensemble(data, k: int):
     from torch.func import functional_call, grad, stack_module_state, vmap
 
     torch.manual_seed(0)
-    models = [torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
-                                  torch.nn.ReLU(), torch.nn.Linear(128, 10)) for _ in range(k)]
+    def model():
+        layers = []
+        for a, b in zip(SIZES[:-1], SIZES[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers[:-1])
+
+    models = [model() for _ in range(k)]
     params, buffers = stack_module_state(models)
     base = models[0].to("meta")
     lrs = torch.tensor(np.geomspace(1e-4, 1e-2, k), dtype=torch.float32)
-    x, v = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train.astype(np.int64))
+    x, v = torch.from_numpy(np.ascontiguousarray(data.x_train)), torch.from_numpy(data.y_train.astype(np.int64))
 
     def loss_fn(p, b, xb, vb):
         return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), vb)
@@ -110,9 +117,24 @@ def _torch_ensemble(data, k: int):
 
 
 def run(quick: bool) -> dict:
-    data = load("digits")
+    global SIZES, BATCH
+    rows, out = [], {}
+    for case, (sizes, batch, dataset) in CASES.items():
+        if quick and case != "digits":
+            continue
+        SIZES, BATCH = sizes, batch
+        ks = ([1, 4, 16] if quick else [1, 4, 16, 64, 256]) if case == "digits" else [1, 4, 16]
+        result = _case(load(dataset), ks, 1 if quick else (5 if case == "digits" else 3))
+        for r in result["rows"]:
+            r["case"] = f"{case} {'-'.join(map(str, sizes))}, batch {batch}"
+        rows += result["rows"]
+        out.update({k: a for k, a in result.items() if k != "rows"})
+    SIZES, BATCH = CASES["digits"][:2]
+    return {**out, "rows": rows}
+
+
+def _case(data, ks, rounds) -> dict:
     batches = len(data.x_train) // BATCH
-    ks, rounds = ([1, 4, 16], 1) if quick else ([1, 4, 16, 64, 256], 5)
     try:
         import torch  # noqa: F401
         have_torch = True
@@ -144,20 +166,21 @@ def run(quick: bool) -> dict:
 
 
 def report(results: dict):
-    lines = ["| K | arm | epoch of K runs (ms) | per run-step (µs) | vs solo (×, >1 faster) | compile (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| case | K | arm | epoch of K runs (ms) | per run-step (µs) | vs solo (×, >1 faster) | compile (s) |",
+             "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        lines.append(f"| {r['K']} | {r['arm']} | {r['epoch_s'] * 1e3:.1f} | {r['per_run_step_us']:.1f} | "
+        lines.append(f"| {r['case']} | {r['K']} | {r['arm']} | {r['epoch_s'] * 1e3:.1f} | {r['per_run_step_us']:.1f} | "
                      f"{r['speedup_vs_solo']:.2f} | {r['compile_s']:.2f} |")
     lines.append("")
-    lines.append(f"Medians over {results['rows'][0]['rounds']} interleaved rounds of one epoch "
-                 f"({results['batches_per_epoch']} steps of 32) on {results['device']}; 'fnn solo × K' is K times "
-                 "one solo epoch.")
+    lines.append(f"Medians over interleaved rounds (digits {results['rows'][0]['rounds']}, wide 3) of one epoch "
+                 f"on {results['device']}; 'fnn solo × K' is K times one solo epoch, timed in the same rounds.")
     plt = fnn.plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for arm in dict.fromkeys(r["arm"] for r in results["rows"]):
-        rows = [r for r in results["rows"] if r["arm"] == arm]
-        ax.plot([r["K"] for r in rows], [r["per_run_step_us"] for r in rows], "o-", label=arm)
+    for case in dict.fromkeys(r["case"] for r in results["rows"]):
+        for arm in dict.fromkeys(r["arm"] for r in results["rows"]):
+            rows = [r for r in results["rows"] if r["arm"] == arm and r["case"] == case]
+            ax.plot([r["K"] for r in rows], [r["per_run_step_us"] for r in rows], "o-" if "digits" in case else "s--",
+                    label=f"{arm} ({case.split()[0]})")
     ax.set(xscale="log", yscale="log", xlabel="runs K", ylabel="time per run-step (µs)",
            title="K digits-size runs: time per run-step (lower is better)")
     ax.grid(alpha=0.3)

@@ -68,6 +68,10 @@ def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False, swe
                    help="weight init scheme (default: %(default)s)")
     add("--init-scale", type=_positive_float, default=d["init_scale"], metavar="S",
                    help="multiply the initial weights by S (default: %(default)s)")
+    _add_optimization_args(add, d)
+
+
+def _add_optimization_args(add, d: dict) -> None:
     add("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS),
                    help="gd is plain gradient descent written out; the rest are optax (default: %(default)s)")
     add("--lr", type=_positive_float, default=d["lr"], help="learning rate (default: %(default)s)")
