@@ -94,6 +94,17 @@ def _fmt(iv) -> str:
     return f"{mean:.3g} ± {half:.2g}"
 
 
+def _epsilon(sigma, examples: int, steps: int) -> str:
+    if not sigma:
+        return "∞"
+    try:
+        from fnn.privacy import epsilon
+
+        return f"{epsilon(sigma, batch_size=32, examples=examples, steps=steps):.3g}"
+    except ImportError:
+        return "n/a (pip install 'fnn[privacy]')"
+
+
 def report(res: dict):
     nc, n = res["noise_and_curvature"], len(res["seeds"])
     epochs = nc["epochs"]
@@ -101,8 +112,10 @@ def report(res: dict):
     rows = [[f"layer {k}", *(_fmt(d["snr"][e]) for e in marks), *(_fmt(d["ggn_trace"][e]) for e in marks)]
             for k, d in nc["layers"].items()]
     header = ["layer", *(f"SNR, epoch {epochs[e]}" for e in marks), *(f"GGN trace, epoch {epochs[e]}" for e in marks)]
-    prow = [[arm, "off" if r["sigma"] is None else r["sigma"], r["lr"], _fmt(r["interval"])]
-            for arm, r in res["privacy"].items()]
+    examples = len(fnn.data.digits(seed=0).x_train)
+    steps = res["privacy_epochs"] * (examples // 32)
+    prow = [[arm, "off" if r["sigma"] is None else r["sigma"], _epsilon(r["sigma"], examples, steps), r["lr"],
+             _fmt(r["interval"])] for arm, r in res["privacy"].items()]
     md = ["# Gradient noise, curvature and the cost of privacy", "",
           f"Digits, {'-'.join(map(str, SIZES))} ReLU (He init), Adam, batch 32; {n} seeds, mean ± 95% "
           "t-interval over seeds.", "",
@@ -112,7 +125,9 @@ def report(res: dict):
           "## B. DP-SGD: test accuracy against the noise multiplier", "",
           f"C = 1, {res['privacy_epochs']} epochs; each arm's Adam learning rate chosen from {res['lr_grid']} on a "
           "validation split (mean of the selection seeds), then trained on the full training set.", "",
-          table(["arm", "σ", "chosen lr", "test accuracy"], prow), ""]
+          table(["arm", "σ", "ε at δ = 1e-5", "chosen lr", "test accuracy"], prow), "",
+          f"ε from `fnn.privacy.epsilon` (dp-accounting's RDP accountant; sampling rate 32/{examples}, {steps} "
+          "steps, Poisson-sampling analysis). No noise means no privacy guarantee (ε = ∞), clipped or not.", ""]
     plt = figure()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for k, d in nc["layers"].items():

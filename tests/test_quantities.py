@@ -236,3 +236,20 @@ def test_diagnostics_are_their_definitions(x64):
         np.testing.assert_allclose(d[f"norm_spread_l{k}"], norms.std() / norms.mean(), rtol=1e-8)
         np.testing.assert_allclose(d[f"ggn_trace_l{k}"], jnp.sum(diag[k - 1]["W"]) + jnp.sum(diag[k - 1]["b"]),
                                    rtol=1e-10)
+
+
+def test_privacy_epsilon_from_dp_accounting():
+    pytest.importorskip("dp_accounting")
+    from fnn.privacy import epsilon
+
+    # Abadi et al. (2016): q = 0.01, σ = 4, 10,000 steps (100 epochs) gives ε ≈ 1.26 at δ = 1e-5
+    # with the moments accountant; an RDP accountant lands close to that.
+    eps = epsilon(4.0, batch_size=600, examples=60000, steps=10000, delta=1e-5)
+    assert 1.0 < eps < 1.6
+    more_noise = epsilon(8.0, batch_size=600, examples=60000, steps=10000, delta=1e-5)
+    longer = epsilon(4.0, batch_size=600, examples=60000, steps=40000, delta=1e-5)
+    assert more_noise < eps < longer
+    assert epsilon(0.0, batch_size=1, examples=10, steps=5) == float("inf")
+    assert epsilon(1.0, batch_size=1, examples=10, steps=0) == 0.0
+    with pytest.raises(ValueError, match="batch_size <= examples"):
+        epsilon(1.0, batch_size=20, examples=10, steps=5)

@@ -3,8 +3,8 @@
 Per-example clipping needs each example's gradient norm; :mod:`fnn.quantities` gets those
 from the layer inputs and the per-example output gradients without forming any per-example
 gradient, and the clipped sum is then the plain step's own GEMMs on row-scaled gradients.
-Privacy accounting (the ε of a run) is not done here: use a maintained accountant such as
-``dp-accounting`` with sampling rate ``batch_size / N`` and the number of steps.
+The privacy accounting (the ε of a run) is not written here: :func:`epsilon` asks Google's
+``dp-accounting`` library (the ``privacy`` extra, ``pip install 'fnn[privacy]'``).
 """
 
 from __future__ import annotations
@@ -57,3 +57,35 @@ def clipped_value_and_grad(objective, params: Params, x: Array, v: Array, weight
     if objective.l2:
         grads = [{"W": g["W"] + objective.l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]
     return value, grads, norms
+
+
+def epsilon(noise_multiplier: float, *, batch_size: int, examples: int, steps: int, delta: float = 1e-5,
+            accountant: str = "rdp") -> float:
+    """The ε of ``(ε, δ)``-DP for DP-SGD with Gaussian noise ``noise_multiplier``, batches of
+    ``batch_size`` out of ``examples`` (the sampling rate ``q = batch_size / examples``; the
+    Poisson-sampling analysis, as is usual for shuffled batches), over ``steps`` steps.
+
+    Computed by ``dp-accounting`` (``accountant="rdp"``: the Rényi-DP accountant, or ``"pld"``:
+    privacy loss distributions, tighter). ``inf`` without noise. Raises ``ImportError`` naming the
+    extra when the library is missing, and ``ValueError`` for bad arguments.
+    """
+    try:
+        import dp_accounting
+        from dp_accounting import pld, rdp
+    except ImportError:
+        raise ImportError("Privacy accounting uses dp-accounting: pip install 'fnn[privacy]'.") from None
+    if not (noise_multiplier >= 0 and 0 < batch_size <= examples and steps >= 0 and 0 < delta < 1):
+        raise ValueError(f"epsilon needs noise_multiplier >= 0, 0 < batch_size <= examples, steps >= 0 and "
+                         f"0 < delta < 1; got {noise_multiplier}, {batch_size}, {examples}, {steps}, {delta}.")
+    if noise_multiplier == 0:
+        return float("inf")
+    if steps == 0:
+        return 0.0
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(batch_size / examples, dp_accounting.GaussianDpEvent(noise_multiplier)),
+        steps)
+    if accountant not in ("rdp", "pld"):
+        raise ValueError(f"accountant must be 'rdp' or 'pld', got {accountant!r}.")
+    acc = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
