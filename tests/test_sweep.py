@@ -160,3 +160,22 @@ def test_fnn_sweep_bad_inputs(args, message, tmp_path, capsys):
         status = exit_info.code
     assert status == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
+
+
+def test_runs_split_over_devices_equal_one_device():
+    from fnn.parallel import make_mesh
+
+    d = load("digits")
+    net = fnn.MLP((64, 16, 10), ("relu", "identity"))
+    kwargs = dict(seeds=[0, 1], test=(d.x_test, d.y_test), epochs=2, dropout=0.1)
+    one = sweep(net, "softmax_cross_entropy", d.x_train, d.y_train, grid={"lr": [1e-3, 3e-3, 1e-2, 3e-2]}, **kwargs)
+    four = sweep(net, "softmax_cross_entropy", d.x_train, d.y_train, grid={"lr": [1e-3, 3e-3, 1e-2, 3e-2]},
+                 mesh=make_mesh(4), **kwargs)  # grid points over 4 devices
+    by_seed = sweep(net, "softmax_cross_entropy", d.x_train, d.y_train, grid={"lr": [1e-3, 3e-3, 1e-2]},
+                    mesh=make_mesh(2), **kwargs)  # 3 points do not divide: seeds over 2 devices
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # the same runs, reductions partitioned
+    np.testing.assert_allclose(by_seed.history["test_loss"], one.history["test_loss"][:6], rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot be split evenly over 4 devices"):
+        sweep(net, "softmax_cross_entropy", d.x_train, d.y_train, seeds=3, grid={"lr": [1e-3, 1e-2, 0.1]},
+              epochs=1, mesh=make_mesh(4))

@@ -80,7 +80,7 @@ class SweepResult:
 
 def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid: dict | None = None,
           test: tuple | None = None, select: str | None = None, progress: bool = False,
-          clip_norm: float | None = None, noise_multiplier: float = 0.0, **settings) -> SweepResult:
+          clip_norm: float | None = None, noise_multiplier: float = 0.0, mesh=None, **settings) -> SweepResult:
     """Trains ``seeds × grid`` runs of ``net``, each group of the grid as one compiled program.
 
     Args:
@@ -95,6 +95,10 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
         else ``test_loss``); a name ending in accuracy or r2 is maximised, others minimised.
       progress: show a progress bar over epochs.
       clip_norm, noise_multiplier: DP-SGD for every run (see :func:`fnn.make_update_fn`).
+      mesh: a 1-D ``jax.sharding.Mesh`` (:func:`fnn.parallel.make_mesh`) to split the runs over:
+        each program's grid points (or, when they do not divide evenly, its seeds) are sharded
+        over the devices, which then train their runs without talking to each other. The
+        results are those of one device.
       **settings: the values of :data:`DEFAULTS` every run shares unless the grid says
         otherwise (``lr``, ``optimizer``, ``epochs``, ``batch_size``, ...).
 
@@ -110,7 +114,7 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
         groups.setdefault(tuple(point[k] for k in GROUPED), []).append(g)
     results = {}
     for members in groups.values():
-        group = _Group(net, loss, data, seeds, [points[g] for g in members], clip_norm, noise_multiplier)
+        group = _Group(net, loss, data, seeds, [points[g] for g in members], clip_norm, noise_multiplier, mesh)
         for (s, i), run in group.train(progress).items():
             results[(members[i], s)] = run
     order = [(g, s) for g in range(len(points)) for s in range(len(seeds))]
@@ -185,8 +189,12 @@ class _Data:
 class _Group:
     """One program: the grid points that share every :data:`GROUPED` setting."""
 
-    def __init__(self, net, loss, data: _Data, seeds, points, clip_norm, noise_multiplier):
+    def __init__(self, net, loss, data: _Data, seeds, points, clip_norm, noise_multiplier, mesh=None):
         self.net, self.loss, self.data, self.seeds, self.points = net, loss, data, seeds, points
+        self.mesh = mesh
+        if mesh is not None and len(points) % mesh.size and len(seeds) % mesh.size:
+            raise ValueError(f"{len(seeds)} seeds × {len(points)} grid points cannot be split evenly over "
+                             f"{mesh.size} devices: make the seeds or a program's grid points a multiple of it.")
         self.static = points[0]
         check_batch_size(self.static["batch_size"], data.n)
         self.batches = data.n // self.static["batch_size"]
@@ -260,9 +268,24 @@ class _Group:
         per_run = jax.vmap(lambda p, x, v: _metrics(self.net, self.loss, p, x, v), in_axes=(0, None, None))
         return jax.jit(jax.vmap(per_run, in_axes=(0, axis, axis)))
 
+    def _place(self, params, opt_state, hyper, keys):
+        """Shards the run axis over the mesh: the grid points' axis when it divides evenly, else the seeds'."""
+        if self.mesh is None:
+            return params, opt_state, hyper, keys, self.data.train, self.data.test
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        axis = self.mesh.axis_names[0]
+        by_point = len(self.points) % self.mesh.size == 0
+        put = lambda tree, spec: jax.device_put(tree, NamedSharding(self.mesh, spec))
+        runs = P(None, axis) if by_point else P(axis)
+        data_spec = P(axis) if (self.data.per_seed and not by_point) else P()
+        data = [None if d is None else put(d, data_spec) for d in (self.data.train, self.data.test)]
+        return (put(params, runs), put(opt_state, runs), put(hyper, P(axis) if by_point else P()),
+                put(keys, P() if by_point else P(axis)), *data)
+
     def train(self, progress: bool) -> dict:
         """``{(seed index, point index): {"params", "history", "diverged"}}``."""
-        params, opt_state, hyper, keys = self._start()
+        params, opt_state, hyper, keys, train, test = self._place(*self._start())
         epoch_fn, metrics_fn, epochs = self._epoch_fn(), self._metrics_fn(), self.static["epochs"]
         S, G = len(self.seeds), len(self.points)
         history: dict[str, list] = {"batch_loss": []}
@@ -270,11 +293,11 @@ class _Group:
         bar = _bar(epochs, f"{S}×{G} runs") if progress else None
         for e in range(epochs):
             epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
-            params, opt_state, losses = epoch_fn(params, opt_state, hyper, *self.data.train, epoch_keys)
+            params, opt_state, losses = epoch_fn(params, opt_state, hyper, *train, epoch_keys)
             losses = np.asarray(losses)
-            metrics = {f"train_{k}": a for k, a in metrics_fn(params, *self.data.train).items()}
-            if self.data.test is not None:
-                metrics.update({f"test_{k}": a for k, a in metrics_fn(params, *self.data.test).items()})
+            metrics = {f"train_{k}": a for k, a in metrics_fn(params, *train).items()}
+            if test is not None:
+                metrics.update({f"test_{k}": a for k, a in metrics_fn(params, *test).items()})
             rates = learning_rates(opt_state)
             if rates is not None:
                 metrics["lr"] = rates

@@ -22,6 +22,7 @@ import numpy as np
 
 from fnn.config import DEFAULTS, SWEEP_FLAGS, check_config, flag
 from fnn.files import atomic_write, check_writable_folder, write_json
+from fnn.parallel import make_mesh
 from fnn.plots import figure_png, plot_sweep
 from fnn.runs import _provenance, build
 from fnn.sweep import sweep
@@ -75,6 +76,8 @@ class SweepPlan:
         self.runs = len(self.seeds) * len(self.points) * len(activations)
         self.data, net, _ = build({**base, "seed": self.seeds[0]})
         self._check_memory(net)  # before loading a split per seed
+        if base["devices"] > 1:
+            make_mesh(base["devices"])  # enough devices?
         self.groups = {}  # activation -> (net, loss, train, test)
         for activation in activations:
             splits = [build({**base, "activation": activation, "seed": s}) for s in self.seeds]
@@ -119,11 +122,12 @@ def run(plan: SweepPlan, progress: bool) -> list[tuple[str, object]]:
             "warmup_epochs", "method", "init", "epochs")
     settings = {k: plan.base[k] for k in keys}
     grid = {k: a for k, a in plan.grid.items() if k in keys}
+    mesh = make_mesh(plan.base["devices"]) if plan.base["devices"] > 1 else None
     out = []
     for activation, (net, loss, train, test) in plan.groups.items():
         result = sweep(net, loss, *train, seeds=plan.seeds, grid=grid, test=test, select=plan.select,
                        progress=progress, clip_norm=plan.base["clip_norm"],
-                       noise_multiplier=plan.base["noise_multiplier"], **settings)
+                       noise_multiplier=plan.base["noise_multiplier"], mesh=mesh, **settings)
         out.append((activation, result))
     return out
 
