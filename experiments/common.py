@@ -119,7 +119,8 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
     return {"lr_grid": [float(a) for a in lr_grid], "val_auc": [c[0] for c in curve],
             "val_auc_ci95": [c[2] for c in curve], "diverged_at_lr": [int((tuned.diverged[points == g] > 0).sum())
                                                                      for g in range(len(lr_grid))],
-            "lr": float(lr_grid[best]), "history": {k: a.tolist() for k, a in history.items()},
+            "lr": float(lr_grid[best]), "lr_at_grid_edge": best in (0, len(lr_grid) - 1) and len(lr_grid) > 1,
+            "history": {k: a.tolist() for k, a in history.items()},
             "mean": {k: [b[0] for b in v] for k, v in bands.items()},
             "ci95": {k: [b[1] for b in v] for k, v in bands.items()}, "seeds": list(seeds)}
 

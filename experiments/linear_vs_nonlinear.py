@@ -51,11 +51,15 @@ def report(res):
         pts, labels = (np.asarray(a) for a in res["grids"][f"{n}/points"])
         for i, model in enumerate(("linear", "mlp")):
             ax = axes[i, j]
-            ax.imshow(np.asarray(res["grids"][f"{n}/{model}"]), origin="lower", extent=(-2.5, 2.5, -2.5, 2.5),
-                      alpha=0.35, cmap="viridis", aspect="auto")
-            ax.scatter(pts[:, 0], pts[:, 1], c=labels, s=8, cmap="viridis", edgecolors="k", linewidths=0.2)
-            ax.set(title=f"{n}: {model} ({res['runs'][f'{n}/{model}']['test_accuracy']:.0%})",
-                   xticks=[], yticks=[])
+            classes = int(max(labels.max(), np.nanmax(res["grids"][f"{n}/{model}"]))) + 1
+            im = ax.imshow(np.asarray(res["grids"][f"{n}/{model}"]), origin="lower", extent=(-2.5, 2.5, -2.5, 2.5),
+                           alpha=0.35, cmap="viridis", aspect="auto", vmin=0, vmax=classes - 1)
+            ax.scatter(pts[:, 0], pts[:, 1], c=labels, s=8, cmap="viridis", edgecolors="k", linewidths=0.2,
+                       vmin=0, vmax=classes - 1)
+            ax.set(title=f"{n}: {model} (test accuracy {res['runs'][f'{n}/{model}']['test_accuracy']:.0%})",
+                   xlabel="x₁ (standardised)", ylabel="x₂ (standardised)")
+            fig.colorbar(im, ax=ax, label="predicted class (background), true class (points)",
+                         ticks=range(classes), fraction=0.046)
     fig.tight_layout()
     return "\n".join(md), fig
 

@@ -46,7 +46,8 @@ def report(res):
     fig, ax = plt.subplots(figsize=(5, 4))
     for dtype in ("float32", "float64"):
         ax.semilogy(range(1, res["epochs"] + 1), np.maximum(res[dtype], 1e-18), "o-", label=dtype)
-    ax.set(xlabel="epoch", ylabel="max |θ_manual − θ_autodiff|")
+    ax.set(xlabel="epoch", ylabel="max |θ_manual − θ_autodiff|",
+           title="manual vs autodiff: largest parameter difference")
     ax.legend()
     fig.tight_layout()
     return "\n".join(md), fig

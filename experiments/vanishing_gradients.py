@@ -31,8 +31,8 @@ def run(quick: bool = False) -> dict:
     data = fnn.data.digits()
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
     depths = [2, 10] if quick else [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
-    trained_depths = [2, 6] if quick else [2, 6, 10, 20]
-    grid = [0.1] if quick else [0.01, 0.03, 0.1, 0.3]
+    trained_depths = [4] if quick else [2, 6, 10, 20]
+    grid = [0.1] if quick else [0.01, 0.03, 0.1, 0.3, 1.0]
     epochs = 3 if quick else 30
     res = {"depths": depths, "trained_depths": trained_depths, "epochs": epochs, "seeds": seeds, "lr_grid": grid,
            "runs": {}, "trained": {}}
@@ -48,6 +48,7 @@ def run(quick: bool = False) -> dict:
                                 lr_grid=grid, epochs=epochs, optimizer="sgd", batch_size=32, init=scheme)
             final = [c[-1] for c in arm["history"]["test_accuracy"]]
             res["trained"][f"{act}/{scheme}/{depth}"] = {"lr": arm["lr"], "test_accuracy": final,
+                                                         "lr_at_grid_edge": arm["lr_at_grid_edge"],
                                                          "mean": float(np.mean(final)),
                                                          "ci95": arm["ci95"]["test_accuracy"][-1],
                                                          "val_auc": arm["val_auc"]}

@@ -38,11 +38,14 @@ def test_every_run_equals_its_solo_run(precision):
         net = fnn.MLP((2, 12, 1), ("tanh", "identity"))
         grid = {"lr": [0.01, 0.05], "dropout": [0.0, 0.2], "l2": [0.0, 1e-3], "init_scale": [1.0, 0.5],
                 "optimizer": ["momentum", "adam"]}
+        if precision == "float32":  # the float32 check on a smaller grid (the program is the same)
+            grid = {"lr": [0.01, 0.05], "dropout": [0.0, 0.2], "optimizer": ["adam"]}
         result = sweep(net, "binary_cross_entropy", x, v, seeds=[0, 7], grid=grid, test=test, epochs=2,
                        batch_size=32, schedule="cosine")
-        assert len(result.configs) == 64 and result.history["test_loss"].shape == (64, 2)
+        runs = 2 * math.prod(len(a) for a in grid.values())
+        assert len(result.configs) == runs and result.history["test_loss"].shape == (runs, 2)
         rtol = 1e-11 if precision == "float64" else 2e-4
-        for i in range(0, 64, 9):  # 8 runs, among which every setting and both seeds vary
+        for i in range(0, runs, 9 if runs > 8 else 3):  # runs among which every setting and both seeds vary
             c = result.configs[i]
             params, history = _solo(net, "binary_cross_entropy", x, v, test, c, len(x) // 32)
             for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(result.run_params(i))):
