@@ -19,8 +19,8 @@ from fnn.schedules import current_learning_rate
 
 Array = jax.Array
 
-# Epochs longer than this many batches run in chunks of it, so that the progress bar moves
-# (and an interrupt lands) within a chunk's time; shorter ones are one compiled call.
+# Epochs longer than this many batches run in equal chunks of at most this many, so that the
+# progress bar moves (and an interrupt lands) within a chunk's time; shorter ones are one call.
 CHUNK_BATCHES = 128
 
 
@@ -115,7 +115,10 @@ class Trainer:
         settings = dict(batch_size=batch_size, method=method, l2=l2, dropout=dropout, mesh=mesh, **private)
         # Not donated: the state an epoch starts from is kept, to recover the last good state.
         if self.batches > CHUNK_BATCHES:
-            self.order, self.chunk_fn = make_chunk_fn(net, loss, optimizer, chunk=CHUNK_BATCHES, donate=False,
+            # Equal chunks of at most CHUNK_BATCHES: the last one is not padded with skipped steps
+            # (a skipped step is still computed, then discarded).
+            self.chunk = math.ceil(self.batches / math.ceil(self.batches / CHUNK_BATCHES))
+            self.order, self.chunk_fn = make_chunk_fn(net, loss, optimizer, chunk=self.chunk, donate=False,
                                                       **settings)
         else:
             self.epoch_fn = make_epoch_fn(net, loss, optimizer, donate=False, **settings)
@@ -168,18 +171,17 @@ class Trainer:
                 self.on_batches(limit - first)
             return out
         batches, dropout_key = self.order(x, key)
-        params, opt_state, losses = state.params, state.opt_state, None
-        for start in range(first - first % CHUNK_BATCHES, limit, CHUNK_BATCHES):
+        params, opt_state = state.params, state.opt_state
+        losses = np.zeros(self.batches, jax.tree.leaves(params)[0].dtype)
+        for start in range(first - first % self.chunk, limit, self.chunk):
             params, opt_state, part = self.chunk_fn(params, opt_state, x, v, batches, dropout_key, start, first, limit)
             part = np.asarray(part)[: self.batches - start]
-            if losses is None:
-                losses = np.zeros(self.batches, part.dtype)
             losses[start:start + len(part)] = part
             if self.on_batches is not None:
-                self.on_batches(min(limit, start + CHUNK_BATCHES) - max(first, start))
+                self.on_batches(min(limit, start + self.chunk) - max(first, start))
             if not np.all(np.isfinite(part)):
                 break  # the chunk stopped at the bad batch; later chunks must not run
-        return params, opt_state, np.zeros(self.batches) if losses is None else losses
+        return params, opt_state, losses
 
     def run(self, state, epochs, on_epoch, progress, stopping: EarlyStopping | None = None):
         """Epochs from ``state`` up to ``epochs`` (or early stopping): ``(state, history)``."""
