@@ -126,7 +126,52 @@ def _torch_rows(sizes, batch) -> dict:
     version = torch.__version__.split("+")[0]
     return {f"PyTorch {version} plain step": step,
             "BackPACK BatchL2Grad pass": lambda k: step(k, BatchL2Grad),
-            "BackPACK DiagGGNExact pass": lambda k: step(k, DiagGGNExact)}
+            "BackPACK DiagGGNExact pass": lambda k: step(k, DiagGGNExact),
+            **_opacus_rows(sizes, batch, x, v)}
+
+
+def _opacus_rows(sizes, batch, x, v) -> dict:
+    """Opacus's DP-SGD step (C = 1, σ = 1): per-sample gradients from hooks, and ghost clipping
+    (norms from a first backward, the clipped sum from a second), when installed."""
+    try:
+        import torch
+        from opacus import GradSampleModule
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+    except ImportError:
+        return {}
+
+    def model():
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(sizes) - 2 else [])
+        return torch.nn.Sequential(*layers)
+
+    private = dict(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch)
+    hooks = GradSampleModule(model())
+    hooks_opt = DPOptimizer(torch.optim.SGD(hooks.parameters(), lr=0.01), **private)
+    ghost = GradSampleModuleFastGradientClipping(model(), max_grad_norm=1.0, use_ghost_clipping=True)
+    ghost_opt = DPOptimizerFastGradientClipping(torch.optim.SGD(ghost.parameters(), lr=0.01), **private)
+    ghost_loss = DPLossFastGradientClipping(ghost, ghost_opt, torch.nn.CrossEntropyLoss(), loss_reduction="mean")
+    lossf = torch.nn.CrossEntropyLoss()
+
+    def per_sample(k):
+        for _ in range(k):
+            hooks_opt.zero_grad()
+            lossf(hooks(x), v).backward()
+            hooks_opt.step()
+
+    def ghost_clipping(k):
+        for _ in range(k):
+            ghost_opt.zero_grad()
+            ghost_loss(ghost(x), v).backward()
+            ghost_opt.step()
+
+    import opacus
+
+    return {f"Opacus {opacus.__version__} DP-SGD step (per-sample grads)": per_sample,
+            f"Opacus {opacus.__version__} DP-SGD step (ghost clipping)": ghost_clipping}
 
 
 def bench(name: str, rounds: int) -> dict:
@@ -144,6 +189,11 @@ def bench(name: str, rounds: int) -> dict:
             "BackPACK BatchL2Grad / fnn norms": ratio("BackPACK BatchL2Grad pass", "per-example norms (fnn)"),
             "BackPACK DiagGGNExact / fnn GGN diagonal": ratio("BackPACK DiagGGNExact pass", "exact GGN diagonal (fnn)"),
         }
+        for row in rows:
+            if row.startswith("Opacus"):
+                what = row.split("(")[-1].rstrip(")")
+                torch_ratios[f"Opacus {what} / fnn DP step"] = ratio(row, "DP-SGD step (fnn, one backward)")
+                torch_ratios[f"Opacus {what} / PyTorch plain step"] = ratio(row, plain_torch)
     return {
         "config": name, "sizes": sizes, "batch": batch, "rounds": rounds,
         "rows": [{"row": row, "ms": med[row] * 1e3, "compiled_memory_mb": memory[row]} for row in rows],
