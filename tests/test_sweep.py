@@ -152,6 +152,8 @@ def test_fnn_sweep_end_to_end_equals_fnn_train(tmp_path, capsys):
     (["--seeds", "0", "0"], "distinct seeds"),
     (["--lr", "0.1", "-1"], "must be positive"),
     (["--hidden", "4096", "4096", "--seeds", "3000"], "more than half of this machine"),
+    (["--diagnostics"], "--diagnostics is not available in a sweep"),
+    (["--early-stopping", "3"], "--early-stopping is not available in a sweep"),
 ])
 def test_fnn_sweep_bad_inputs(args, message, tmp_path, capsys):
     from fnn.cli import main

@@ -57,6 +57,8 @@ def configurations(values: dict[str, list]) -> tuple[list[int], dict, dict]:
         raise ValueError("fnn sweep takes --seeds (a count or a list), not --seed.")
     if base.get("early_stopping"):
         raise ValueError("--early-stopping is not available in a sweep: every run trains its --epochs.")
+    if base.get("diagnostics"):
+        raise ValueError("--diagnostics is not available in a sweep: use fnn train --diagnostics for one run.")
     return seeds, {**DEFAULTS, **base}, grid
 
 
