@@ -184,3 +184,18 @@ def test_runs_split_over_devices_equal_one_device():
     with pytest.raises(ValueError, match="cannot be split evenly over 4 devices"):
         sweep(net, "softmax_cross_entropy", d.x_train, d.y_train, seeds=3, grid={"lr": [1e-3, 1e-2, 0.1]},
               epochs=1, mesh=make_mesh(4))
+
+
+def test_private_runs_equal_their_solo_dp_sgd_runs(x64):
+    d = load("digits")
+    x, xt = np.asarray(d.x_train, np.float64), np.asarray(d.x_test, np.float64)
+    net = fnn.MLP((64, 16, 10), ("relu", "identity"))
+    result = sweep(net, "softmax_cross_entropy", x, d.y_train, seeds=[2], grid={"lr": [1e-2, 3e-2]},
+                   test=(xt, d.y_test), epochs=2, clip_norm=1.0, noise_multiplier=0.5)
+    for i, config in enumerate(result.configs):
+        k_init, k_run, _ = jax.random.split(jax.random.key(config["seed"]), 3)
+        params, _ = fnn.fit(net, "softmax_cross_entropy", fnn.init(k_init, net, "he"), x, d.y_train, key=k_run,
+                            optimizer=fnn.get_optimizer("adam", config["lr"]), epochs=2, batch_size=32,
+                            clip_norm=1.0, noise_multiplier=0.5)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(result.run_params(i))):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
