@@ -37,8 +37,7 @@ from fnn.tables import as_binary, is_data_file, load_table
 from fnn.plots import figure_png, plot_diagnostics, plot_history
 from fnn.train import EarlyStopping, TrainState, check_batch_size
 from fnn.validation import check_params_finite, validate
-from fnn.config import (CHANGEABLE_ON_RESUME, CONFIG_RULES, DEFAULTS, LATER_KEYS, check_config, flag,  # noqa: F401
-                        resume_config)
+from fnn.config import DEFAULTS, LATER_KEYS, check_config, resume_config
 
 CURVES_EVERY_S = 5.0
 
