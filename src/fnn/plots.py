@@ -53,13 +53,18 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
     if panels == 3:
         axes[2].plot(epochs, history["lr"], color="black", label="lr at the epoch's last step")
         axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedule")
+    return _finish(fig, axes, title, 8, left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.28)
+
+
+def _finish(fig, axes, title: str | None, legend_size: int, **margins):
+    """Legend and grid on every panel, the title, and fixed margins (tight_layout measures every
+    text box, which costs more than the drawing)."""
     for ax in axes:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=legend_size)
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
-    # Fixed margins: tight_layout measures every text box, which costs more than the drawing.
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.28)
+    fig.subplots_adjust(**margins)
     return fig
 
 
@@ -86,12 +91,7 @@ def plot_diagnostics(history: dict, title: str | None = None):
         for k in layers:
             ax.plot(history["epoch"], history[k], label=f"layer {k.rsplit('l', 1)[1]}")
         ax.set(xlabel="epoch", title=label, yscale=scale)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.84, wspace=0.25)
-    return fig
+    return _finish(fig, axes, title, 7, left=0.05, right=0.99, bottom=0.15, top=0.84, wspace=0.25)
 
 
 def plot_sweep(results, grid: dict, split: str = "test"):

@@ -76,13 +76,17 @@ class SweepPlan:
         if base["x64"]:
             jax.config.update("jax_enable_x64", True)
         self.runs = len(self.seeds) * len(self.points) * len(activations)
-        self.data, net, _ = build({**base, "seed": self.seeds[0]})
-        self._check_memory(net)  # before loading a split per seed
+        first = build({**base, "seed": self.seeds[0]})
+        self.data = first[0]
+        self._check_memory(first[1])  # before loading a split per seed
         if base["devices"] > 1:
             make_mesh(base["devices"])  # enough devices?
         self.groups = {}  # activation -> (net, loss, train, test)
         for activation in activations:
-            splits = [build({**base, "activation": activation, "seed": s}) for s in self.seeds]
+            # The first seed's split with the base activation is already built (MNIST-1D generates
+            # its data, seconds per seed): reuse it.
+            splits = [first if s == self.seeds[0] and activation == base["activation"] else
+                      build({**base, "activation": activation, "seed": s}) for s in self.seeds]
             self.groups[activation] = (splits[0][1], splits[0][2], *_stack([d for d, _, _ in splits]))
         name = Path(base["dataset"]).stem if is_data_file(base["dataset"]) else base["dataset"]
         self.folder = Path(out or f"sweeps/{name}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -117,23 +117,8 @@ def fit(
     private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
     trainer = Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
                       dropout=dropout, mesh=mesh, diagnostics=diagnostics, **private)
-    if stopping is None:
-        return _params_and_history(trainer.run(start, epochs, on_epoch, progress))
-    best = {}
-
-    def keep_best(state, metrics):
-        if stopping.improved:
-            best["params"] = state.params
-        if on_epoch is not None:
-            on_epoch(state, metrics)
-
-    state, history = trainer.run(start, epochs, keep_best, progress, stopping)
-    return best.get("params", state.params), history
-
-
-def _params_and_history(result):
-    state, history = result
-    return state.params, history
+    state, history = trainer.run(start, epochs, on_epoch, progress, stopping)
+    return (state.params if trainer.best_params is None else trainer.best_params), history
 
 
 def _stopping(early_stopping, test) -> EarlyStopping | None:

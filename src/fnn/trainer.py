@@ -184,7 +184,9 @@ class Trainer:
         return params, opt_state, losses
 
     def run(self, state, epochs, on_epoch, progress, stopping: EarlyStopping | None = None):
-        """Epochs from ``state`` up to ``epochs`` (or early stopping): ``(state, history)``."""
+        """Epochs from ``state`` up to ``epochs`` (or early stopping): ``(state, history)``.
+        With ``stopping``, ``self.best_params`` holds the parameters of its best epoch so far."""
+        self.best_params = None
         state = state._replace(params=self._to_mesh(state.params), opt_state=self._to_mesh(state.opt_state))
         if not self.good(state.params, state.opt_state):
             raise ValueError(
@@ -201,6 +203,8 @@ class Trainer:
                     history.setdefault(k, []).append(a)
                 if stopping is not None:
                     stopping.update(metrics)
+                    if stopping.improved:
+                        self.best_params = state.params
                 if on_epoch is not None:
                     on_epoch(state, metrics)
                 if bar is not None:
