@@ -5,7 +5,12 @@ Every write goes to a temporary file in the target's folder, is flushed and
 a crash, a kill or a full disk leaves either the old file or the new one,
 never half of one. A failed write removes its temporary file; temporary files
 left by a killed process (``.NAME.*.tmp``) are removed by
-:func:`remove_stale_temps` on the next start.
+:func:`remove_stale_temps` on the next start. A written file gets the permissions of any
+other file the user makes (``0o666 & ~umask``), not the temporary file's ``0o600``.
+
+:class:`FolderLock` holds a run or sweep folder for one process (``fcntl.flock`` on
+``FOLDER/.fnn-lock``, which records the holder's PID); the kernel releases it when the
+process ends, however it ends, so a lock is never stale.
 """
 
 from __future__ import annotations
@@ -13,10 +18,32 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, IO
 
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt's byte-range lock instead
+    fcntl = None
+    import msvcrt
+
 TEMP_SUFFIX = ".tmp"
+LOCK_NAME = ".fnn-lock"
+_umask_lock = threading.Lock()
+
+
+def file_mode() -> int:
+    """The permissions a new file of this user gets: ``0o666 & ~umask`` (e.g. ``0o644`` under
+    umask 022, ``0o664`` under 002, ``0o600`` under 077)."""
+    try:  # Linux reports the umask without changing it
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        with _umask_lock:  # elsewhere: set it and put it back
+            umask = os.umask(0o22)
+            os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], None]) -> Path:
@@ -35,6 +62,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, file_mode())  # mkstemp makes it 0o600
             if callable(data):
                 data(f)
             else:
@@ -116,3 +144,75 @@ def check_writable_folder(path: str | os.PathLike) -> None:
         )
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"Cannot write to {probe} (permission denied): choose a folder you can write to.")
+
+
+class FolderBusyError(ValueError):
+    """Another process holds the folder (its :class:`FolderLock`)."""
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on ``folder`` (which must exist) for this process.
+
+    Why ``fcntl.flock`` and not a lock package: the refusal must name the holder's PID, so the
+    holder writes it into the locked file itself, and the kernel drops the lock when the
+    holder dies (no stale locks after a kill). Release with :meth:`release`; the lock is also
+    released when the object is garbage-collected or the process exits.
+
+    Raises:
+      FolderBusyError: another process holds it; the message names its PID and command.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "folder"):
+        self.path = Path(folder) / LOCK_NAME
+        for _ in range(3):  # a holder that removes the folder as it lets go leaves an unlinked lock file
+            self.file = open(self.path, "a+", opener=lambda p, flags: os.open(p, flags, file_mode()))
+            try:
+                _lock(self.file)
+            except OSError:
+                self.file.close()
+                holder = lock_holder(folder)
+                raise FolderBusyError(
+                    f"{folder} is in use by {holder or 'another fnn process'}: wait for it to finish, or "
+                    f"choose another {what} (nothing was changed).") from None
+            if _same_file(self.file, self.path):
+                break
+            self.file.close()
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        """Lets go of the folder (idempotent); the lock file stays unless the folder is removed."""
+        if not self.file.closed:
+            self.file.close()
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+def _lock(f) -> None:
+    if fcntl is not None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:  # pragma: no cover - Windows
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+
+
+def lock_holder(folder: str | os.PathLike) -> str | None:
+    """``"fnn process PID"`` if another process holds ``folder``'s lock, else ``None``. Touches nothing."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        f = open(path, "r")
+    except OSError:
+        return None
+    with f:
+        try:
+            _lock(f)  # released when f closes
+            return None
+        except OSError:
+            pid = f.read().strip()
+            return f"fnn process {pid}" if pid.isdigit() else "another fnn process"
