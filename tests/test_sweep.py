@@ -128,6 +128,7 @@ def test_fnn_sweep_end_to_end_equals_fnn_train(tmp_path, capsys):
                  "--out", str(tmp_path / "sw")]) == 0
     out = capsys.readouterr().out
     assert "4 runs (2 seeds × --lr 0.01 0.03)" in out and "best by test accuracy" in out
+    assert "runner-up --lr 0.0" in out and "best − runner-up" in out and "over 2 seeds" in out
     for name in ("sweep.json", "summary.csv", "summary.md", "curves.png", "params.npz"):
         assert (tmp_path / "sw" / name).stat().st_size > 0
     doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())

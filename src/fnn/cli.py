@@ -22,9 +22,10 @@ from fnn.bench import run as run_bench  # noqa: E402
 from fnn.cliargs import build_parser  # noqa: E402
 from fnn.gradcheck import gradcheck  # noqa: E402
 from fnn.parallel import make_mesh  # noqa: E402
+from fnn.programs import enable_compile_cache  # noqa: E402
 from fnn.config import flag  # noqa: E402
 from fnn.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
-from fnn.sweeprun import SweepPlan, configurations, summary_markdown  # noqa: E402
+from fnn.sweeprun import SweepPlan, best_lines, configurations, summary_markdown  # noqa: E402
 from fnn.sweeprun import run as sweeprun  # noqa: E402
 from fnn.sweeprun import write as write_sweep  # noqa: E402
 from fnn.train import NonFiniteLossError, fit  # noqa: E402
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             return train(args, explicit)
         if args.command == "evaluate":
             compile_cache(False)
-            return evaluate(args.run, best=args.best)
+            return evaluate(args.run, best=args.best, split=args.split, allow_changed=args.allow_changed_data)
         if args.command == "sweep":
             compile_cache(args.no_compile_cache)
             return sweep_command(args)
@@ -92,29 +93,13 @@ def _init_distributed(args) -> None:
 
 
 def compile_cache(disabled: bool) -> str | None:
-    """Turns on JAX's persistent compilation cache in the user's cache folder (``FNN_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/fnn/jax``, ``~/Library/Caches/fnn/jax`` on macOS,
-    ``%LOCALAPPDATA%\\fnn\\jax`` on Windows) unless ``disabled`` or ``FNN_NO_COMPILE_CACHE`` is set
-    to anything but ``0``; a cache folder JAX was already given (``JAX_COMPILATION_CACHE_DIR``) is
-    kept. Returns the folder in use, or ``None``."""
+    """Turns on JAX's persistent compilation cache (:func:`fnn.enable_compile_cache`: the folder
+    JAX was already given, else ``FNN_CACHE_DIR``, else the user's cache folder) unless
+    ``disabled`` or ``FNN_NO_COMPILE_CACHE`` is set to anything but ``0``. Returns the folder in
+    use, or ``None``."""
     if disabled or os.environ.get("FNN_NO_COMPILE_CACHE", "0") not in ("", "0"):
         return None
-    if jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    folder = os.environ.get("FNN_CACHE_DIR") or str(_user_cache_root() / "fnn" / "jax")
-    jax.config.update("jax_compilation_cache_dir", folder)
-    # fnn's programs compile in well under JAX's default 1 s threshold: cache them all.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return folder
-
-
-def _user_cache_root() -> Path:
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches"
-    if os.name == "nt":
-        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return enable_compile_cache()
 
 
 class Stopwatch:
@@ -144,7 +129,8 @@ def train(args, explicit: dict) -> int:
     clock.lap("data, checks, init")
     split = "validation" if config["validation"] else "test"
     schedule = "" if config["schedule"] == "constant" else f" ({config['schedule']} schedule)"
-    _say(f"fnn train: {data.name} ({len(data.x_train)} train / {len(data.x_test)} {split} examples), {net}, "
+    held = len(data.x_val if config["validation"] else data.x_test)
+    _say(f"fnn train: {data.name} ({len(data.x_train)} train / {held} {split} examples), {net}, "
          f"loss {loss.name}, {config['optimizer']} lr={config['lr']}{schedule}, gradients: {config['method']}")
     if plan.state is not None:
         if (plan.state.epoch >= config["epochs"] and plan.state.batch == 0) or plan.stopped:
@@ -158,10 +144,14 @@ def train(args, explicit: dict) -> int:
     report = None
     if not args.no_gradcheck:
         report = _gradcheck(plan)
-        if not report.ok:
-            print("fnn train: the hand-written backward disagrees with jax.grad; not training "
-                  "(nothing was written).", file=sys.stderr)
+        if not report.autodiff_ok:
+            print(f"fnn train: the hand-written backward disagrees with jax.grad (column 'vs jax.grad') "
+                  f"first at layer {report.suspect_layer}; not training (nothing was written).", file=sys.stderr)
             return 1
+        if not report.ok:  # only the finite differences: the backward agrees with jax.grad, so train
+            print(f"fnn train: warning: only the finite differences disagree (column 'vs finite differences', "
+                  f"layer {report.suspect_layer}) while the backward agrees with jax.grad; training anyway.",
+                  file=sys.stderr)
     clock.lap("gradcheck")
     return _train(plan, args, report, clock)
 
@@ -223,8 +213,9 @@ def _train(plan: Plan, args, report, clock: Stopwatch) -> int:
     folder.write_history(history, title, split, final=True)
     clock.lap("write")
     if history.get("epoch") and status == 0:
-        final = {k: a[-1] for k, a in history.items() if k.startswith("test_")}
-        _say(f"final {split}: " + "  ".join(f"{k[5:]} {a:.4f}" for k, a in final.items()))
+        prefix = "val_" if config["validation"] else "test_"
+        final = {k[len(prefix):]: a[-1] for k, a in history.items() if k.startswith(prefix)}
+        _say(f"final {split}: " + "  ".join(f"{k} {a:.4f}" for k, a in final.items()))
         if plan.stopping is not None:
             _report_best(plan, history, split)
     timings = clock.total()
@@ -242,9 +233,9 @@ def _report_best(plan: Plan, history: dict, split: str) -> None:
         _say(f"{why}; no epoch had a finite {split} loss, so there is no best.npz.")
         return
     i = history["epoch"].index(stopping.best_epoch)
-    best = "  ".join(f"{k[5:]} {history[k][i]:.4f}" for k in history if k.startswith("test_"))
+    best = "  ".join(f"{k[4:]} {history[k][i]:.4f}" for k in history if k.startswith("val_"))
     _say(f"{why}; best epoch {stopping.best_epoch} ({split} {best}) is in {plan.folder.best_path} "
-         f"(fnn evaluate {plan.folder} --best)")
+         f"(its test metrics, once settings are final: fnn evaluate {plan.folder} --best --split test)")
 
 
 def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
@@ -254,7 +245,8 @@ def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
     try:
         fit(net, loss, plan.params, data.x_train, data.y_train, key=plan.key, optimizer=plan.optimizer,
             epochs=config["epochs"], batch_size=config["batch_size"], method=config["method"],
-            l2=config["l2"], dropout=config["dropout"], test=(data.x_test, data.y_test), state=plan.state,
+            l2=config["l2"], dropout=config["dropout"], state=plan.state,
+            **({"validation": (data.x_val, data.y_val)} if config["validation"] else {"test": (data.x_test, data.y_test)}),
             mesh=mesh, on_epoch=on_epoch, progress=progress, clip_norm=config["clip_norm"],
             noise_multiplier=config["noise_multiplier"], diagnostics=config["diagnostics"],
             early_stopping=plan.stopping)
@@ -290,14 +282,8 @@ def sweep_command(args) -> int:
     clock.lap("write")
     split = "validation" if base["validation"] else "test"
     _say(summary_markdown(rows, plan.grid, split, len(plan.activations) > 1).rstrip())
-    best = [(a, r.best) for a, r in results if r.best is not None]
-    if best:
-        metric = plan.select or ("test_accuracy" if "test_accuracy_mean" in best[0][1] else "test_loss")
-        sign = -1.0 if metric.endswith(("accuracy", "r2")) else 1.0
-        activation, row = min(best, key=lambda b: sign * b[1][f"{metric}_mean"])
-        settings = ", ".join(f"{flag(k)} {row[k]}" for k in plan.grid) or "the one grid point"
-        _say(f"best by {metric.replace('test_', split + ' ')}: {settings}"
-             + (f", --activation {activation}" if len(plan.activations) > 1 else ""))
+    for line in best_lines(plan, results, split):
+        _say(line)
     diverged = sum(int((r.diverged > 0).sum()) for _, r in results)
     if diverged:
         _say(f"{diverged} of {plan.runs} runs diverged (non-finite loss): left out of the statistics.")
@@ -315,12 +301,20 @@ def _echo(message: str, plain: bool) -> None:
         tqdm.write(message)
 
 
-def evaluate(run: str, best: bool = False) -> int:
-    """``fnn evaluate RUN [--best]``: the test metrics of the run's checkpoint (or of ``best.npz``);
-    exit 1 if they are not finite."""
+def evaluate(run: str, best: bool = False, split: str | None = None, allow_changed: bool = False) -> int:
+    """``fnn evaluate RUN [--best] [--split train|validation|test]``: the metrics of the run's
+    checkpoint (or of ``best.npz``) on ``split`` (default: the split the run was evaluated on,
+    ``validation`` for a ``--validation`` run, else ``test``); exit 1 if they are not finite.
+    Refuses when the run's data file changed (:func:`fnn.records.check_data_file`) unless
+    ``allow_changed``."""
 
     folder = RunFolder(run)
     config = folder.read_config()
+    check_data_file(config, folder.read_data_record(), folder.path, allow_changed=allow_changed)
+    split = split or ("validation" if config["validation"] else "test")
+    if split == "validation" and not config["validation"]:
+        raise ValueError(f"The run in {folder} has no validation split (it ran without --validation): "
+                         "use --split test or --split train.")
     if config["x64"]:
             jax.config.update("jax_enable_x64", True)
     data, net, loss = build(config)
@@ -331,8 +325,9 @@ def evaluate(run: str, best: bool = False) -> int:
     except ValueError as err:
         print(f"fnn evaluate: {path}: {err}", file=sys.stderr)
         return 1
-    metrics = evaluate_metrics(net, loss, ckpt.params, data.x_test, data.y_test)
-    split = "validation" if config["validation"] else "test"
+    arrays = {"train": (data.x_train, data.y_train), "validation": (data.x_val, data.y_val),
+              "test": (data.x_test, data.y_test)}[split]
+    metrics = evaluate_metrics(net, loss, ckpt.params, *arrays)
     which = "best, " if best else ""
     print(f"{folder} ({which}epoch {ckpt.step}): {split} " + "  ".join(f"{k} {a:.4f}" for k, a in metrics.items()))
     if not all(math.isfinite(a) for a in metrics.values()):

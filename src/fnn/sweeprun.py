@@ -25,6 +25,7 @@ from fnn.files import atomic_write, check_writable_folder, write_json
 from fnn.parallel import make_mesh
 from fnn.plots import figure_png, plot_sweep
 from fnn.runs import _provenance, build
+from fnn.stats import by_seed, paired
 from fnn.sweep import sweep
 from fnn.tables import is_data_file
 
@@ -195,3 +196,29 @@ def _pm(mean, half) -> str:
     if not np.isfinite(mean):
         return "n/a"
     return f"{mean:.4f}" + (f" ± {half:.4f}" if np.isfinite(half) else "")
+
+
+def best_lines(plan: SweepPlan, results, split: str) -> list[str]:
+    """What ``fnn sweep`` says about its best point: the settings, and whether the runner-up
+    (across activations too) is distinguishable from it, paired over the seeds they share."""
+    metric = plan.select or ("test_accuracy" if "test_accuracy" in results[0][1].history else "test_loss")
+    sign = -1.0 if metric.endswith(("accuracy", "r2")) else 1.0
+    live = [(sign * row[f"{metric}_mean"], a, r, g) for a, r in results for g, row in enumerate(r.summary)
+            if row["diverged"] == 0 and np.isfinite(row[f"{metric}_mean"])]
+    if not live:
+        return []
+    live.sort(key=lambda c: c[0])
+    name = lambda a, r, g: ", ".join([f"{flag(k)} {r.summary[g][k]}" for k in plan.grid]
+                                     + [f"--activation {a}"] * (len(plan.activations) > 1)) or "the one grid point"
+    what = metric.replace("test_", split + " ")
+    lines = [f"best by {what}: {name(*live[0][1:])}"]
+    if len(live) > 1:
+        (_, a, r, g), (_, a2, r2, g2) = live[:2]
+        first, second = by_seed(r.configs, r.history[metric], r.diverged, g), \
+            by_seed(r2.configs, r2.history[metric], r2.diverged, g2)
+        c = paired([first[s] for s in plan.seeds], [second[s] for s in plan.seeds])
+        verdict = "is behind it" if c.significant() else "is not distinguishable from it"
+        lines.append(f"runner-up {name(a2, r2, g2)} {verdict}: best − runner-up {c.text(digits=4)}, "
+                     f"over {c.n} seeds")
+    return lines
+

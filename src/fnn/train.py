@@ -19,7 +19,7 @@ from fnn.epoch import check_batch_size, make_epoch_fn, permutation
 from fnn.losses import Loss, get_loss
 from fnn.metrics import evaluate
 from fnn.network import MLP, Params
-from fnn.optim import plain_gd
+from fnn.optim import get_optimizer
 from fnn.parallel import make_mesh
 from fnn.trainer import EarlyStopping, NonFiniteLossError, Trainer, TrainState
 from fnn.validation import check_key, check_optimizer, check_params_finite, validate
@@ -64,7 +64,11 @@ def fit(
     Args:
       net, loss, params: the network and loss; ``x`` ``(N, d_0)``, ``v``: training data.
       key: the run's PRNG key.
-      optimizer: an optax transformation (default plain gradient descent, η = 0.1).
+      optimizer: an optax transformation; default Adam with η = 1e-3 (``fnn.get_optimizer()``,
+        the default of ``fnn train`` and :func:`fnn.sweep` too). The compiled epoch is reused
+        by a later ``fit`` with an equal configuration and the same optimizer object: build it
+        once, or by :func:`fnn.get_optimizer`/:func:`fnn.plain_gd`, which return the same object
+        for equal settings (``optax.adam(1e-3)`` built anew compiles anew).
       epochs: total epochs (counting those already in ``state``).
       batch_size, method, l2, dropout: as in :func:`fnn.make_update_step`.
       test: optional ``(x_test, v_test)`` evaluated after every epoch.
@@ -110,7 +114,7 @@ def fit(
         carries the last state with a finite loss.
     """
     loss = get_loss(loss)
-    optimizer = optimizer if optimizer is not None else plain_gd(0.1)
+    optimizer = optimizer if optimizer is not None else get_optimizer()
     start = _starting_state(net, loss, params, x, v, key=key, optimizer=optimizer, epochs=epochs,
                             batch_size=batch_size, test=test, state=state)
     stopping = _stopping(early_stopping, test)
