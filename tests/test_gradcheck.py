@@ -39,4 +39,4 @@ def test_planted_bug_is_located(bad_layer, x64):
     for row in report.rows:
         if row.layer > bad_layer:
             assert row.autodiff_error < 1e-10 and row.fd_error < 1e-6
-    assert f"first goes wrong at layer {bad_layer}" in str(report)
+    assert f"first disagrees at layer {bad_layer}" in str(report)

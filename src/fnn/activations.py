@@ -32,15 +32,26 @@ class Activation(NamedTuple):
       grad: ``(z, y) -> f'(z)``, where ``y = f(z)``.
       grad2: ``(z, y) -> f''(z)``, the second derivative, for Hessian-vector products
         (:func:`fnn.hvp`); optional for activations of your own.
+      kinks: the points ``z`` where ``f`` is not differentiable (``(0.0,)`` for relu), ``()``
+        for a smooth activation, or ``None`` (the default for activations of your own):
+        unknown, so :func:`fnn.gradcheck` looks for kinks numerically. The gradient check
+        leaves out of its finite differences the examples whose pre-activations lie within
+        the step of a kink, where a difference quotient does not approximate the derivative.
     """
 
     name: str
     fn: Callable[[Array], Array]
     grad: Callable[[Array, Array], Array]
     grad2: Callable[[Array, Array], Array] | None = None
+    kinks: tuple[float, ...] | None = None
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
+
+
+# A static value to JAX (a pytree with no leaves, compared by ==): it passes through jax.jit,
+# vmap and grad as part of the program, so jax.jit(fnn.per_example_grads)(net, loss, ...) works.
+jax.tree_util.register_static(Activation)
 
 
 def _step(z: Array) -> Array:
@@ -53,18 +64,19 @@ def _zero(z, y):
     return jnp.zeros_like(z)
 
 
-identity = Activation("identity", lambda z: z, lambda z, y: jnp.ones_like(z), _zero)
-step = Activation("step", _step, _zero, _zero)
+identity = Activation("identity", lambda z: z, lambda z, y: jnp.ones_like(z), _zero, ())
+step = Activation("step", _step, _zero, _zero, (0.0,))  # a jump, not only a kink
 # σ' = σ(1 − σ), σ'' = σ(1 − σ)(1 − 2σ); tanh' = 1 − tanh², tanh'' = −2 tanh (1 − tanh²).
-sigmoid = Activation("sigmoid", jax.nn.sigmoid, lambda z, y: y * (1 - y), lambda z, y: y * (1 - y) * (1 - 2 * y))
-tanh = Activation("tanh", jnp.tanh, lambda z, y: 1 - y * y, lambda z, y: -2 * y * (1 - y * y))
+sigmoid = Activation("sigmoid", jax.nn.sigmoid, lambda z, y: y * (1 - y), lambda z, y: y * (1 - y) * (1 - 2 * y),
+                     ())
+tanh = Activation("tanh", jnp.tanh, lambda z, y: 1 - y * y, lambda z, y: -2 * y * (1 - y * y), ())
 relu = Activation(
-    "relu", jax.nn.relu, lambda z, y: jnp.where(z > 0, 1.0, 0.0).astype(z.dtype), _zero
+    "relu", jax.nn.relu, lambda z, y: jnp.where(z > 0, 1.0, 0.0).astype(z.dtype), _zero, (0.0,)
 )
 # softplus(z) = log(1 + e^z) = logaddexp(z, 0) never overflows; its derivative is σ(z), then σ(1 − σ).
 softplus = Activation(
     "softplus", lambda z: jnp.logaddexp(z, 0.0), lambda z, y: jax.nn.sigmoid(z),
-    lambda z, y: jax.nn.sigmoid(z) * (1 - jax.nn.sigmoid(z)),
+    lambda z, y: jax.nn.sigmoid(z) * (1 - jax.nn.sigmoid(z)), (),
 )
 
 
@@ -89,6 +101,7 @@ def _leaky_relu(alpha: float) -> Activation:
         lambda z: jnp.where(z >= 0, z, alpha * z),
         lambda z, y: jnp.where(z >= 0, 1.0, alpha).astype(z.dtype),
         _zero,
+        (0.0,),
     )
 
 

@@ -8,7 +8,9 @@ where the backward pass first went wrong.
 
 Finite differences are taken along random unit directions, one set per
 parameter tensor: ``(R(θ + εu) − R(θ − εu)) / 2ε ≈ ⟨∇R, u⟩``. This costs
-``2 × directions`` forward passes per tensor instead of two per scalar.
+``2 × directions`` forward passes (and one backward) per tensor instead of two per
+scalar. Examples with a kink inside the step are left out of both sides of each
+comparison (:mod:`fnn.kinks`), so a correct network with relu units near zero passes.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.backprop import Objective, autodiff_value_and_grad, manual_value_and_grad
-from fnn.losses import Loss, get_loss
+from fnn.kinks import kinked_examples
+from fnn.losses import Loss, get_loss, risk
 from fnn.network import MLP, Params
 from fnn.validation import check_params_finite, validate
+
+
+AUTODIFF = "vs jax.grad"
+FINITE_DIFFERENCES = "vs finite differences"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +43,11 @@ class GradcheckRow:
       norm: ``‖∂R/∂θ‖₂`` from the hand-written backward.
       autodiff_error: ``‖g_manual − g_jax.grad‖ / max(‖g_manual‖, ‖g_jax.grad‖)``.
       fd_error: the worst ``|⟨g_manual, u⟩ − (R(θ+εu) − R(θ−εu))/2ε|`` over the random unit
-        directions ``u``, relative to the gradient's norm.
+        directions ``u``, relative to the gradient's norm, both taken over the examples with
+        no kink inside the step (see :mod:`fnn.kinks`); NaN ("n/a" in the table) when every
+        example of every direction met a kink, so that nothing could be compared.
+      fd_skipped: the fraction of (direction, example) pairs left out of ``fd_error`` because
+        a pre-activation or the loss met a kink within the step.
     """
 
     layer: int  # 1-based, as in the lectures
@@ -44,6 +55,7 @@ class GradcheckRow:
     norm: float  # ‖∂R/∂θ‖ from the manual pass
     autodiff_error: float  # ‖manual − jax.grad‖ / max(‖manual‖, ‖jax.grad‖)
     fd_error: float  # worst relative error of ⟨manual, u⟩ against the finite difference
+    fd_skipped: float = 0.0  # fraction of (direction, example) pairs at a kink, left out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +73,21 @@ class GradcheckReport:
     fd_tol: float
     dtype: str
 
+    def failed_columns(self, row: GradcheckRow) -> tuple[str, ...]:
+        """The comparisons ``row`` fails: ``"vs jax.grad"``, ``"vs finite differences"``, both or none."""
+        return tuple(name for name, bad in ((AUTODIFF, row.autodiff_error > self.autodiff_tol),
+                                            (FINITE_DIFFERENCES, row.fd_error > self.fd_tol)) if bad)
+
     @property
     def failures(self) -> tuple[GradcheckRow, ...]:
         """The rows over either tolerance."""
-        return tuple(
-            r for r in self.rows if r.autodiff_error > self.autodiff_tol or r.fd_error > self.fd_tol
-        )
+        return tuple(r for r in self.rows if self.failed_columns(r))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The comparisons that failed somewhere, in table order (empty when all agree)."""
+        failed = {c for r in self.rows for c in self.failed_columns(r)}
+        return tuple(c for c in (AUTODIFF, FINITE_DIFFERENCES) if c in failed)
 
     @property
     def ok(self) -> bool:
@@ -74,52 +95,74 @@ class GradcheckReport:
         return not self.failures
 
     @property
+    def autodiff_ok(self) -> bool:
+        """Whether every row agrees with ``jax.grad`` (the finite differences aside)."""
+        return AUTODIFF not in self.columns
+
+    @property
     def worst(self) -> GradcheckRow:
         """The row furthest over (or nearest to) its tolerances."""
-        return max(self.rows, key=lambda r: max(r.autodiff_error / self.autodiff_tol, r.fd_error / self.fd_tol))
+        fd = lambda r: 0.0 if np.isnan(r.fd_error) else r.fd_error / self.fd_tol
+        return max(self.rows, key=lambda r: max(r.autodiff_error / self.autodiff_tol, fd(r)))
 
     @property
     def suspect_layer(self) -> int | None:
         """The layer whose backward rule first disagrees (the deepest failing layer), or None."""
         return max((r.layer for r in self.failures), default=None)
 
+    @property
+    def verdict(self) -> str:
+        """One line: all agree, or which comparison fails first at which layer."""
+        if self.ok:
+            return "all layers agree"
+        return (f"the hand-written backward first disagrees at layer {self.suspect_layer} "
+                f"({' and '.join(self.columns)}; layers below it inherit its error)")
+
+    def _cells(self, r: GradcheckRow) -> tuple[str, ...]:
+        failed = self.failed_columns(r)
+        status = "ok" if not failed else "MISMATCH " + " and ".join(failed)
+        fd = "n/a" if np.isnan(r.fd_error) else f"{r.fd_error:.2e}"
+        return (str(r.layer), str(r.param), f"{r.norm:.3e}", f"{r.autodiff_error:.2e}", fd,
+                f"{100 * r.fd_skipped:.0f}%", status)
+
     def _repr_html_(self) -> str:
         """The table as HTML, for notebooks: failing rows in red."""
         import html
 
-        head = "".join(f"<th>{h}</th>" for h in ("layer", "param", "|grad|", "vs jax.grad", "vs fin. diff.", "status"))
+        heads = ("layer", "param", "|grad|", "vs jax.grad", "vs fin. diff.", "at kinks", "status")
+        head = "".join(f"<th>{h}</th>" for h in heads)
         rows = []
         for r in self.rows:
-            bad = r.autodiff_error > self.autodiff_tol or r.fd_error > self.fd_tol
-            style = ' style="color:#b00"' if bad else ""
-            cells = (r.layer, html.escape(str(r.param)), f"{r.norm:.3e}", f"{r.autodiff_error:.2e}",
-                     f"{r.fd_error:.2e}", "FAIL" if bad else "ok")
-            rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        verdict = "all layers agree" if self.ok else f"suspect layer {self.suspect_layer}"
+            style = ' style="color:#b00"' if self.failed_columns(r) else ""
+            rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in self._cells(r)) + "</tr>")
         return (f"<p>gradcheck ({self.dtype}): manual backward vs jax.grad (tol {self.autodiff_tol:.0e}) and "
-                f"finite differences (tol {self.fd_tol:.0e}): <b>{verdict}</b></p>"
+                f"finite differences (tol {self.fd_tol:.0e}): <b>{html.escape(self.verdict)}</b></p>"
                 f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
     def __str__(self) -> str:
         lines = [
             f"gradcheck ({self.dtype}): manual backward vs jax.grad (tol {self.autodiff_tol:.0e}) "
-            f"and finite differences (tol {self.fd_tol:.0e})",
-            f"{'layer':>5} {'param':>5} {'|grad|':>10} {'vs jax.grad':>12} {'vs fin.diff':>12}  status",
+            f"and finite differences (tol {self.fd_tol:.0e}, leaving out examples at a kink)",
+            f"{'layer':>5} {'param':>5} {'|grad|':>10} {'vs jax.grad':>12} {'vs fin.diff':>12} "
+            f"{'at kinks':>8}  status",
         ]
         for r in self.rows:
-            bad = r.autodiff_error > self.autodiff_tol or r.fd_error > self.fd_tol
-            lines.append(
-                f"{r.layer:>5} {r.param:>5} {r.norm:>10.3e} {r.autodiff_error:>12.2e} "
-                f"{r.fd_error:>12.2e}  {'MISMATCH' if bad else 'ok'}"
-            )
-        if self.ok:
-            lines.append("all layers agree")
-        else:
-            lines.append(
-                f"backward pass first goes wrong at layer {self.suspect_layer} "
-                "(layers below it inherit its error)"
-            )
+            c = self._cells(r)
+            lines.append(f"{c[0]:>5} {c[1]:>5} {c[2]:>10} {c[3]:>12} {c[4]:>12} {c[5]:>8}  {c[6]}")
+        lines.append(self.verdict)
         return "\n".join(lines)
+
+
+def _fd_error(fd: np.ndarray, directional: np.ndarray, norms: np.ndarray, skipped: np.ndarray) -> float:
+    # Per direction, the error relative to the gradient's norm over the same examples (a
+    # directional derivative can be near zero by chance even when the gradient is not);
+    # directions along which every example met a kink compare nothing.
+    compared = skipped < 1
+    if not compared.any():
+        return float("nan")
+    scale = np.maximum(norms, np.abs(fd))[compared]
+    err = np.abs(fd - directional)[compared]
+    return float(np.max(np.where(scale > 0, err / np.where(scale > 0, scale, 1), 0.0)))
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -142,6 +185,14 @@ def gradcheck(
 ) -> GradcheckReport:
     """Compares the hand-written gradient with ``jax.grad`` and central finite differences.
 
+    The finite differences leave out, per direction, the examples for which a pre-activation
+    or the loss meets a kink within the step (relu, leaky_relu and step at 0; mae, mape and
+    huber at theirs; see :mod:`fnn.kinks`): there a difference quotient mixes two slopes and
+    would fail a correct backward. The hand-written gradient is recomputed over the same
+    examples, so both sides of the comparison see one risk. The report names the column that
+    fails: ``"vs jax.grad"`` (the hand-written rules disagree with autodiff of the forward
+    pass) or ``"vs finite differences"`` (they disagree with the forward pass's values).
+
     Args:
       net, loss, params, x, v: as for :func:`fnn.value_and_grad`.
       key: PRNG key for the finite-difference directions (default ``key(0)``).
@@ -151,7 +202,12 @@ def gradcheck(
         (1e-10 / 1e-6 in float64, 1e-5 / 1e-2 in float32).
 
     Returns:
-      A :class:`GradcheckReport`; ``print`` it for the per-layer table.
+      A :class:`GradcheckReport`; ``print`` it for the per-layer table, or read
+      ``report.ok``, ``report.columns`` and ``report.suspect_layer``.
+
+    Raises:
+      ValueError: for parameters, inputs or targets that do not fit the network and loss,
+        or non-finite parameters.
     """
     loss = get_loss(loss)
     validate(net, loss, params, x, v)
@@ -163,19 +219,15 @@ def gradcheck(
     fd_tol = fd_tol if fd_tol is not None else (1e-6 if f64 else 1e-2)
     key = jax.random.key(0) if key is None else key
 
-    manual, auto, fd, directional = _compute(net, loss, params, x, v, key, directions, eps)
+    manual, auto, fd, directional, norms, skipped = _compute(net, loss, params, x, v, key, directions, eps)
     rows = []
     for l in range(net.num_layers):
         for name in ("W", "b"):
             g = np.asarray(manual[l][name])
-            fd_lp, dir_lp = np.asarray(fd[l][name]), np.asarray(directional[l][name])
-            # Error relative to the gradient's norm: a directional derivative can be
-            # near zero by chance even when the gradient is not.
-            scale = max(np.linalg.norm(g), np.abs(fd_lp).max())
-            fd_err = 0.0 if scale == 0 else float(np.abs(fd_lp - dir_lp).max() / scale)
-            rows.append(
-                GradcheckRow(l + 1, name, float(np.linalg.norm(g)), _rel(g, np.asarray(auto[l][name])), fd_err)
-            )
+            rows.append(GradcheckRow(l + 1, name, float(np.linalg.norm(g)), _rel(g, np.asarray(auto[l][name])),
+                                     _fd_error(*(np.asarray(a[l][name]) for a in (fd, directional, norms,
+                                                                                   skipped))),
+                                     float(np.mean(np.asarray(skipped[l][name])))))
     return GradcheckReport(tuple(rows), autodiff_tol, fd_tol, str(dtype))
 
 
@@ -183,29 +235,40 @@ def gradcheck(
 def _compute(net, loss, params, x, v, key, directions, eps):
     # One compiled call: both gradients, then every finite difference in one lax.map over
     # (tensor, direction) pairs. A loop rather than a copy of the network per tensor keeps
-    # the program, and its compile time, the size of two forward passes.
+    # the program, and its compile time, the size of a few forward passes.
     objective = Objective(net, loss)
     _, manual = manual_value_and_grad(objective, params, x, v)
     _, auto = autodiff_value_and_grad(objective, params, x, v)
-    risk_at = lambda p: objective.evaluate(p, x, v)[0]
     leaves, treedef = jax.tree.flatten(params)
-    manual_leaves = jax.tree.leaves(manual)
-    # One draw for every tensor's directions: each separate jax.random.normal adds its own
-    # copy of the generator to the program, about 0.2 s of compile time apiece on a CPU.
-    sizes = [leaf.size for leaf in leaves]
-    draw = jax.random.normal(key, (directions, sum(sizes)), leaves[0].dtype)
-    units = []  # per tensor, `directions` random unit vectors
-    for leaf, u in zip(leaves, jnp.split(draw, np.cumsum(sizes)[:-1], axis=1)):
-        u = u / jnp.sqrt(jnp.sum(u * u, axis=1, keepdims=True))
-        units.append(u.reshape(directions, *leaf.shape))
+    units = _directions(leaves, key, directions)
+    mid = objective.evaluate(params, x, v)
 
     def one(k):
         i, r = k // directions, k % directions  # move tensor i along its r-th direction only
         u = [jnp.where(i == j, units[j][r], jnp.zeros_like(a)) for j, a in enumerate(leaves)]
         shifted = lambda s: treedef.unflatten([a + s * d for a, d in zip(leaves, u)])
-        fd = (risk_at(shifted(eps)) - risk_at(shifted(-eps))) / (2 * eps)
-        return fd, sum(jnp.vdot(d, g) for d, g in zip(u, manual_leaves))
+        (_, out_m, cache_m), (_, out_p, cache_p) = (objective.evaluate(shifted(s), x, v) for s in (-eps, eps))
+        # Examples with a kink inside the step are left out of both sides of the comparison.
+        kinked = kinked_examples(net, loss, v, (cache_m, mid[2], cache_p), (out_m, mid[1], out_p))
+        keep = (~kinked).astype(leaves[0].dtype)
+        fd = (risk(loss, out_p, v, keep) - risk(loss, out_m, v, keep)) / (2 * eps)
+        kept = jax.tree.leaves(manual_value_and_grad(objective, params, x, v, keep)[1])
+        norm = jnp.stack([jnp.linalg.norm(g) for g in kept])[i]
+        return fd, sum(jnp.vdot(d, g) for d, g in zip(u, kept)), norm, jnp.mean(kinked.astype(keep.dtype))
 
-    fd, directional = jax.lax.map(one, jnp.arange(len(leaves) * directions))
+    per_direction = jax.lax.map(one, jnp.arange(len(leaves) * directions))
     split = lambda a: treedef.unflatten(list(a.reshape(len(leaves), directions)))
-    return manual, auto, split(fd), split(directional)
+    return manual, auto, *(split(a) for a in per_direction)
+
+
+def _directions(leaves, key, directions):
+    """Per tensor, ``directions`` random unit vectors shaped like it."""
+    # One draw for every tensor's directions: each separate jax.random.normal adds its own
+    # copy of the generator to the program, about 0.2 s of compile time apiece on a CPU.
+    sizes = [leaf.size for leaf in leaves]
+    draw = jax.random.normal(key, (directions, sum(sizes)), leaves[0].dtype)
+    units = []
+    for leaf, u in zip(leaves, jnp.split(draw, np.cumsum(sizes)[:-1], axis=1)):
+        u = u / jnp.sqrt(jnp.sum(u * u, axis=1, keepdims=True))
+        units.append(u.reshape(directions, *leaf.shape))
+    return units

@@ -46,6 +46,11 @@ class Loss(NamedTuple):
       hessian_vp: ``(y, v, u) -> (∂²ℓ/∂y²) u`` per example (for :func:`fnn.hvp`, :func:`fnn.ggn_vp`).
       sample: ``(key, y) -> v̂``, a target drawn from the predictive distribution the loss is
         the negative log-likelihood of (for the Monte-Carlo GGN); ``None`` when it is not one.
+      kinks: where ``ℓ`` is not twice differentiable, as ``(y, v) -> k``: an array (e.g. shaped
+        like ``y``) that is zero at the kinks and changes sign across them (``y − v`` for mae,
+        ``|y − v| − δ`` for huber); ``()`` for a smooth loss; ``None`` (the default for losses
+        of your own): unknown, so :func:`fnn.gradcheck` looks for kinks numerically. The
+        gradient check leaves out of its finite differences the examples within the step of a kink.
     """
 
     name: str
@@ -56,9 +61,15 @@ class Loss(NamedTuple):
     hessian_factor: Callable | None = None
     hessian_vp: Callable | None = None
     sample: Callable | None = None
+    kinks: Callable | tuple | None = None
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r})"
+
+
+# A static value to JAX (a pytree with no leaves, compared by ==): it passes through jax.jit,
+# vmap and grad as part of the program, so jax.jit(fnn.per_example_grads)(net, loss, ...) works.
+jax.tree_util.register_static(Loss)
 
 
 def _as_output_shape(y: Array, v: Array) -> Array:
@@ -110,7 +121,13 @@ def _huber(delta: float) -> Loss:
 
     return Loss("huber" if delta == 1.0 else f"huber({delta!r})", value, grad,
                 hessian_factor=lambda y, v: _diagonal(inside(y, v)),
-                hessian_vp=lambda y, v, u: inside(y, v) * u)
+                hessian_vp=lambda y, v, u: inside(y, v) * u,
+                kinks=lambda y, v: jnp.abs(_residual(y, v)) - delta)
+
+
+def _residual(y, v):
+    # The kink coordinate of mae and mape (and, through |r| − δ, of huber).
+    return y - _as_output_shape(y, v)
 
 
 def _mape(y, v):
@@ -198,17 +215,19 @@ def _ce_hvp(z, v, u):
 mse = Loss("mse", _mse, _mse_grad,
            hessian_factor=lambda y, v: _eye(y),
            hessian_vp=lambda y, v, u: u,
-           sample=lambda key, y: y + jax.random.normal(key, y.shape, y.dtype))  # ℓ = −log N(v; y, I) + c
-mae = Loss("mae", _mae, _mae_grad, hessian_factor=_zero_factor, hessian_vp=lambda y, v, u: jnp.zeros_like(u))
+           sample=lambda key, y: y + jax.random.normal(key, y.shape, y.dtype), kinks=())  # −log N(v; y, I) + c
+mae = Loss("mae", _mae, _mae_grad, hessian_factor=_zero_factor, hessian_vp=lambda y, v, u: jnp.zeros_like(u),
+           kinks=_residual)
 mape = Loss("mape", _mape, _mape_grad, nonzero_targets=True, hessian_factor=_zero_factor,
-            hessian_vp=lambda y, v, u: jnp.zeros_like(u))
+            hessian_vp=lambda y, v, u: jnp.zeros_like(u), kinks=_residual)
 binary_cross_entropy = Loss(
     "binary_cross_entropy", _bce, _bce_grad, "binary",
     hessian_factor=lambda z, v: _diagonal(_bce_curvature(z)), hessian_vp=lambda z, v, u: _bce_curvature(z) * u,
-    sample=lambda key, z: jax.random.bernoulli(key, jax.nn.sigmoid(z)).astype(z.dtype))
+    sample=lambda key, z: jax.random.bernoulli(key, jax.nn.sigmoid(z)).astype(z.dtype), kinks=())
 softmax_cross_entropy = Loss(
     "softmax_cross_entropy", _softmax_ce, _softmax_ce_grad, "multiclass",
-    hessian_factor=_ce_factor, hessian_vp=_ce_hvp, sample=lambda key, z: jax.random.categorical(key, z))
+    hessian_factor=_ce_factor, hessian_vp=_ce_hvp, sample=lambda key, z: jax.random.categorical(key, z),
+    kinks=())
 
 LOSSES: Registry[Loss] = Registry(
     "loss", {l.name: l for l in (mse, mae, huber(), mape, binary_cross_entropy, softmax_cross_entropy)},
