@@ -87,6 +87,15 @@ def leaky_relu(alpha: float = 0.01) -> Activation:
     object, built once per slope), so a network rebuilt from its description
     equals the original and reuses its compiled programs. The name carries the
     exact slope (``"leaky_relu(0.2)"``), so :func:`get_activation` rebuilds it.
+
+    Example:
+      >>> import jax.numpy as jnp, fnn
+      >>> act = fnn.leaky_relu(0.25)
+      >>> act is fnn.leaky_relu(0.25), act == fnn.get_activation("leaky_relu(0.25)")
+      (True, True)
+      >>> z = jnp.array([-2.0, 0.0, 2.0])
+      >>> act.fn(z).tolist(), act.grad(z, act.fn(z)).tolist()   # f'(0) = 1, as jax.grad has it
+      ([-0.5, 0.0, 2.0], [0.25, 1.0, 1.0])
     """
     alpha = float(alpha)
     if not 0.0 <= alpha < 1.0:
@@ -110,6 +119,9 @@ ACTIVATIONS: Registry[Activation] = Registry(
     factories={"leaky_relu": leaky_relu}, entry_type=Activation,
     hint="or an fnn.Activation(name, fn, grad) of your own",
 )
+"""The built-in activations by name: identity, step, sigmoid, tanh, relu, softplus and
+``leaky_relu(α)`` (the name with a slope in brackets builds one). :func:`get_activation`
+looks names up here; an :class:`Activation` of your own needs no entry."""
 
 
 def get_activation(spec: str | Activation) -> Activation:

@@ -167,6 +167,10 @@ class Objective:
         return value, out, cache
 
 
+# Static to JAX like MLP and Loss (while its l2 and dropout are numbers, not traced arrays).
+jax.tree_util.register_static(Objective)
+
+
 def manual_value_and_grad(objective: Objective, params, x, v, weights=None, key=None):
     """``(R, ∂R/∂θ)`` by the hand-written forward and backward passes (no checks)."""
     value, out, cache = objective.evaluate(params, x, v, weights, key)
@@ -203,7 +207,21 @@ def value_and_grad(
     dropout: float = 0.0,
     key: Array | None = None,
 ) -> tuple[Array, Params]:
-    """The empirical risk and its gradient with respect to ``params``.
+    """The empirical risk and its gradient with respect to ``params``: **values**, not a transform.
+
+    Unlike ``jax.value_and_grad(f)``, which takes a function and returns a function, this
+    takes the data and returns the numbers ``(R, ∂R/∂θ)`` at ``params``. The transform form is
+    ``jax.value_and_grad`` of :func:`bridged_loss`, whose gradient is the same hand-written
+    backward pass (equal to float rounding)::
+
+        f = jax.value_and_grad(fnn.bridged_loss(net, "mse"))     # a function, like any JAX transform
+        R, grads = f(params, x, v)                               # = fnn.value_and_grad(net, "mse", params, x, v)
+        R, grads = jax.jit(f)(params, x, v)                      # and it composes: jit, vmap, grad, ...
+
+    (``bridged_loss`` has no weights, L2 or dropout; this function has all three.) This one is
+    jit-able too: ``jax.jit(fnn.value_and_grad)(net, loss, params, x, v)``, since ``net`` and a
+    :class:`fnn.Loss` are static values to JAX (pass a loss object, not its name; the keyword
+    ``method`` needs ``static_argnames=("method",)``).
 
         R(θ) = Σ_b w_b ℓ(f(x_b; θ), v_b) / Σ_b w_b + (λ/2) Σ_l ‖W_l‖²
 

@@ -22,7 +22,7 @@ from fnn.bench import run as run_bench  # noqa: E402
 from fnn.cliargs import build_parser  # noqa: E402
 from fnn.gradcheck import gradcheck  # noqa: E402
 from fnn.parallel import make_mesh  # noqa: E402
-from fnn.programs import enable_compile_cache  # noqa: E402
+from fnn.cache import quiet_compile_cache  # noqa: E402
 from fnn.config import flag  # noqa: E402
 from fnn.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
 from fnn.sweeprun import SweepPlan, best_lines, configurations, summary_markdown  # noqa: E402
@@ -99,7 +99,7 @@ def compile_cache(disabled: bool) -> str | None:
     use, or ``None``."""
     if disabled or os.environ.get("FNN_NO_COMPILE_CACHE", "0") not in ("", "0"):
         return None
-    return enable_compile_cache()
+    return quiet_compile_cache(command)
 
 
 class Stopwatch:

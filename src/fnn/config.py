@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 # The configuration of a run, with the defaults of `fnn train`.
+from fnn.optim import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER
+
 DEFAULTS: dict[str, Any] = dict(
     dataset="digits", hidden=[128, 128], activation="relu", loss="auto", init="he",
-    optimizer="adam", lr=1e-3, momentum=0.9, batch_size=32, epochs=30, seed=0,
+    optimizer=DEFAULT_OPTIMIZER, lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM, batch_size=32, epochs=30, seed=0,
     method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
     devices=1, x64=False, clip_norm=None, noise_multiplier=0.0, diagnostics=False,
     schedule="constant", warmup_epochs=None, early_stopping=None, target=None, init_scale=1.0,

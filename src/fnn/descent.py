@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn.backprop import Objective, get_method
+from fnn.backprop import Objective, get_method, l2_penalty
 from fnn.losses import Loss
 from fnn.metrics import _to_device
 from fnn.network import MLP, Params
@@ -36,27 +37,55 @@ def gradient_descent(
     With ``learning_rate`` η the step is the lectures' ``θ ← θ − η ∇R(θ)``, and η is
     a traced value (a new η does not recompile); with ``optimizer``, any optax
     transformation takes the full-batch gradient instead. The whole loop is one
-    compiled ``lax.while_loop``.
+    compiled ``lax.while_loop``, compiled once per configuration: η, ε, the data's values
+    and ``max_steps`` up to the next power of two are traced, not compiled in.
 
     Args:
       net, loss, params: the network, loss and starting parameters.
       x, v: the training data, ``(N, d_0)`` and targets that fit ``loss``.
       learning_rate, optimizer: exactly one of the two.
-      eps, max_steps: the stopping rule.
+      eps: the convergence rule: stop after the first step ``t`` with
+        ``|R(θ_t) − R(θ_{t−1})| < eps`` (``R`` with the L2 term). ``eps=0`` never converges:
+        the run takes exactly ``max_steps`` steps.
+      max_steps: the most steps taken (default 1000), a budget: a run that stops there
+        has ``history["stopped"] == "max_steps"``, and warns when ``eps > 0`` (raise
+        ``max_steps`` or ``eps`` to converge).
       method, l2: as in :func:`fnn.value_and_grad`.
 
     Returns:
-      ``(params, history)``; ``history`` has ``loss`` (R at every step taken,
-      starting with the initial risk), ``steps`` and ``stopped``: ``"converged"``,
-      ``"max_steps"`` or ``"non_finite"`` (the parameters are then the last finite ones).
+      ``(params, history)``, ``history`` in :func:`fnn.fit`'s convention (per-step lists of
+      equal length, one full-batch step being one pass over the data; it starts at the
+      starting parameters, step 0, which ``fit``'s history leaves out), so
+      :func:`fnn.plot_history` draws it:
+
+      - ``epoch``: ``[0, 1, ..., steps]``, the steps taken;
+      - ``train_loss``: the risk ``R(θ_t)`` on ``(x, v)``, without the L2 term (as ``fit``
+        and :func:`fnn.evaluate` report it);
+      - ``loss``: the objective minimised, ``R(θ_t)`` with the L2 term (equal to
+        ``train_loss`` when ``l2 = 0``);
+
+      and two entries that say how it stopped: ``steps`` (an int, the steps taken) and
+      ``stopped``: ``"converged"`` (the ε rule held), ``"max_steps"`` (the budget ran out
+      first) or ``"non_finite"`` (a step made ``R`` NaN/Inf; it was not taken, and the
+      parameters returned are the last finite ones).
+
+    Raises:
+      ValueError: bad inputs (checked before anything runs).
     """
     objective = _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, method, l2)
     opt_state = optimizer.init(params) if optimizer is not None else optax.EmptyState()
-    params, losses, steps, code = _gd_loop(objective, method, int(max_steps), optimizer, params, opt_state,
-                                           *_to_device(params, x, v), learning_rate or 0.0, float(eps))
+    capacity = 1 << int(max_steps).bit_length()  # > max_steps: one program serves max_steps up to it
+    params, losses, penalties, steps, code = _gd_loop(
+        objective, method, capacity, optimizer, params, opt_state, *_to_device(params, x, v),
+        learning_rate or 0.0, float(eps), int(max_steps))
     steps = int(steps)
     stopped = ("converged", "max_steps", "non_finite")[int(code)]
-    return params, {"loss": np.asarray(losses[: steps + 1]), "steps": steps, "stopped": stopped}
+    if stopped == "max_steps" and eps > 0:
+        warnings.warn(f"gradient_descent stopped at max_steps={max_steps} before |ΔR| < eps={eps}: "
+                      "give a larger max_steps (or eps) to run to convergence.", stacklevel=2)
+    losses, penalties = np.asarray(losses[: steps + 1]), np.asarray(penalties[: steps + 1])
+    return params, {"epoch": list(range(steps + 1)), "train_loss": [float(a) for a in losses - penalties],
+                    "loss": [float(a) for a in losses], "steps": steps, "stopped": stopped}
 
 
 def _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, method, l2) -> Objective:
@@ -78,11 +107,13 @@ def _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, me
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _gd_loop(objective, method, max_steps, optimizer, params, opt_state, x, v, learning_rate, eps):
+def _gd_loop(objective, method, capacity, optimizer, params, opt_state, x, v, learning_rate, eps, max_steps):
     grad_fn = get_method(method)
     value_and_grad = lambda p: grad_fn(objective, p, x, v)
+    penalty = lambda p: l2_penalty(p, objective.l2) if objective.l2 else jnp.zeros((), value0.dtype)
     value0, grads0 = value_and_grad(params)
-    history = jnp.full((max_steps + 1,), jnp.nan, value0.dtype).at[0].set(value0)
+    history = jnp.full((capacity,), jnp.nan, value0.dtype).at[0].set(value0)
+    penalties = jnp.zeros((capacity,), value0.dtype).at[0].set(penalty(params))
 
     def step(params, opt_state, grads):
         if optimizer is None:
@@ -91,10 +122,10 @@ def _gd_loop(objective, method, max_steps, optimizer, params, opt_state, x, v, l
             updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    # Carry: θ_t and its optimizer state with R(θ_t) and ∇R(θ_t) already computed, t,
-    # R(θ_{t-1}), the history, and a stop code: 0 converged, 1 max_steps, 2 non-finite, 3 running.
+    # Carry: θ_t and its optimizer state with R(θ_t) and ∇R(θ_t) already computed, t, the
+    # history of R and of its L2 term, and a stop code: 0 converged, 1 max_steps, 2 non-finite, 3 running.
     def body(c):
-        params, opt_state, value, grads, t, _, history, _ = c
+        params, opt_state, value, grads, t, history, penalties, _ = c
         new_params, new_opt_state = step(params, opt_state, grads)
         new_value, new_grads = value_and_grad(new_params)
         finite = jnp.isfinite(new_value)
@@ -104,8 +135,9 @@ def _gd_loop(objective, method, max_steps, optimizer, params, opt_state, x, v, l
         # On a non-finite risk keep θ_{t-1}: the last good parameters.
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         return (keep(new_params, params), keep(new_opt_state, opt_state), keep(new_value, value),
-                keep(new_grads, grads), jnp.where(finite, t, t - 1), value, history.at[t].set(new_value), code)
+                keep(new_grads, grads), jnp.where(finite, t, t - 1), history.at[t].set(new_value),
+                penalties.at[t].set(penalty(new_params)), code)
 
-    init = (params, opt_state, value0, grads0, jnp.asarray(0), value0, history, jnp.asarray(3))
-    params, _, _, _, t, _, history, code = jax.lax.while_loop(lambda c: c[-1] == 3, body, init)
-    return params, history, t, code
+    init = (params, opt_state, value0, grads0, jnp.asarray(0), history, penalties, jnp.asarray(3))
+    params, _, _, _, t, history, penalties, code = jax.lax.while_loop(lambda c: c[-1] == 3, body, init)
+    return params, history, penalties, t, code

@@ -15,6 +15,7 @@ from fnn.losses import Loss
 from fnn.network import MLP
 from fnn.optim import make_update_fn
 from fnn.parallel import pad_batch, replicated, shard_batch
+from fnn.programs import program_cache
 
 Array = jax.Array
 
@@ -50,6 +51,7 @@ def permutation(key: Array, n: int) -> Array:
     return perm.astype(jnp.int32)
 
 
+@program_cache
 def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
                   method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None,
                   donate: bool = True, clip_norm: float | None = None, noise_multiplier: float = 0.0) -> Callable:
@@ -72,6 +74,10 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
     ``donate`` donates ``params`` and ``opt_state`` to the call. ``clip_norm`` and
     ``noise_multiplier`` make every step DP-SGD (see :func:`fnn.make_update_fn`); batch ``i``
     draws its dropout masks and noise from ``fold_in(key, i)``.
+
+    Built once per configuration: equal arguments (an equal network, loss and settings, the
+    same optimizer object) return the same jitted function, so its compiled program is reused
+    (see :mod:`fnn.programs`). The number of epochs is not part of it.
     """
     update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
                             noise_multiplier=noise_multiplier)
@@ -85,6 +91,7 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
     return _jit(epoch, mesh, donate)
 
 
+@program_cache
 def make_chunk_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
                   chunk: int, method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None,
                   donate: bool = True, clip_norm: float | None = None, noise_multiplier: float = 0.0

@@ -208,6 +208,15 @@ def gradcheck(
     Raises:
       ValueError: for parameters, inputs or targets that do not fit the network and loss,
         or non-finite parameters.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, fnn
+      >>> net = fnn.MLP((3, 4, 2), ("tanh", "identity"))
+      >>> params = fnn.init(jax.random.key(0), net)
+      >>> x, labels = jax.random.normal(jax.random.key(1), (5, 3)), jnp.array([0, 1, 1, 0, 1])
+      >>> report = fnn.gradcheck(net, "softmax_cross_entropy", params, x, labels)
+      >>> report.ok, len(report.rows)       # W and b of two layers
+      (True, 4)
     """
     loss = get_loss(loss)
     validate(net, loss, params, x, v)

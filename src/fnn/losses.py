@@ -233,6 +233,9 @@ LOSSES: Registry[Loss] = Registry(
     "loss", {l.name: l for l in (mse, mae, huber(), mape, binary_cross_entropy, softmax_cross_entropy)},
     factories={"huber": huber}, entry_type=Loss, hint="or an fnn.Loss(name, value, grad) of your own",
 )
+"""The built-in losses by name: mse, mae, ``huber(δ)``, mape, binary_cross_entropy and
+softmax_cross_entropy (both on logits). :func:`get_loss` looks names up here; a
+:class:`Loss` of your own needs no entry."""
 
 
 def get_loss(spec: str | Loss) -> Loss:
@@ -266,7 +269,15 @@ def risk(loss: str | Loss, y: Array, v: Array, weights: Array | None = None) -> 
 
 def risk_grad(loss: str | Loss, y: Array, v: Array, weights: Array | None = None) -> Array:
     """``∂R/∂y`` of shape ``(B, d_L)``: ``w_b ∂ℓ/∂y_b / Σ_b w_b``, the per-example
-    gradients weighted and divided by the total weight (``B`` when unweighted)."""
+    gradients weighted and divided by the total weight (``B`` when unweighted).
+
+    Example: softmax cross-entropy on logits gives ``(softmax(y) − onehot(v)) / B``.
+
+      >>> import jax.numpy as jnp, fnn
+      >>> logits, labels = jnp.array([[0.0, 0.0], [0.0, 0.0]]), jnp.array([0, 1])
+      >>> fnn.risk_grad("softmax_cross_entropy", logits, labels).tolist()
+      [[-0.25, 0.25], [0.25, -0.25]]
+    """
     loss = get_loss(loss)
     _check(loss, y, v, weights)
     w, total = _normaliser(weights, y.shape[:-1], y.dtype)

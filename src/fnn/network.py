@@ -104,6 +104,11 @@ class MLP:
         return f"MLP(sizes={self.sizes}, activations=({acts}))"
 
 
+# A static value to JAX (a pytree with no leaves, compared by ==): it passes through jax.jit,
+# vmap and grad as part of the program, so jax.jit(fnn.per_example_grads)(net, loss, ...) works.
+jax.tree_util.register_static(MLP)
+
+
 Initializer = Callable[[Array, tuple[int, ...], jnp.dtype], Array]
 
 SCHEMES: Registry[Initializer] = Registry("init scheme", {

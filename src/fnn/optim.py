@@ -18,18 +18,25 @@ from fnn.backprop import Objective, get_method
 from fnn.losses import Loss
 from fnn.network import MLP
 from fnn.privacy import clipped_value_and_grad
+from fnn.programs import program_cache
 from fnn.registry import Registry
 from fnn.schedules import with_schedule
 from fnn.validation import check_coefficient, check_optimizer, validate
 
 Array = jax.Array
 
+# The default optimizer of every entry point (fnn.fit, fnn.sweep, fnn train, fnn sweep): the
+# one place it is set.
+DEFAULT_OPTIMIZER, DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM = "adam", 1e-3, 0.9
 
+
+@program_cache
 def plain_gd(learning_rate: float) -> optax.GradientTransformation:
     """Gradient descent written out: the update is ``−η ∇R(θ)``; no state.
 
     Equivalent to ``optax.sgd(learning_rate)``, kept as the lectures' rule in code. For a
     schedule, ``get_optimizer("gd", schedule)`` wraps it in ``optax.inject_hyperparams``.
+    An equal rate gives the same optimizer object, so programs built on it are reused.
     """
     check_learning_rate(learning_rate)
 
@@ -76,15 +83,25 @@ OPTIMIZERS: Registry[Callable[[float, float], optax.GradientTransformation]] = R
 }, hint="or any optax GradientTransformation")
 
 
+@program_cache
 def get_optimizer(
-    spec: str | optax.GradientTransformation, learning_rate: float | Callable = 1e-3, momentum: float = 0.9
+    spec: str | optax.GradientTransformation = DEFAULT_OPTIMIZER,
+    learning_rate: float | Callable = DEFAULT_LEARNING_RATE,
+    momentum: float = DEFAULT_MOMENTUM,
 ) -> optax.GradientTransformation:
     """An optimizer by name (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``, ...) with learning
-    rate η and momentum, or an optax ``GradientTransformation`` passed through.
+    rate η and momentum, or an optax ``GradientTransformation`` passed through. The defaults,
+    ``get_optimizer()``, are Adam with η = 1e-3: the default of :func:`fnn.fit`, :func:`fnn.sweep`
+    and ``fnn train``.
 
     ``learning_rate`` may be an optax schedule (``step -> rate``, e.g. from
     :func:`fnn.make_schedule`): the optimizer is then wrapped in ``optax.inject_hyperparams``,
-    so its state holds the current rate and :func:`fnn.fit` records it as ``lr``."""
+    so its state holds the current rate and :func:`fnn.fit` records it as ``lr``.
+
+    Equal arguments give the same optimizer object. Optax transformations compare by identity,
+    so this is what lets a second ``fit``/``make_update_step`` with equal settings reuse the
+    first one's compiled program; ``optax.adam(1e-3)`` built anew is a new optimizer, and
+    compiles anew (see :mod:`fnn.programs`)."""
     if isinstance(spec, optax.GradientTransformation):
         return spec
     build = OPTIMIZERS.lookup(spec)
@@ -163,6 +180,7 @@ def _gradient(objective: Objective, method: str, clip_norm, noise_multiplier) ->
     return private
 
 
+@program_cache
 def make_update_step(net: MLP, loss: str | Loss, optimizer: optax.GradientTransformation,
                      method: str = "manual", *, l2: float = 0.0, dropout: float = 0.0,
                      clip_norm: float | None = None, noise_multiplier: float = 0.0,
@@ -177,7 +195,8 @@ def make_update_step(net: MLP, loss: str | Loss, optimizer: optax.GradientTransf
     the step reuses the buffers of ``params`` and ``opt_state`` for its outputs,
     so those inputs are deleted by the call; pass ``donate=False`` to keep them.
     Shapes are checked when the step is traced (once per input shape). The same
-    code runs on CPU, GPU and TPU.
+    code runs on CPU, GPU and TPU. Equal arguments (the same optimizer object) return the same
+    jitted step, compiled once per input shape (see :mod:`fnn.programs`).
     """
     return jax.jit(
         make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,

@@ -89,6 +89,19 @@ def per_example_grad_norms(net: MLP, loss: str | Loss, params: Params, x: Array,
         ‖∂ℓ_b/∂W_l‖² = ‖y_{l−1,b}‖² ‖δz_{l,b}‖²,   ‖∂ℓ_b/∂b_l‖² = ‖δz_{l,b}‖²
 
     With ``per_layer``, a list with one ``{"W": (B,), "b": (B,)}`` of norms per layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, fnn
+      >>> net = fnn.MLP((3, 4, 2), ("tanh", "identity"))
+      >>> params = fnn.init(jax.random.key(0), net)
+      >>> x, labels = jax.random.normal(jax.random.key(1), (5, 3)), jnp.array([0, 1, 1, 0, 1])
+      >>> norms = fnn.per_example_grad_norms(net, "softmax_cross_entropy", params, x, labels)
+      >>> norms.shape
+      (5,)
+      >>> g = fnn.per_example_grads(net, "softmax_cross_entropy", params, x, labels)
+      >>> formed = jnp.sqrt(sum(jnp.sum(leaf.reshape(5, -1) ** 2, axis=1) for leaf in jax.tree.leaves(g)))
+      >>> bool(jnp.allclose(norms, formed, rtol=1e-5))
+      True
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     squares = _squared_norms(cache, deltas(net, params, cache, loss.grad(out, v)))

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import optax
 
+from fnn.programs import program_cache
 from fnn.registry import Registry
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -50,13 +51,15 @@ SCHEDULES: Registry[Callable[[float, int], Schedule]] = Registry("schedule", {
 })
 
 
+@program_cache
 def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_steps: int | None = None) -> Schedule:
     """The schedule ``name`` (see the module docstring) peaking at ``learning_rate`` over
     ``total_steps`` steps, after a linear warmup of ``warmup_steps`` (default 0, or 5% of the
     steps for ``warmup_cosine``).
 
     Raises ``ValueError`` for an unknown name, a non-positive total, or a warmup that is
-    negative or not shorter than the run.
+    negative or not shorter than the run. Equal arguments give the same schedule object (so the
+    optimizers and programs built on it are reused, see :mod:`fnn.programs`).
     """
     build = SCHEDULES.lookup(name)
     if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
