@@ -49,6 +49,9 @@ SCHEDULES: Registry[Callable[[float, int], Schedule]] = Registry("schedule", {
     "exponential": _exponential,
     "step": _step,
 })
+"""The schedules by name, each ``(learning_rate, total_steps) -> optax schedule``: constant,
+cosine, warmup_cosine, exponential and step (see the module docstring).
+:func:`make_schedule` looks names up here and adds the warmup."""
 
 
 @program_cache
