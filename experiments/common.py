@@ -24,7 +24,8 @@ def main(module, argv=None) -> dict:
     """The command line of every experiment module: ``python experiments/NAME.py [--quick] [--out DIR]``.
 
     Calls ``module.run(quick)`` and ``module.report(results)``, writes NAME.{json,md,png} and
-    prints the markdown. Keys listed in ``module.JSON_OMITS`` (data the figure needs but the
+    prints the markdown. The json's ``provenance`` (:func:`provenance`) names the commit and
+    the hash of the script that wrote it; ``tests/test_experiments.py`` checks it. Keys listed in ``module.JSON_OMITS`` (data the figure needs but the
     json should not hold) are left out of the json. Returns the results as written.
     """
     name = Path(module.__file__).stem
@@ -33,6 +34,7 @@ def main(module, argv=None) -> dict:
     markdown, fig = module.report(results)
     for key in getattr(module, "JSON_OMITS", ()):
         results.pop(key)
+    results["provenance"] = provenance(module.__file__)
     write(name, results, markdown, fig, args.out)
     print(markdown)
     return results
@@ -77,7 +79,8 @@ def seed_splits(load, seeds, validation: bool):
     if validation:
         splits = [validation_split(d, seed=s) for d, s in zip(splits, seeds)]
     stack = lambda name: np.stack([getattr(d, name) for d in splits])
-    return (stack("x_train"), stack("y_train")), (stack("x_test"), stack("y_test"))
+    held = "val" if validation else "test"  # validation_split keeps the test split apart, in x_test
+    return (stack("x_train"), stack("y_train")), (stack(f"x_{held}"), stack(f"y_{held}"))
 
 
 def auc(curves):
@@ -87,15 +90,20 @@ def auc(curves):
     return np.nanmean(np.asarray(curves), axis=-1)
 
 
-def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accuracy", **settings) -> dict:
+def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accuracy", extend: int = 3,
+                  max_epochs: int | None = None, **settings) -> dict:
     """The learning rate of one arm, chosen on validation splits, then its runs on the test splits.
 
     Every grid value trains on each seed's validation split (``fnn.sweep``, one program); the
     chosen rate has the best mean over seeds of the area under the validation ``metric`` curve
-    (the mean over epochs: fast and good; lower is better for a loss). The chosen rate then
-    trains on the full training splits and is evaluated on the test splits, seed by seed.
-    Returns the validation curve over the grid (mean and 95% half-width), the chosen rate,
-    and the test histories ``(seeds, epochs)`` with their per-epoch mean and half-width.
+    (the mean over epochs: fast and good; lower is better for a loss). A choice on the grid's
+    edge extends the grid (:func:`interior_choice`, at most ``extend`` new values). The chosen
+    rate then trains on the full training splits and is evaluated on the test splits, seed by
+    seed; with ``max_epochs`` the budget doubles until the test curves plateau
+    (:func:`plateau`) or ``max_epochs`` is reached. Returns the grid search (``lr_grid``,
+    ``val_auc``, ``val_auc_ci95``, ``diverged_at_lr``, ``lr``, ``lr_at_grid_edge``, ``grid_note``,
+    ``runner_up``), the test histories ``(seeds, epochs)`` with their per-epoch mean and
+    half-width, ``epochs`` run and the ``plateau`` verdict.
     """
     import numpy as np
 
@@ -104,22 +112,27 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
 
     sign = 1.0 if metric.endswith(("accuracy", "r2")) else -1.0
     train, held = seed_splits(load, seeds, validation=True)
-    tuned = sweep(net, loss, *train, seeds=seeds, grid={"lr": list(lr_grid)}, test=held, epochs=epochs,
-                  **settings)
-    scores = auc(tuned.history[metric])
-    points = np.array([c["point"] for c in tuned.configs])
-    curve = [mean_ci(np.where(tuned.diverged[points == g] > 0, np.nan, scores[points == g]))
-             for g in range(len(lr_grid))]
-    usable = [g for g in range(len(lr_grid)) if (tuned.diverged[points == g] == 0).all()]
-    best = max(usable, key=lambda g: sign * curve[g][0])
+
+    def score(values):
+        tuned = sweep(net, loss, *train, seeds=seeds, grid={"lr": list(values)}, test=held, epochs=epochs,
+                      **settings)
+        scores, points = auc(tuned.history[metric]), np.array([c["point"] for c in tuned.configs])
+        return [(np.where(tuned.diverged[points == g] > 0, np.nan, scores[points == g]),
+                 int((tuned.diverged[points == g] > 0).sum())) for g in range(len(values))]
+
+    choice = interior_choice(score, lr_grid, larger_is_better=sign > 0, extend=extend)
     train, test = seed_splits(load, seeds, validation=False)
-    final = sweep(net, loss, *train, seeds=seeds, test=test, epochs=epochs, lr=float(lr_grid[best]), **settings)
+    while True:
+        final = sweep(net, loss, *train, seeds=seeds, test=test, epochs=epochs, lr=choice["value"], **settings)
+        flat = plateau(final.history[metric], larger_is_better=sign > 0)
+        if flat["plateaued"] or max_epochs is None or 2 * epochs > max_epochs:
+            break
+        epochs *= 2
     history = {k: final.history[k] for k in final.history}
     bands = {k: [mean_ci(a[:, e])[::2] for e in range(a.shape[1])] for k, a in history.items()}
-    return {"lr_grid": [float(a) for a in lr_grid], "val_auc": [c[0] for c in curve],
-            "val_auc_ci95": [c[2] for c in curve], "diverged_at_lr": [int((tuned.diverged[points == g] > 0).sum())
-                                                                     for g in range(len(lr_grid))],
-            "lr": float(lr_grid[best]), "lr_at_grid_edge": best in (0, len(lr_grid) - 1) and len(lr_grid) > 1,
+    return {"lr_grid": choice["grid"], "val_auc": choice["mean"], "val_auc_ci95": choice["ci95"],
+            "diverged_at_lr": choice["diverged"], "lr": choice["value"], "lr_at_grid_edge": choice["at_edge"],
+            "grid_note": choice["note"], "runner_up": choice["runner_up"], "epochs": epochs, "plateau": flat,
             "history": {k: a.tolist() for k, a in history.items()},
             "mean": {k: [b[0] for b in v] for k, v in bands.items()},
             "ci95": {k: [b[1] for b in v] for k, v in bands.items()}, "seeds": list(seeds)}
@@ -143,3 +156,131 @@ def pm(mean, half, digits: int = 3) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if half == half else f"{mean:.{digits}f}"
+
+
+# --- the grid-edge rule, the plateau rule, provenance ----------------------------------------------
+
+def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int = 3) -> dict:
+    """The best value of a geometric ``grid``, extending the grid while the best sits on its edge.
+
+    ``score(values)`` returns, per value, ``(per_seed_scores, diverged_runs)``: a value with a
+    diverged run is not a candidate. When the best value is the grid's smallest or largest, one
+    more value beyond it (the grid's own ratio at that end) is scored, and the choice is made
+    again, at most ``extend`` times. The choice counts as interior when a usable value lies on
+    each side of it, or when the value beyond it diverged (larger steps are then ruled out by
+    divergence, which the note says). Otherwise ``at_edge`` stays true and ``note`` says why
+    (extension limit reached, or a one-value grid).
+
+    Returns ``grid`` (ascending, extensions included), ``mean`` and ``ci95`` (95% t-interval)
+    of the scores per value, ``diverged`` runs per value, the chosen ``value``, ``at_edge``,
+    ``extended`` (the values added), ``note``, and ``runner_up``: the second-best usable value
+    compared with the best, paired over seeds (:func:`fnn.stats.paired`).
+    """
+    import numpy as np
+
+    from fnn.stats import mean_ci, paired
+
+    sign = 1.0 if larger_is_better else -1.0
+    values = sorted(float(a) for a in grid)
+    scored = dict(zip(values, score(values)))
+    added, note = [], ""
+    while True:
+        values = sorted(scored)
+        usable = [a for a in values if scored[a][1] == 0 and np.isfinite(np.nanmean(scored[a][0]))]
+        if not usable:
+            note = "every value of the grid diverged"
+            break
+        ranked = sorted(usable, key=lambda a: -sign * np.nanmean(scored[a][0]))
+        i = values.index(ranked[0])
+        beyond = [i - 1, i + 1]
+        blocked = [j for j in beyond if 0 <= j < len(values) and scored[values[j]][1] > 0]
+        if 0 < i < len(values) - 1:
+            if blocked:
+                note = f"{values[blocked[0]]:g} beyond the choice diverged ({scored[values[blocked[0]]][1]} runs)"
+            break
+        if len(values) < 2:
+            note = "a one-value grid: no edge rule"
+            break
+        if len(added) >= extend:
+            note = f"still on the grid's edge after {extend} extensions: a wider grid is needed"
+            break
+        new = values[0] ** 2 / values[1] if i == 0 else values[-1] ** 2 / values[-2]
+        scored[new] = score([new])[0]
+        added.append(new)
+    values = sorted(scored)
+    stats = [mean_ci(scored[a][0]) for a in values]
+    chosen = ranked[0] if usable else None
+    at_edge = chosen is not None and len(values) > 1 and values.index(chosen) in (0, len(values) - 1)
+    second = None
+    if usable and len(ranked) > 1:
+        c = paired(scored[ranked[0]][0], scored[ranked[1]][0])
+        second = {"value": ranked[1], "difference": c.mean, "ci95": c.half_width, "p_value": c.p_value,
+                  "wins": c.wins, "ties": c.ties, "losses": c.losses, "distinguishable": c.significant()}
+    return {"grid": values, "mean": [m[0] for m in stats], "ci95": [m[2] for m in stats],
+            "diverged": [scored[a][1] for a in values], "value": chosen, "at_edge": bool(at_edge),
+            "extended": added, "note": note, "runner_up": second}
+
+
+def plateau(curves, *, larger_is_better: bool = True, tol: float = 0.002, window: float = 0.25) -> dict:
+    """Whether training curves ``(seeds, epochs)`` have stopped improving.
+
+    Compares, seed by seed, the mean of the last ``window`` fraction of epochs with the mean of
+    the window before it (:func:`fnn.stats.paired`). The curves plateau when the gain (in the
+    direction ``larger_is_better``) is below ``tol`` or not distinguishable from zero at 5%.
+    Returns ``plateaued``, the mean ``gain``, its ``ci95`` and ``p_value``. Fewer than four
+    epochs never count as a plateau.
+    """
+    import numpy as np
+
+    from fnn.stats import paired
+
+    a = np.asarray(curves, np.float64)
+    if a.ndim == 1:
+        a = a[None]
+    w = max(1, int(round(a.shape[1] * window)))
+    if a.shape[1] < 4 or a.shape[1] < 2 * w:
+        return {"plateaued": False, "gain": float("nan"), "ci95": float("nan"), "p_value": float("nan")}
+    sign = 1.0 if larger_is_better else -1.0
+    last, before = np.nanmean(a[:, -w:], axis=1), np.nanmean(a[:, -2 * w:-w], axis=1)
+    c = paired(sign * last, sign * before)
+    flat = bool(c.mean < tol or not c.significant()) if a.shape[0] > 1 else bool(c.mean < tol)
+    return {"plateaued": flat, "gain": c.mean, "ci95": c.half_width, "p_value": c.p_value}
+
+
+def script_hash(path) -> str:
+    """sha256 of a script's bytes: what a result's provenance is checked against."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def provenance(script) -> dict:
+    """What wrote a result: the script (relative to the repository), the sha256 of its content
+    at the time, and the git commit checked out (``dirty`` when the script differed from it)."""
+    import subprocess
+
+    script = Path(script).resolve()
+    root = script.parents[1]
+    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=30)
+    try:
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        dirty = bool(git("status", "--porcelain", "--", str(script)).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"script": str(script.relative_to(root)), "script_sha256": script_hash(script), "commit": commit,
+            "script_dirty": dirty}
+
+
+def provenance_problem(result_json, script) -> str | None:
+    """Why a result file does not certify that ``script``, as it is now, wrote it (``None``
+    when it does): no provenance recorded, another script, or another version of the script."""
+    doc = json.loads(Path(result_json).read_text())
+    p = doc.get("provenance") if isinstance(doc, dict) else None
+    if not p:
+        return f"{Path(result_json).name} records no provenance: rerun {Path(script).name}"
+    if Path(p["script"]).name != Path(script).name:
+        return f"{Path(result_json).name} was written by {p['script']}, not {Path(script).name}"
+    if p["script_sha256"] != script_hash(script):
+        return (f"{Path(result_json).name} was written by another version of {Path(script).name} "
+                f"(commit {p['commit']}): rerun it")
+    return None

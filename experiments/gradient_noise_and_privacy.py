@@ -67,7 +67,8 @@ def privacy_cost(data, seeds, select_seeds, epochs, lrs, arms) -> dict:
     out = {}
     for arm in arms:
         sigma = ARMS[arm]
-        scores = {lr: np.mean([_train(validation, s, lr, epochs, sigma)["test_accuracy"][-1] for s in select_seeds])
+        scores = {lr: np.mean([_train(validation, s, lr, epochs, sigma,
+                                         test=(validation.x_val, validation.y_val))["test_accuracy"][-1] for s in select_seeds])
                   for lr in lrs}
         best = max(scores, key=scores.get)
         accuracies = [_train(data, s, best, epochs, sigma)["test_accuracy"][-1] for s in seeds]

@@ -132,6 +132,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the run in folder RUN from its checkpoint, with its configuration; only "
                         f"{', '.join(flag(k) for k in CHANGEABLE_ON_RESUME)} may be given anew")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="with --resume: continue even if the run's data file changed since it ran (default: refuse)")
     p.add_argument("--no-gradcheck", action="store_true", help="skip the gradient check")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="do not write curves.png")
@@ -160,6 +162,10 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="reload a run's checkpoint and report its test metrics")
     ev.add_argument("run", help="run folder written by fnn train")
     ev.add_argument("--best", action="store_true", help="evaluate best.npz (early stopping) instead of the last checkpoint")
+    ev.add_argument("--split", choices=["train", "validation", "test"], default=None,
+                    help="the split to evaluate on (default: validation for a --validation run, else test)")
+    ev.add_argument("--allow-changed-data", action="store_true",
+                    help="evaluate even if the run's data file changed since it ran (default: refuse)")
     sw = sub.add_parser(
         "sweep", help="train seeds x a grid of settings as one compiled program per group",
         description="Train many runs: every seed (--seeds) with every combination of the values given to "

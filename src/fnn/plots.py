@@ -30,8 +30,8 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
         ``train_loss``, ``test_loss``, ``train_accuracy`` or ``train_r2``, ``batch_loss``,
         ``lr``, ...). Epoch ``k`` is drawn at ``x = k``.
       title: the figure's title.
-      split_names: the labels for the ``train_*`` and ``test_*`` curves (e.g.
-        ``("train", "validation")``).
+      split_names: the labels for the ``train_*`` and ``test_*`` curves; ``val_*`` curves (a
+        validation split) are labelled ``validation``.
 
     Returns:
       The matplotlib ``Figure`` (in a notebook it displays itself).
@@ -43,7 +43,7 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
     epochs = history["epoch"]
     if "batch_loss" in history:
         axes[0].plot(epochs, history["batch_loss"], ":", color="grey", label="minibatch mean (running)")
-    for split, label in zip(("train", "test"), split_names):
+    for split, label in (("train", split_names[0]), ("val", "validation"), ("test", split_names[1])):
         if f"{split}_loss" in history:
             axes[0].plot(epochs, history[f"{split}_loss"], label=f"{label} (full set)")
         if f"{split}_{second}" in history:
@@ -96,13 +96,15 @@ def plot_diagnostics(history: dict, title: str | None = None):
 
 def plot_sweep(results, grid: dict, split: str = "test"):
     """The mean curve of every grid point of a sweep, with its 95% band over seeds: loss and
-    accuracy (or R²) on the ``test`` split against the epoch. ``results``: ``[(label,
-    SweepResult), ...]`` (one per program group, e.g. per activation); the legend names the
-    swept settings. Returns the matplotlib ``Figure``."""
+    accuracy (or R²) on the validation split (``val_*``, when the sweep has one) or else the
+    test split, against the epoch. ``results``: ``[(label, SweepResult), ...]`` (one per program
+    group, e.g. per activation); the legend names the swept settings. ``split``: the name shown
+    for ``test_*`` curves. Returns the matplotlib ``Figure``."""
     plt = pyplot()
     first = results[0][1].history
-    second = "test_accuracy" if "test_accuracy" in first else "test_r2"
-    panels = [k for k in ("test_loss", second) if k in first] or ["train_loss"]
+    held = "val" if "val_loss" in first else "test"
+    second = f"{held}_accuracy" if f"{held}_accuracy" in first else f"{held}_r2"
+    panels = [k for k in (f"{held}_loss", second) if k in first] or ["train_loss"]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     colours = plt.get_cmap("tab10" if sum(len(r.summary) for _, r in results) <= 10 else "viridis")
     n_points, i = sum(len(r.summary) for _, r in results), 0
@@ -120,7 +122,8 @@ def plot_sweep(results, grid: dict, split: str = "test"):
                 ax.fill_between(epochs, stats[:, 0] - stats[:, 2], stats[:, 0] + stats[:, 2], color=colour,
                                 alpha=0.2, linewidth=0)
     for ax, key in zip(axes[0], panels):
-        ax.set(xlabel="epoch", ylabel=key.replace("test_", f"{split} "), title=key.replace("test_", f"{split} "))
+        name = key.replace("val_", "validation ").replace("test_", f"{split} ")
+        ax.set(xlabel="epoch", ylabel=name, title=name)
         if key.endswith("loss"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

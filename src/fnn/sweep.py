@@ -56,14 +56,14 @@ class SweepResult:
     Attributes:
       configs: one dict per run: ``seed``, ``point`` (the grid point's index) and every setting.
       params: the runs' final parameters, each leaf with a leading run axis ``(runs, ...)``.
-      history: per-epoch arrays ``(runs, epochs)``: ``batch_loss``, ``train_*``, ``test_*``
+      history: per-epoch arrays ``(runs, epochs)``: ``batch_loss``, ``train_*``, ``val_*``, ``test_*``
         (and ``lr`` under a schedule), as in :func:`fnn.fit`; NaN after a run diverged.
       diverged: ``(runs,)``: the epoch in which each run's loss became non-finite (0: never).
       summary: one dict per grid point: its settings, ``n`` seeds, ``diverged`` runs, and for
         every final metric ``m``: ``m_mean``, ``m_std``, ``m_ci95`` (half-width of the 95%
         t-interval over the seeds that did not diverge).
       best: the summary row with the best mean of ``select`` among points none of whose runs
-        diverged (``None`` without test data or when every point diverged).
+        diverged (``None`` without validation or test data, or when every point diverged).
     """
 
     configs: list[dict]
@@ -80,7 +80,8 @@ class SweepResult:
 
 def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid: dict | None = None,
           test: tuple | None = None, select: str | None = None, progress: bool = False,
-          clip_norm: float | None = None, noise_multiplier: float = 0.0, mesh=None, **settings) -> SweepResult:
+          clip_norm: float | None = None, noise_multiplier: float = 0.0, mesh=None,
+          validation: tuple | None = None, **settings) -> SweepResult:
     """Trains ``seeds × grid`` runs of ``net``, each group of the grid as one compiled program.
 
     Args:
@@ -90,9 +91,15 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
       seeds: how many seeds (``0 .. seeds-1``) or a list of them.
       grid: ``{setting: [values]}``; the grid is their Cartesian product. Settings are
         :data:`SWEEPABLE` (traced, one program) or :data:`GROUPED` (one program each).
-      test: ``(x_test, v_test)``, shared or per seed like ``x``; evaluated after every epoch.
-      select: the metric that picks ``best`` (default ``test_accuracy`` for classification,
-        else ``test_loss``); a name ending in accuracy or r2 is maximised, others minimised.
+      test: ``(x_test, v_test)``, shared or per seed like ``x``; evaluated after every epoch
+        (history ``test_*``).
+      validation: ``(x_val, v_val)``, shared or per seed like ``x`` (e.g. from
+        :func:`fnn.data.validation_split`); evaluated after every epoch (history ``val_*``).
+        Choose settings on it, and keep ``test`` for the chosen point's final runs.
+      select: the metric that picks ``best`` (default ``val_accuracy`` with ``validation``, else
+        ``test_accuracy``; ``*_loss`` for a regression); a name ending in accuracy or r2 is
+        maximised, others minimised. Raises ``ValueError`` before training for a name the
+        history will not have.
       progress: show a progress bar over epochs.
       clip_norm, noise_multiplier: DP-SGD for every run (see :func:`fnn.make_update_fn`).
       mesh: a 1-D ``jax.sharding.Mesh`` (:func:`fnn.parallel.make_mesh`) to split the runs over:
@@ -108,7 +115,12 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
     loss = get_loss(loss)
     seeds, points = _plan(seeds, grid or {}, settings)
     per_seed = np.ndim(x) == 3
-    data = _Data(net, loss, x, v, test, len(seeds), per_seed)
+    held = {name: pair for name, pair in (("val", validation), ("test", test)) if pair is not None}
+    select = select or (f"{next(iter(held), 'test')}_accuracy" if loss.kind != "regression"
+                        else f"{next(iter(held), 'test')}_loss")
+    if held:
+        check_select(select, loss, list(held))
+    data = _Data(net, loss, x, v, held, len(seeds), per_seed)
     groups: dict[tuple, list[int]] = {}
     for g, point in enumerate(points):
         groups.setdefault(tuple(point[k] for k in GROUPED), []).append(g)
@@ -124,8 +136,7 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
     history = {k: np.stack([r["history"][k] for r in runs]) for k in keys}
     params = jax.tree.map(lambda *a: jnp.stack(a), *[r["params"] for r in runs])
     diverged = np.array([r["diverged"] for r in runs])
-    select = select or ("test_accuracy" if "test_accuracy" in history else "test_loss")
-    summary, best = summarise(configs, history, diverged, points, select if test is not None else None)
+    summary, best = summarise(configs, history, diverged, points, select if held else None)
     return SweepResult(configs, params, history, diverged, summary, best)
 
 
@@ -169,10 +180,22 @@ def _check_point(point: dict) -> None:
 
 
 class _Data:
-    """The training and test data on the device, shared by all seeds or one split per seed."""
+    """The training and held-out data (``{"val": ..., "test": ...}``) on the device, shared by all
+    seeds or one split per seed."""
+def check_select(select: str, loss: Loss, held: list[str]) -> None:
+    """Raises one ``ValueError`` unless ``select`` names a final metric the sweep records:
+    ``PREFIX_METRIC`` with ``PREFIX`` ``train`` or one of ``held`` (``val``, ``test``)."""
+    names = ("loss", "mse", "r2") if loss.kind == "regression" else ("loss", "accuracy")
+    known = [f"{p}_{m}" for p in ("train", *held) for m in names]
+    if select not in known:
+        hint = (" (this sweep evaluates a validation split: its metrics are val_*)"
+                if "val" in held and "test" not in held and select.startswith("test_") else "")
+        raise ValueError(f"Cannot select on {select!r}{hint}: choose from {', '.join(known)}.")
 
-    def __init__(self, net, loss, x, v, test, num_seeds, per_seed):
-        sets = [(x, v)] + ([tuple(test)] if test is not None else [])
+
+
+    def __init__(self, net, loss, x, v, held, num_seeds, per_seed):
+        sets = [(x, v)] + [tuple(pair) for pair in held.values()]
         probe = init(jax.random.key(0), net)
         for xs, vs in sets:
             if per_seed != (np.ndim(xs) == 3) or (per_seed and len(xs) != num_seeds):
@@ -182,7 +205,7 @@ class _Data:
                 validate(net, loss, probe, xs[s] if per_seed else xs, vs[s] if per_seed else vs)
         self.per_seed, self.n = per_seed, int(np.shape(x)[-2])
         self.train = _to_device(probe, x, v)
-        self.test = _to_device(probe, *test) if test is not None else None
+        self.held = {name: _to_device(probe, *pair) for name, pair in held.items()}
         self.axis = 0 if per_seed else None
 
 
@@ -271,7 +294,7 @@ class _Group:
     def _place(self, params, opt_state, hyper, keys):
         """Shards the run axis over the mesh: the grid points' axis when it divides evenly, else the seeds'."""
         if self.mesh is None:
-            return params, opt_state, hyper, keys, self.data.train, self.data.test
+            return params, opt_state, hyper, keys, self.data.train, self.data.held
         from jax.sharding import NamedSharding, PartitionSpec as P
 
         axis = self.mesh.axis_names[0]
@@ -279,13 +302,13 @@ class _Group:
         put = lambda tree, spec: jax.device_put(tree, NamedSharding(self.mesh, spec))
         runs = P(None, axis) if by_point else P(axis)
         data_spec = P(axis) if (self.data.per_seed and not by_point) else P()
-        data = [None if d is None else put(d, data_spec) for d in (self.data.train, self.data.test)]
+        held = {name: put(d, data_spec) for name, d in self.data.held.items()}
         return (put(params, runs), put(opt_state, runs), put(hyper, P(axis) if by_point else P()),
-                put(keys, P() if by_point else P(axis)), *data)
+                put(keys, P() if by_point else P(axis)), put(self.data.train, data_spec), held)
 
     def train(self, progress: bool) -> dict:
         """``{(seed index, point index): {"params", "history", "diverged"}}``."""
-        params, opt_state, hyper, keys, train, test = self._place(*self._start())
+        params, opt_state, hyper, keys, train, held = self._place(*self._start())
         epoch_fn, metrics_fn, epochs = self._epoch_fn(), self._metrics_fn(), self.static["epochs"]
         S, G = len(self.seeds), len(self.points)
         history: dict[str, list] = {"batch_loss": []}
@@ -296,8 +319,8 @@ class _Group:
             params, opt_state, losses = epoch_fn(params, opt_state, hyper, *train, epoch_keys)
             losses = np.asarray(losses)
             metrics = {f"train_{k}": a for k, a in metrics_fn(params, *train).items()}
-            if test is not None:
-                metrics.update({f"test_{k}": a for k, a in metrics_fn(params, *test).items()})
+            for name, arrays in held.items():
+                metrics.update({f"{name}_{k}": a for k, a in metrics_fn(params, *arrays).items()})
             rates = learning_rates(opt_state)
             if rates is not None:
                 metrics["lr"] = rates

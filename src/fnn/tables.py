@@ -2,8 +2,11 @@
 
 ``load_table(path, target=None)`` reads numeric tables only, and every bad file
 gets one ``ValueError`` that names the file, the row or column, and the fix:
-an empty file, ragged rows, missing values, non-numeric cells, a missing target
-column, a target with a single class. Split and standardisation work as for the
+an empty file, ragged rows, missing values, non-numeric cells, a value float32 cannot
+hold (beyond ±3.4e38), a missing target column, a target with a single class, and content
+that is not a text table (gzip/bzip2/xz/zstd-compressed, an Excel or OpenDocument workbook,
+a zip, PDF, Parquet or other binary file). Text is read as UTF-8 (a byte-order mark is
+skipped), UTF-16 or UTF-32 with a byte-order mark, or else cp1252. Split and standardisation work as for the
 built-in sets (20% test, statistics from the training part; regression targets
 standardised too).
 
@@ -30,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fnn.data import DATASETS, Dataset, _standardised, split_standardise
+from fnn.data import DATASETS, Dataset, split_standardise, standardise
+from fnn.splits import as_binary_targets
 
 MAX_CLASSES = 20
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?", "-"}
@@ -58,7 +62,8 @@ def load_table(path, target: str | int | None = None, *, seed: int = 0, test_fra
     if test is None:
         return split_standardise(name, x, ys[0], task=kind, test_fraction=test_fraction, seed=seed,
                                  num_classes=classes, standardise_targets=kind == "regression")
-    return _standardised(name, x, ys[0], test[0], ys[1], kind, classes, kind == "regression")
+    return standardise(name, (x, ys[0]), (test[0], ys[1]), task=kind, num_classes=classes,
+                       standardise_targets=kind == "regression")
 
 
 def _task(ys: list[np.ndarray], task: str | None, path: Path):
@@ -93,14 +98,14 @@ def as_binary(data: Dataset) -> Dataset:
         what = f"{data.num_classes} classes" if data.task == "classification" else "a regression"
         raise ValueError(f"binary_cross_entropy needs two classes, but {data.name} has {what}: "
                          "use softmax_cross_entropy (or --loss auto).")
-    binary = lambda y: np.asarray(y, np.float32).reshape(-1, 1)
-    return dataclasses.replace(data, y_train=binary(data.y_train), y_test=binary(data.y_test), task="binary")
+    return dataclasses.replace(data, task="binary", **{k: as_binary_targets(getattr(data, k))
+                                                       for k in ("y_train", "y_test", "y_val")})
 
 
 # --- CSV -----------------------------------------------------------------------------------------
 
 def _read_csv(path: Path, target) -> tuple[np.ndarray, np.ndarray]:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = _read_text(path)
     rows = [r for r in csv.reader(io.StringIO(text), delimiter=_delimiter(path, text))]
     numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]  # (line, cells)
     if not numbered:
@@ -125,6 +130,65 @@ def _read_csv(path: Path, target) -> tuple[np.ndarray, np.ndarray]:
     column = _target_column(target, names, header is not None, path)
     x = np.delete(table, column, axis=1).astype(np.float32)
     return x, table[:, column]
+
+
+# Content that is not a text table, by its first bytes: (magic, what it is, the fix).
+MAGIC = [
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip -k FILE)"),
+    (b"BZh", "bzip2-compressed", "decompress it first (bunzip2 -k FILE)"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first (unxz -k FILE)"),
+    (b"(\xb5/\xfd", "zstd-compressed", "decompress it first (unzstd FILE)"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel (.xls) or other Office file", "export the sheet as CSV from the spreadsheet"),
+    (b"%PDF", "a PDF document", "export the table as CSV"),
+    (b"\x89PNG", "a PNG image", "give a table of numbers"),
+    (b"\x93NUMPY", "a numpy .npy array", "save x and y with numpy.savez as an .npz file"),
+    (b"PAR1", "a Parquet file", "convert it to CSV (e.g. pandas.read_parquet(FILE).to_csv(...))"),
+]
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8 (with or without a byte-order mark), UTF-16/32 with one, or (as
+    spreadsheets on Windows write it) cp1252; one ``ValueError`` for binary or compressed content."""
+    raw = path.read_bytes()
+    for magic, what, fix in MAGIC:
+        if raw.startswith(magic):
+            raise ValueError(f"{path} is {what}, not a text table: {fix}.")
+    if raw.startswith(b"PK\x03\x04"):
+        what, fix = _zip_kind(path)
+        raise ValueError(f"{path} is {what}, not a text table: {fix}.")
+    for bom, encoding in ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+                          (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if raw.startswith(bom):
+            try:
+                return raw.decode(encoding)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path} starts with a {encoding.upper()} byte-order mark but is not valid "
+                                 f"{encoding.upper()} (byte {err.start}): save it again as UTF-8 CSV.") from None
+    head = raw[:1 << 16]
+    if b"\x00" in head or sum(b < 9 or 13 < b < 32 for b in head) > len(head) // 100:
+        utf16 = " (or UTF-16 text without a byte-order mark)" if b"\x00" in head[1:8:2] else ""
+        raise ValueError(f"{path} is a binary file{utf16}, not a text table: give a CSV file of numbers "
+                         "saved as UTF-8 text.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")  # only header names can hold such characters
+
+
+def _zip_kind(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "a damaged zip archive", "unzip or export it again"
+    if any(n.startswith("xl/") for n in names):
+        return "an Excel workbook (.xlsx)", "export the sheet as CSV from the spreadsheet"
+    if "content.xml" in names:
+        return "an OpenDocument file (.ods)", "export the sheet as CSV from the spreadsheet"
+    if names and all(n.endswith(".npy") for n in names):
+        return "a numpy .npz archive", "give it a .npz name"
+    return "a zip archive", "unzip it and give the CSV file inside"
 
 
 def _delimiter(path: Path, text: str) -> str:
@@ -154,6 +218,10 @@ def _number(cell: str, path: Path, line: int, column: str) -> float:
                          "columns are supported (encode categories as numbers, drop text columns).") from None
     if not np.isfinite(value):
         raise ValueError(f"{path}, line {line}, column {column!r}: {cell!r} is not finite: clean the data.")
+    # (A value below float32's smallest, 1.4e-45, becomes 0: an absolute error too small to matter.)
+    if abs(value) > F32_MAX:
+        raise ValueError(f"{path}, line {line}, column {column!r}: {stripped} is too large for float32 (at most "
+                         f"±{F32_MAX:.1e}): rescale the column (e.g. change its unit) or drop the row.")
     return value
 
 
@@ -209,8 +277,13 @@ def _npz_pair(arrays: dict, xk: str, yk: str, path: Path):
     if len(x) == 0:
         raise ValueError(f"{path}: {xk} is empty: there is nothing to train on.")
     for key, a in ((xk, x), (yk, y)):
-        bad = np.flatnonzero(~np.isfinite(a.astype(np.float64)).reshape(len(a), -1).all(1))
+        flat = a.astype(np.float64).reshape(len(a), -1)
+        bad = np.flatnonzero(~np.isfinite(flat).all(1))
         if bad.size:
             raise ValueError(f"{path}: {key} row {bad[0]} holds NaN or Inf ({bad.size} rows in all): clean or "
                              "drop those rows.")
+        big = np.flatnonzero((np.abs(flat) > F32_MAX).any(1))
+        if big.size:
+            raise ValueError(f"{path}: {key} row {big[0]} holds {flat[big[0]][np.abs(flat[big[0]]) > F32_MAX][0]:g}, "
+                             f"too large for float32 (at most {F32_MAX:.1e}; {big.size} rows in all): rescale it.")
     return x.astype(np.float32), y.astype(np.float64)

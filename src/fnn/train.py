@@ -45,6 +45,7 @@ def fit(
     l2: float = 0.0,
     dropout: float = 0.0,
     test: tuple | None = None,
+    validation: tuple | None = None,
     state: TrainState | None = None,
     mesh=None,
     on_epoch: Callable[[TrainState, dict], None] | None = None,
@@ -71,7 +72,10 @@ def fit(
         for equal settings (``optax.adam(1e-3)`` built anew compiles anew).
       epochs: total epochs (counting those already in ``state``).
       batch_size, method, l2, dropout: as in :func:`fnn.make_update_step`.
-      test: optional ``(x_test, v_test)`` evaluated after every epoch.
+      test: optional ``(x_test, v_test)`` evaluated after every epoch (history ``test_*``).
+      validation: optional ``(x_val, v_val)``, a validation split (e.g. from
+        :func:`fnn.data.validation_split`) evaluated after every epoch (history ``val_*``): the
+        data to choose settings and the stopping epoch on, leaving the test set for the end.
       state: a :class:`TrainState` to resume from (its params replace ``params``).
       mesh: a ``jax.sharding.Mesh`` to split every batch over (data parallelism,
         see :func:`fnn.parallel.fit_parallel`); params stay replicated. Works
@@ -87,11 +91,11 @@ def fit(
         gradient signal-to-noise ratio, the spread of per-example gradient norms and the GGN
         trace (:func:`fnn.quantities.diagnostics`) on the first 256 training examples, under
         history keys ``diag_grad_norm_l1``, ``diag_snr_l1``, ... (without dropout).
-      early_stopping: a patience in epochs (monitoring ``test_loss``), or an
-        :class:`EarlyStopping` (any history key, e.g. ``"test_accuracy"``): training
-        stops once the monitored metric has not improved for that many epochs, and
-        ``fit`` returns the parameters of the best epoch. Needs ``test`` (a validation
-        split, not the test set, when settings are being chosen).
+      early_stopping: a patience in epochs (monitoring ``val_loss``, or ``test_loss`` when only
+        ``test`` is given), or an :class:`EarlyStopping` (any history key, e.g.
+        ``"val_accuracy"``): training stops once the monitored metric has not improved for that
+        many epochs, and ``fit`` returns the parameters of the best epoch. Needs ``validation``
+        (or ``test``; stopping on the test set chooses the run's length on it).
 
     Returns:
       ``(params, history)`` with ``history`` a dict of per-epoch lists:
@@ -101,7 +105,7 @@ def fit(
         update (with dropout active): the running training loss;
       - ``train_loss``, ``train_accuracy`` (or ``train_mse``, ``train_r2``): the
         :func:`evaluate` metrics of the full training set after the epoch;
-      - ``test_*``: the same on ``test``;
+      - ``val_*``: the same on ``validation``; ``test_*``: the same on ``test``;
       - ``lr``: the learning rate of the epoch's last step, when the optimizer holds it
         (an optimizer built with a schedule, see :func:`fnn.get_optimizer`).
 
@@ -116,11 +120,11 @@ def fit(
     loss = get_loss(loss)
     optimizer = optimizer if optimizer is not None else get_optimizer()
     start = _starting_state(net, loss, params, x, v, key=key, optimizer=optimizer, epochs=epochs,
-                            batch_size=batch_size, test=test, state=state)
-    stopping = _stopping(early_stopping, test)
+                            batch_size=batch_size, test=test, state=state, validation=validation)
+    stopping = _stopping(early_stopping, test if validation is None else validation)
     private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
     trainer = Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
-                      dropout=dropout, mesh=mesh, diagnostics=diagnostics, **private)
+                      dropout=dropout, mesh=mesh, diagnostics=diagnostics, validation=validation, **private)
     state, history = trainer.run(start, epochs, on_epoch, progress, stopping)
     return (state.params if trainer.best_params is None else trainer.best_params), history
 
@@ -129,20 +133,23 @@ def _stopping(early_stopping, test) -> EarlyStopping | None:
     if early_stopping is None:
         return None
     if test is None:
-        raise ValueError("Early stopping watches a held-out metric: give test=(x_val, v_val).")
+        raise ValueError("Early stopping watches a held-out metric: give validation=(x_val, v_val).")
     return early_stopping if isinstance(early_stopping, EarlyStopping) else EarlyStopping(early_stopping)
 
 
-def _starting_state(net, loss: Loss, params, x, v, *, key, optimizer, epochs, batch_size, test, state
-                    ) -> TrainState:
+def _starting_state(net, loss: Loss, params, x, v, *, key, optimizer, epochs, batch_size, test, state,
+                    validation=None) -> TrainState:
     """Every check of :func:`fit`'s arguments, once, before anything runs; the state to start from."""
     check_optimizer(optimizer)
     check_key(key if state is None else state.key, "key")
-    if test is not None and (not isinstance(test, (tuple, list)) or len(test) != 2):
-        raise ValueError("test must be a pair (x_test, v_test).")
+    held_out = [(n, s) for n, s in (("test", test), ("validation", validation)) if s is not None]
+    for name, pair in held_out:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            short = "val" if name == "validation" else name
+            raise ValueError(f"{name} must be a pair (x_{short}, v_{short}).")
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}.")
-    for xs, vs in [(x, v)] + ([tuple(test)] if test is not None else []):
+    for xs, vs in [(x, v)] + [tuple(pair) for _, pair in held_out]:
         validate(net, loss, params if state is None else state.params, xs, vs)
     check_batch_size(batch_size, len(x))
     if state is None:

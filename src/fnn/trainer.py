@@ -69,17 +69,18 @@ class TrainState(NamedTuple):
 class EarlyStopping:
     """Stops training when ``monitor`` has not improved for ``patience`` epochs.
 
-    ``monitor`` is a history key (``"test_loss"``, ``"test_accuracy"``, ...);
+    ``monitor`` is a history key (``"val_loss"``, ``"val_accuracy"``, ``"test_loss"``, ...); by
+    default ``"val_loss"`` when the metrics have it (a validation split), else ``"test_loss"``;
     ``mode`` is ``"min"`` or ``"max"`` (default: ``"max"`` for accuracy and R², else
     ``"min"``). An epoch improves only if strictly better than the best so far.
     After each :meth:`update`, ``improved`` says whether that epoch is the new best,
     and ``best_epoch``/``best`` describe it; ``stop`` says whether to stop.
     """
 
-    def __init__(self, patience: int, monitor: str = "test_loss", mode: str | None = None):
+    def __init__(self, patience: int, monitor: str | None = None, mode: str | None = None):
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
             raise ValueError(f"The early-stopping patience must be a positive number of epochs, got {patience!r}.")
-        mode = mode or ("max" if monitor.endswith(("accuracy", "r2")) else "min")
+        mode = mode or ("max" if (monitor or "").endswith(("accuracy", "r2")) else "min")
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
         self.patience, self.monitor, self.mode = int(patience), monitor, mode
@@ -87,9 +88,11 @@ class EarlyStopping:
 
     def update(self, metrics: dict) -> bool:
         """Takes one epoch's metrics (with ``epoch`` and ``monitor``); returns whether to stop."""
+        if self.monitor is None:
+            self.monitor = "val_loss" if "val_loss" in metrics else "test_loss"
         if self.monitor not in metrics:
             raise ValueError(f"Early stopping monitors {self.monitor!r}, which the history does not have "
-                             f"(it has {', '.join(sorted(metrics))}): give test data or another monitor.")
+                             f"(it has {', '.join(sorted(metrics))}): give validation (or test) data or another monitor.")
         value, epoch = float(metrics[self.monitor]), int(metrics["epoch"])
         better = math.isfinite(value) and (self.best is None or (
             value < self.best if self.mode == "min" else value > self.best))
@@ -109,7 +112,7 @@ class Trainer:
     """The state of one ``fit`` call: data on the device, the compiled epoch, the history."""
 
     def __init__(self, net, loss, optimizer, x, v, test, *, batch_size, method, l2, dropout, mesh,
-                 diagnostics=False, **private):
+                 diagnostics=False, validation=None, **private):
         self.net, self.loss, self.mesh = net, loss, mesh
         self.batches = len(x) // batch_size
         settings = dict(batch_size=batch_size, method=method, l2=l2, dropout=dropout, mesh=mesh, **private)
@@ -123,6 +126,8 @@ class Trainer:
         else:
             self.epoch_fn = make_epoch_fn(net, loss, optimizer, donate=False, **settings)
         self.data, self.test = (x, v), test
+        # Held-out sets by history prefix: val_* (a validation split), test_* (the test set).
+        self.held_out = [(name, pair) for name, pair in (("val", validation), ("test", test)) if pair is not None]
         self.placed = None
         self.diagnostics = diagnostics
         self.on_batches = None  # called with the number of batches each chunk ran (progress)
@@ -130,8 +135,7 @@ class Trainer:
     def _place(self, params):
         if self.placed is None:
             arrays = [_to_device(params, *self.data)]
-            if self.test is not None:
-                arrays.append(_to_device(params, *self.test))
+            arrays += [_to_device(params, *pair) for _, pair in self.held_out]
             if self.mesh is not None:
                 arrays = replicate(arrays, self.mesh)
             self.placed = arrays
@@ -141,11 +145,11 @@ class Trainer:
         return tree if self.mesh is None else replicate(tree, self.mesh)
 
     def metrics(self, params, opt_state=None) -> dict[str, float]:
-        """``train_*`` and ``test_*`` metrics of ``params``, on the data already on the device."""
+        """``train_*``, ``val_*`` and ``test_*`` metrics of ``params``, on the data already on the device."""
         placed = self._place(params)
         out = {f"train_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *placed[0]).items()}
-        if self.test is not None:
-            out.update({f"test_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *placed[1]).items()})
+        for (name, _), arrays in zip(self.held_out, placed[1:]):
+            out.update({f"{name}_{k}": a for k, a in _host_metrics(self.net, self.loss, params, *arrays).items()})
         lr = current_learning_rate(opt_state) if opt_state is not None else None
         if lr is not None:
             out["lr"] = lr
@@ -270,7 +274,7 @@ class _Progress:
 
     def show(self, metrics: dict) -> None:
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{a:.4f}" for k, a in metrics.items() if k.startswith("test_")})
+            self.bar.set_postfix({k: f"{a:.4f}" for k, a in metrics.items() if k.startswith(("val_", "test_"))})
 
     def close(self) -> None:
         if self.bar is not None:
