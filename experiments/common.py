@@ -202,7 +202,8 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
             note = "a one-value grid: no edge rule"
             break
         if len(added) >= extend:
-            note = f"still on the grid's edge after {extend} extensions: a wider grid is needed"
+            note = (f"still on the grid's edge after {extend} extensions: a wider grid is needed" if extend
+                    else "on the grid's edge; the grid was not extended (extend=0)")
             break
         new = values[0] ** 2 / values[1] if i == 0 else values[-1] ** 2 / values[-2]
         scored[new] = score([new])[0]

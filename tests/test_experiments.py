@@ -42,11 +42,16 @@ def test_activations(tmp_path):
 
 def test_cross_entropy_vs_mse(tmp_path):
     r = _run("cross_entropy_vs_mse", tmp_path)
-    assert all(r[o][l]["gradcheck_ok"] for o in ("softmax", "sigmoid") for l in ("cross_entropy", "mse"))
-    for output in ("softmax", "sigmoid"):
-        for arm in r[output].values():
-            assert arm["lr"] in r["lr_grid"] and np.isfinite(arm["after_one"][0])
-    assert r["softmax"]["cross_entropy"]["final"][0] > r["softmax_linear_accuracy"] - 0.05
+    setups = r["setups"]
+    assert set(setups) == {"digits", "moons_saturated"}
+    for setup in setups.values():
+        for arm in setup["arms"].values():
+            assert arm["gradcheck_ok"] and arm["lr"] in arm["lr_grid"] and len(arm["history"]["test_accuracy"]) == 2
+        assert all(0 <= c["p_value"] <= c["p_holm"] <= 1 for c in setup["comparisons"].values())
+    # The mechanism, provoked: outputs saturated on the wrong side, MSE's gradient nearly gone.
+    sat = setups["moons_saturated"]["at_init"]
+    assert sat["wrong_side_saturated"][0] > 0.2 and sat["grad_ratio_mse_over_ce"][0] < 0.1
+    assert setups["digits"]["arms"]["cross_entropy"]["mean"]["test_accuracy"][-1] > 0.85
 
 
 def test_error_falls_with_width(tmp_path):
@@ -99,3 +104,96 @@ def test_gradient_noise_and_privacy(tmp_path):
     assert set(private) == {"no clipping", "clip C=1, σ=0", "σ=1"}
     for arm in private.values():
         assert len(arm["test_accuracy"]) == len(r["seeds"]) and arm["lr"] in r["lr_grid"]
+
+
+# --- the rules every experiment follows: grid edges, plateaus, provenance --------------------------
+
+def _toy_score(peak, diverge_above=np.inf):
+    """Per-seed scores of a concave objective in log10(lr), peaked at ``peak``, noisy per seed."""
+    def score(values):
+        rng = np.random.default_rng(0)
+        return [(-(np.log10(a) - np.log10(peak)) ** 2 + 0.01 * rng.standard_normal(5),
+                 5 if a > diverge_above else 0) for a in values]
+    return score
+
+
+def test_a_choice_on_the_grid_edge_extends_the_grid_until_interior():
+    from common import interior_choice
+
+    c = interior_choice(_toy_score(peak=5.0), [0.01, 0.1, 1.0])
+    assert c["value"] == pytest.approx(10.0) and c["extended"] == pytest.approx([10.0, 100.0])
+    assert not c["at_edge"] and c["grid"] == pytest.approx([0.01, 0.1, 1.0, 10.0, 100.0])
+    low = interior_choice(_toy_score(peak=1e-4), [0.01, 0.1, 1.0], larger_is_better=True)
+    assert low["value"] == pytest.approx(1e-4) and low["extended"] == pytest.approx([1e-3, 1e-4, 1e-5])
+    # A minimised objective goes the other way.
+    neg = interior_choice(lambda v: [(-s, d) for s, d in _toy_score(5.0)(v)], [0.01, 0.1, 1.0],
+                          larger_is_better=False)
+    assert neg["value"] == pytest.approx(10.0) and not neg["at_edge"]
+
+
+def test_the_grid_edge_rule_says_why_it_stopped():
+    from common import interior_choice
+
+    capped = interior_choice(_toy_score(peak=1e6), [0.01, 0.1, 1.0], extend=2)
+    assert capped["at_edge"] and capped["value"] == pytest.approx(100.0) and "after 2 extensions" in capped["note"]
+    blocked = interior_choice(_toy_score(peak=1e6, diverge_above=1.0), [0.01, 0.1, 1.0])
+    assert blocked["value"] == 1.0 and not blocked["at_edge"] and blocked["diverged"][-1] == 5
+    assert "10 beyond the choice diverged" in blocked["note"]
+    assert blocked["runner_up"]["value"] == pytest.approx(0.1) and blocked["runner_up"]["distinguishable"]
+
+
+def test_plateau_rule():
+    from common import plateau
+
+    epochs = np.arange(1, 41)
+    rng = np.random.default_rng(0)
+    noise = 0.002 * rng.standard_normal((5, 40))
+    rising = 1 - np.exp(-epochs / 30) + noise  # still climbing at epoch 40
+    flat = 0.95 - 0.5 * np.exp(-epochs / 3) + noise  # done by epoch 20
+    assert not plateau(rising)["plateaued"] and plateau(rising)["gain"] > 0.05
+    assert plateau(flat)["plateaued"]
+    assert plateau(-rising, larger_is_better=False)["plateaued"] is False  # a falling loss still improving
+    assert not plateau(flat[:, :3])["plateaued"]  # too short to tell
+
+
+def test_provenance_names_the_script_version_that_wrote_a_result(tmp_path):
+    import shutil
+
+    from common import provenance, provenance_problem
+
+    script = tmp_path / "toy.py"
+    shutil.copy(Path(__file__).resolve().parents[1] / "experiments" / "common.py", script)
+    result = tmp_path / "toy.json"
+    result.write_text(json.dumps({"x": 1, "provenance": provenance(script)}))
+    assert provenance_problem(result, script) is None
+    script.write_text(script.read_text() + "\n# edited after the result was written\n")
+    assert "another version of toy.py" in provenance_problem(result, script)
+    result.write_text(json.dumps({"x": 1, "provenance": provenance(script)}))  # rerunning updates it
+    assert provenance_problem(result, script) is None
+    result.write_text(json.dumps({"x": 1}))
+    assert "records no provenance" in provenance_problem(result, script)
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+# Results written before provenance was recorded; each leaves this list when its script is rerun
+# (the test below fails if a listed result has provenance, or an unlisted one lacks it).
+WITHOUT_PROVENANCE = {"activations", "backprop_by_hand", "gradient_noise_and_privacy", "linear_vs_nonlinear",
+                      "manual_vs_autodiff", "progress_chunks", "pytorch_example", "sweep_benchmark",
+                      "universal_approximation", "vanishing_gradients"}
+
+
+def test_every_committed_result_was_written_by_its_script_as_committed():
+    from common import provenance_problem
+
+    written_by_common = sorted(p.stem for p in EXPERIMENTS.glob("*.py")
+                               if "from common import" in p.read_text() and "main(sys.modules" in p.read_text())
+    problems, missing = [], set()
+    for name in written_by_common:
+        problem = provenance_problem(EXPERIMENTS / "results" / f"{name}.json", EXPERIMENTS / f"{name}.py")
+        if problem and "records no provenance" in problem:
+            missing.add(name)
+        elif problem:
+            problems.append(problem)
+    assert not problems, problems
+    assert missing == WITHOUT_PROVENANCE, "update WITHOUT_PROVENANCE"
+
