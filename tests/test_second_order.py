@@ -1,0 +1,208 @@
+"""K-FAC, EKFAC, the diagonal-GGN preconditioner, Gauss-Newton by CG and Newton against their dense
+definitions (jax.jacfwd / jax.hessian, float64), and the same numbers under jit, vmap and the mesh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import fnn
+from fnn.curvature import curvature_of
+from helpers import assert_rel_close, targets_for
+
+CASES = [  # (hidden activations, loss): every activation meets a loss with curvature
+    (("tanh", "relu"), "softmax_cross_entropy"),
+    (("sigmoid", "softplus"), "mse"),
+    (("leaky_relu(0.2)", "tanh"), "binary_cross_entropy"),
+    (("relu", "sigmoid"), "huber(0.5)"),
+]
+
+
+def _setup(acts, loss_name, batch=6, sizes=(3, 4, 5, 3), seed=0):
+    loss = fnn.get_loss(loss_name)
+    net = fnn.MLP(sizes, (*acts, "identity"))
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    params = fnn.init(k1, net, "glorot", dtype=jnp.float64)
+    x = jax.random.normal(k2, (batch, sizes[0]), jnp.float64)
+    return net, loss, params, x, targets_for(loss, k3, batch, sizes[-1], jnp.float64)
+
+
+def _dense_ggn(net, loss, params, x, v):
+    """``(1/B) Σ_b J_bᵀ H_b J_b`` in ``ravel_pytree`` order, by jax.jacfwd and jax.hessian."""
+    flat, unravel = ravel_pytree(params)
+    jac = jax.jacfwd(lambda f: fnn.forward(net, unravel(f), x))(flat)  # (B, d_L, P)
+    out = fnn.forward(net, params, x)
+    hess = jax.vmap(jax.hessian(lambda y, t: loss.value(y[None], t[None])[0]))(out, v)  # (B, d_L, d_L)
+    return jnp.einsum("bip,bij,bjq->pq", jac, hess, jac) / x.shape[0]
+
+
+def _blocks(params):
+    """Index ranges of each layer's [W; b] block in ravel_pytree order (W row-major, then b)."""
+    out, start = [], 0
+    for p in params:
+        size = p["W"].size + p["b"].size
+        out.append(slice(start, start + size))
+        start += size
+    return out
+
+
+def _stacked(g):
+    return jnp.concatenate([g["W"], g["b"][None, :]], axis=0)
+
+
+def _one_step(opt, net, loss, params, x, v, key=None):
+    state = opt.init(params)
+    _, grads, extra = fnn.curvature_pass(opt, net, loss, params, x, v, key=key)
+    updates, state = opt.update(grads, state, params, **extra)
+    return grads, extra, updates, state
+
+
+@pytest.mark.parametrize("acts,loss_name", CASES)
+@pytest.mark.parametrize("mode", ["exact", "pi"])
+def test_kfac_step_is_the_dense_damped_kronecker_solve(acts, loss_name, mode, x64):
+    net, loss, params, x, v = _setup(acts, loss_name)
+    lam = 0.3
+    opt = fnn.kfac(learning_rate=1.0, damping=lam, damping_mode=mode, curvature_ema=0.0)
+    grads, extra, updates, _ = _one_step(opt, net, loss, params, x, v)
+    reference = fnn.kfac_factors(net, loss, params, x, v)  # the KFLR factors quantities.py computes
+    cache = fnn.forward_with_cache(net, params, x)[1]
+    for l, (f, ref, g, u) in enumerate(zip(extra["factors"], reference, grads, updates)):
+        ybar = jnp.concatenate([cache.inputs[l], jnp.ones((x.shape[0], 1))], axis=1)
+        np.testing.assert_allclose(f["A"], ybar.T @ ybar / x.shape[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(f["G"], ref["G"], rtol=1e-12, atol=1e-14)
+        a, gg = f["A"], f["G"]
+        if mode == "exact":
+            matrix = jnp.kron(a, gg) + lam * jnp.eye(a.shape[0] * gg.shape[0])
+        else:
+            pi = jnp.sqrt((jnp.trace(a) / a.shape[0]) / (jnp.trace(gg) / gg.shape[0]))
+            matrix = jnp.kron(a + pi * jnp.sqrt(lam) * jnp.eye(a.shape[0]), gg + jnp.sqrt(lam) / pi * jnp.eye(gg.shape[0]))
+        expected = -jnp.linalg.solve(matrix, _stacked(g).ravel())  # vec row-major: kron(A, G)
+        assert_rel_close(_stacked(u).ravel(), expected, 1e-10)
+
+
+def test_kfac_is_the_exact_ggn_block_for_one_example_of_a_deep_linear_net(x64):
+    net, loss, params, x, v = _setup(("identity", "identity"), "mse", batch=1)
+    dense = _dense_ggn(net, loss, params, x, v)
+    lam = 1e-2
+    grads, extra, updates, _ = _one_step(fnn.kfac(1.0, lam, curvature_ema=0.0), net, loss, params, x, v)
+    for block, f, g, u in zip(_blocks(params), extra["factors"], grads, updates):
+        np.testing.assert_allclose(jnp.kron(f["A"], f["G"]), dense[block, block], rtol=1e-10, atol=1e-13)
+        exact = -jnp.linalg.solve(dense[block, block] + lam * jnp.eye(block.stop - block.start), _stacked(g).ravel())
+        assert_rel_close(_stacked(u).ravel(), exact, 1e-9)
+
+
+@pytest.mark.parametrize("acts,loss_name", CASES[:2])
+def test_ekfac_is_its_dense_definition(acts, loss_name, x64):
+    """EKFAC: u = −U diag(s + λ)⁻¹ Uᵀ g with U = Q_A ⊗ Q_G and s = diag(Uᵀ G_block U), the true GGN
+    block's diagonal in the Kronecker eigenbasis (George et al. 2018)."""
+    net, loss, params, x, v = _setup(acts, loss_name, batch=12)
+    lam = 0.05
+    opt = fnn.kfac(1.0, lam, ekfac=True, curvature_ema=0.0)
+    grads, extra, updates, state = _one_step(opt, net, loss, params, x, v)
+    dense = _dense_ggn(net, loss, params, x, v)
+    for block, f, g, u in zip(_blocks(params), extra["factors"], grads, updates):
+        basis = jnp.kron(jnp.linalg.eigh(f["A"])[1], jnp.linalg.eigh(f["G"])[1])
+        s = jnp.diag(basis.T @ dense[block, block] @ basis)
+        expected = -basis @ ((basis.T @ _stacked(g).ravel()) / (s + lam))
+        assert_rel_close(_stacked(u).ravel(), expected, 1e-9)
+
+
+def test_running_averages_and_refresh_period(x64):
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy")
+    x2 = x[::-1] * 2.0
+    opt = fnn.kfac(1.0, 0.1, curvature_ema=0.75, inverse_update_period=2)
+    state = opt.init(params)
+    seen = []
+    for xb in (x, x2, x):
+        _, grads, extra = fnn.curvature_pass(opt, net, loss, params, xb, v)
+        seen.append(extra["factors"])
+        _, state = opt.update(grads, state, params, **extra)
+        if int(state.count) == 2:  # step 1 kept the preconditioner of step 0 (period 2)
+            first_precond = state.precond
+    a = [0.75 * (0.75 * 0 + 1.0 * s0["A"]) + 0.25 * s1["A"] for s0, s1 in zip(seen[0], seen[1])]
+    a = [0.75 * ai + 0.25 * s2["A"] for ai, s2 in zip(a, seen[2])]
+    assert_rel_close([f["A"] for f in state.factors], a, 1e-12)
+    first = np.linalg.eigh(seen[0][0]["A"])[0]
+    np.testing.assert_allclose(first_precond[0]["dA"], np.maximum(first, 0), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("acts,loss_name", CASES[:2])
+def test_gauss_newton_direction_solves_the_dense_ggn_system(acts, loss_name, x64):
+    net, loss, params, x, v = _setup(acts, loss_name)
+    lam, size = 0.2, ravel_pytree(params)[0].size
+    opt = fnn.gauss_newton(1.0, lam, cg_iterations=4 * size, cg_tol=1e-13, adaptive_damping=False, cg_warm_start=0.0)
+    grads, _, updates, state = _one_step(opt, net, loss, params, x, v)
+    dense = _dense_ggn(net, loss, params, x, v)
+    expected = -jnp.linalg.solve(dense + lam * jnp.eye(size), ravel_pytree(grads)[0])
+    assert_rel_close(ravel_pytree(state.direction)[0], expected, 1e-8)
+    assert float(state.rho) > 0  # the step was taken
+    assert_rel_close(updates, state.direction, 1e-12)
+
+
+def test_levenberg_marquardt_rule_on_a_quadratic(x64):
+    """A linear model with MSE is quadratic: the model is exact, ρ = 1 and λ shrinks by the decay;
+    a step that overshoots (η = 3, where the model itself predicts a rise) is refused, and λ grows."""
+    net, loss, params, x, v = _setup((), "mse", sizes=(3, 2))
+    opt = fnn.gauss_newton(1.0, 0.5, cg_iterations=50, cg_tol=1e-12)
+    _, _, updates, state = _one_step(opt, net, loss, params, x, v)
+    np.testing.assert_allclose(float(state.rho), 1.0, rtol=1e-8)
+    np.testing.assert_allclose(float(state.damping), 0.5 * 2 / 3, rtol=1e-12)
+    _, _, updates, state = _one_step(fnn.gauss_newton(3.0, 1e-6, cg_iterations=50, cg_tol=1e-12), net, loss,
+                                     params, x, v)
+    assert float(state.rho) < 0.25 and all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))
+    np.testing.assert_allclose(float(state.damping), 1e-6 * 3 / 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("acts,loss_name", CASES)
+def test_newton_is_the_damped_solve_with_jax_hessian(acts, loss_name, x64):
+    net, loss, params, x, v = _setup(acts, loss_name, sizes=(3, 4, 2))[0:5] if len(acts) == 1 else \
+        _setup(acts, loss_name)
+    lam = 0.1
+    grads, _, updates, _ = _one_step(fnn.newton(1.0, lam), net, loss, params, x, v)
+    flat, unravel = ravel_pytree(params)
+    hessian = jax.hessian(lambda f: fnn.risk(loss, fnn.forward(net, unravel(f), x), v))(flat)
+    expected = -jnp.linalg.solve(hessian + lam * jnp.eye(flat.size), ravel_pytree(grads)[0])
+    assert_rel_close(ravel_pytree(updates)[0], expected, 1e-9)
+
+
+def test_ggn_diag_precond_is_its_formula(x64):
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy")
+    opt = fnn.ggn_diag_precond(0.5, 1e-2, decay=0.9, power=0.5)
+    grads, extra, updates, _ = _one_step(opt, net, loss, params, x, v)
+    diag = fnn.ggn_diagonal(net, loss, params, x, v)
+    assert_rel_close(extra["ggn_diag"], diag, 1e-12)
+    # after one step the bias-corrected average is the batch's diagonal itself
+    assert_rel_close(updates, jax.tree.map(lambda g, d: -0.5 * g / jnp.sqrt(d + 1e-2), grads, diag), 1e-12)
+
+
+def test_monte_carlo_factors_need_a_key_and_estimate_the_exact_ones(x64):
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy", batch=4)
+    opt = fnn.kfac(1.0, 0.1, mc_samples=4000)
+    assert curvature_of(opt).needs_key
+    with pytest.raises(ValueError, match="key"):
+        fnn.curvature_pass(opt, net, loss, params, x, v)
+    sampled = fnn.curvature_pass(opt, net, loss, params, x, v, key=jax.random.key(3))[2]["factors"]
+    exact = fnn.curvature_pass(fnn.kfac(), net, loss, params, x, v)[2]["factors"]
+    for s, e in zip(sampled, exact):
+        assert_rel_close(s["G"], e["G"], 0.1)  # 4000 samples: a few percent
+        np.testing.assert_allclose(s["A"], e["A"], rtol=1e-12)
+
+
+def test_bad_settings_and_missing_curvature_say_what_to_do():
+    net, loss, params, x, v = _setup(("tanh",), "mse", sizes=(3, 4, 2))
+    for bad, match in [(dict(damping=-1.0), "damping"), (dict(inverse_update_period=0), "inverse_update_period"),
+                       (dict(damping_mode="tikhonov"), "damping_mode"), (dict(ekfac=True, damping_mode="pi"), "EKFAC"),
+                       (dict(curvature_ema=1.0), "curvature_ema")]:
+        with pytest.raises(ValueError, match=match):
+            fnn.kfac(**bad)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    for opt in (fnn.kfac(), fnn.ggn_diag_precond(), fnn.gauss_newton(), fnn.newton()):
+        with pytest.raises(ValueError, match="curvature_pass"):
+            opt.update(grads, opt.init(params), params)
+    with pytest.raises(ValueError, match="takes no curvature"):
+        fnn.curvature_pass(optax.adam(1e-3), net, loss, params, x, v)
+    opt = fnn.kfac()
+    with pytest.raises(ValueError, match=r"factors\[0\]"):
+        opt.update(grads, opt.init(params), params, factors=fnn.kfac_factors(net, loss, params, x, v))
