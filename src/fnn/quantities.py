@@ -236,8 +236,14 @@ def ggn_vp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vecto
     product, ``Jᵀ`` by the ordinary backward pass."""
     loss, out, cache = _prepare(net, loss, params, x, v)
     _check_vector(net, params, vector)
+    return ggn_vp_cached(net, loss, params, out, v, cache, vector)
+
+
+def ggn_vp_cached(net: MLP, loss: Loss, params: Params, out: Array, v: Array, cache: Cache, vector: Params) -> Params:
+    """:func:`ggn_vp` from a forward pass already made (``out, cache = forward_with_cache(net,
+    params, x)``), without checks: what an iterative solver calls once per iteration."""
     j_u = _r_forward(net, params, vector, cache)[1][-1]
-    return backward(net, params, cache, _loss_hvp(loss, out, v, j_u) / x.shape[0])
+    return backward(net, params, cache, _loss_hvp(loss, out, v, j_u) / out.shape[0])
 
 
 def hvp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vector: Params) -> Params:
@@ -253,11 +259,22 @@ def hvp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vector: 
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     _check_vector(net, params, vector)
+    check_grad2(net)
+    return hvp_cached(net, loss, params, out, v, cache, vector)
+
+
+def check_grad2(net: MLP) -> None:
+    """Raises unless every activation of ``net`` has its second derivative (what :func:`hvp` needs)."""
     for act in net.activations:
         if act.grad2 is None:
             raise ValueError(f"hvp needs the second derivative of activation {act.name}: give it grad2.")
+
+
+def hvp_cached(net: MLP, loss: Loss, params: Params, out: Array, v: Array, cache: Cache, vector: Params) -> Params:
+    """:func:`hvp` from a forward pass already made (``out, cache = forward_with_cache(net,
+    params, x)``), without checks: what an iterative eigensolver calls once per iteration."""
     rz, ry = _r_forward(net, params, vector, cache)
-    n = x.shape[0]
+    n = out.shape[0]
     delta_y, r_delta_y = loss.grad(out, v) / n, _loss_hvp(loss, out, v, ry[-1]) / n
     result = [None] * net.num_layers
     for l in reversed(range(net.num_layers)):
