@@ -259,3 +259,14 @@ def test_fnn_weight_orientation_against_the_decks(x64):
     grads, _ = fnn.backward_with_input_grad(net, [{"W": W, "b": b}], cache, delta)
     np.testing.assert_allclose(grads[0]["W"], jnp.outer(x, delta[0]), rtol=1e-14)
     np.testing.assert_allclose(_cvec(grads[0]["W"]), delta[0] @ by_vec, rtol=1e-14)
+
+
+def test_conventions_where_fnn_departs_from_the_slides(x64):
+    # step(0) = 1 in fnn; deck 001's g(0) = 0. Both have zero derivative (nothing flows back).
+    step = fnn.get_activation("step")
+    assert step.fn(jnp.array([-1.0, 0.0, 1.0])).tolist() == [0.0, 1.0, 1.0]
+    assert step.grad(jnp.array([0.5]), None).tolist() == [0.0]
+    # fnn's mse carries a ½: ℓ = ½‖y − v‖², gradient y − v (the slides' ‖y − a‖² has gradient 2(y − a)).
+    y, v = jnp.array([[1.0, 2.0]]), jnp.array([[0.5, 4.0]])
+    mse = fnn.get_loss("mse")
+    assert float(mse.value(y, v)[0]) == 0.5 * (0.25 + 4.0) and mse.grad(y, v).tolist() == [[0.5, -2.0]]

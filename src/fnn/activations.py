@@ -66,6 +66,8 @@ def _zero(z, y):
 
 identity = Activation("identity", lambda z: z, lambda z, y: jnp.ones_like(z), _zero, ())
 step = Activation("step", _step, _zero, _zero, (0.0,))  # a jump, not only a kink
+# step(0) = 1 here (z >= 0); deck 001 of the lectures defines g(0) = 0 (1 only for z > 0). Both have
+# derivative 0 wherever they have one, which is why neither trains by backpropagation.
 # σ' = σ(1 − σ), σ'' = σ(1 − σ)(1 − 2σ); tanh' = 1 − tanh², tanh'' = −2 tanh (1 − tanh²).
 sigmoid = Activation("sigmoid", jax.nn.sigmoid, lambda z, y: y * (1 - y), lambda z, y: y * (1 - y) * (1 - 2 * y),
                      ())

@@ -136,8 +136,9 @@ def _mape(y, v):
 
 
 def _mape_grad(y, v):
+    # d|r/v|/dy = sign(r/v) / v, with jax.grad's sign(0) = +1 at the kink r = 0 (whatever v's sign).
     v = _as_output_shape(y, v)
-    return 100.0 * jnp.where(y - v >= 0, 1.0, -1.0).astype(y.dtype) / jnp.abs(v)
+    return 100.0 * jnp.where((y - v) / v >= 0, 1.0, -1.0).astype(y.dtype) / v
 
 
 def _bce(z, v):
@@ -235,7 +236,11 @@ LOSSES: Registry[Loss] = Registry(
 )
 """The built-in losses by name: mse, mae, ``huber(δ)``, mape, binary_cross_entropy and
 softmax_cross_entropy (both on logits). :func:`get_loss` looks names up here; a
-:class:`Loss` of your own needs no entry."""
+:class:`Loss` of your own needs no entry.
+
+``mse`` is ``ℓ = ½‖y − v‖²`` per example (gradient ``y − v``): the lecture slides write
+``‖y − a‖²`` without the ½, which doubles the gradient and moves no minimum; a learning rate
+tuned for one convention is half (or twice) the other's."""
 
 
 def get_loss(spec: str | Loss) -> Loss:

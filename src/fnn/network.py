@@ -6,6 +6,10 @@ A network of L layers maps ``y_0 = x`` through, for ``l = 1..L``,
 
 with ``W_l`` of shape ``(d_{l-1}, d_l)``. Rows of ``x`` are examples; any
 leading dimensions are batch dimensions.
+
+For one column example this is ``z = Wᵀx + b``, the lectures' deck 003 convention (column j
+of W belongs to unit j). Deck 001 writes ``a = W h`` with ``W ∈ ℝ^{d_l × d_{l−1}}``: its W is
+fnn's ``Wᵀ`` (checked in ``tests/test_lectures.py``).
 """
 
 from __future__ import annotations
