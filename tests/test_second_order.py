@@ -206,3 +206,60 @@ def test_bad_settings_and_missing_curvature_say_what_to_do():
     opt = fnn.kfac()
     with pytest.raises(ValueError, match=r"factors\[0\]"):
         opt.update(grads, opt.init(params), params, factors=fnn.kfac_factors(net, loss, params, x, v))
+
+
+BUILDERS = {  # name -> (settings giving a damping argument d, needs a key)
+    "kfac": (lambda d: fnn.get_optimizer("kfac", 0.5, damping=d, mc_samples=2, inverse_update_period=2), True),
+    "ekfac": (lambda d: fnn.get_optimizer("ekfac", 0.5, damping=d), False),
+    "ggn_diag": (lambda d: fnn.get_optimizer("ggn_diag", 0.1, damping=d), False),
+    "gauss_newton": (lambda d: fnn.get_optimizer("gauss_newton", 1.0, damping=d, cg_iterations=5), False),
+    "newton": (lambda d: fnn.get_optimizer("newton", 0.5, damping=d), False),
+}
+
+
+def _step(opt, net, loss, params, x, v, key):
+    update = fnn.make_update_fn(net, loss, opt)
+    return update(params, opt.init(params), x, v, key)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_update_step_under_jit_vmap_and_the_mesh_equals_the_plain_call(name, x64):
+    """The step inside fnn.make_update_fn: plain, jitted, vmapped over damping values (one program, as
+    fnn.sweep runs it) and sharded over 4 devices with a batch of 6 (padded with zero-weight rows)."""
+    build, keyed = BUILDERS[name]
+    net, loss, params, x, v = _setup(("tanh", "softplus"), "softmax_cross_entropy")
+    key = jax.random.key(1) if keyed else None
+    assert fnn.make_update_fn(net, loss, build(0.1)).needs_key == keyed
+    plain = [_step(build(d), net, loss, params, x, v, key) for d in (0.1, 1.0)]
+    jitted = jax.jit(lambda p, k: _step(build(0.1), net, loss, p, x, v, k))(params, key)
+    assert_rel_close(jitted[:2], plain[0][:2], 1e-10)
+    lanes = jax.jit(jax.vmap(lambda d: _step(build(d), net, loss, params, x, v, key)))(jnp.array([0.1, 1.0]))
+    for i in range(2):
+        assert_rel_close(jax.tree.map(lambda a: a[i], lanes[:2]), plain[i][:2], 1e-10)
+    opt = build(0.1)
+    mesh = fnn.parallel.make_mesh(4)
+    step = fnn.parallel.make_parallel_update_step(net, loss, opt, mesh)
+    sharded = step(fnn.parallel.replicate(params, mesh), fnn.parallel.replicate(opt.init(params), mesh), x, v, key)
+    assert_rel_close(sharded[:2], plain[0][:2], 1e-10)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_fit_with_each_second_order_optimizer_lowers_the_loss(name):
+    net = fnn.MLP((4, 8, 3), ("tanh", "identity"))
+    kx, kp = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (96, 4))
+    v = jnp.argmax(x[:, :3] + 0.5 * x[:, 3:], axis=1)
+    params = fnn.init(kp, net, "glorot")
+    opt = BUILDERS[name][0](0.1 if name != "gauss_newton" else 1.0)
+    _, history = fnn.fit(net, "softmax_cross_entropy", params, x, v, key=jax.random.key(1), optimizer=opt,
+                         epochs=4, batch_size=32)
+    start = float(fnn.risk("softmax_cross_entropy", fnn.forward(net, params, x), v))
+    assert history["train_loss"][-1] < 0.8 * start, (start, history["train_loss"])
+
+
+def test_a_schedule_keeps_the_curvature_and_settings_are_refused_where_unknown():
+    schedule = fnn.make_schedule("cosine", 0.1, 10)
+    opt = fnn.get_optimizer("kfac", schedule, damping=0.01, inverse_update_period=3)
+    assert curvature_of(opt).kind == "kronecker"
+    with pytest.raises(ValueError, match="takes no settings"):
+        fnn.get_optimizer("adam", 1e-3, damping=0.1)

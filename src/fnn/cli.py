@@ -24,6 +24,7 @@ from fnn.gradcheck import gradcheck  # noqa: E402
 from fnn.parallel import make_mesh  # noqa: E402
 from fnn.cache import quiet_compile_cache  # noqa: E402
 from fnn.config import flag  # noqa: E402
+from fnn.records import check_data_file, read_data_record  # noqa: E402
 from fnn.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
 from fnn.sweeprun import SweepPlan, best_lines, configurations, summary_markdown  # noqa: E402
 from fnn.sweeprun import run as sweeprun  # noqa: E402
@@ -71,6 +72,11 @@ def _describe(err: Exception) -> str:
             else ""
         return f"{err.strerror}{where}.{advice}"
     return str(err)
+
+
+def _warn(command: str, warning: str | None) -> None:
+    if warning and jax.process_index() == 0:
+        print(f"fnn {command}: {warning}", file=sys.stderr)
 
 
 def _say(*a, **kw) -> None:
@@ -164,7 +170,10 @@ def _given(args, explicit: dict) -> dict:
             raise ValueError("--config cannot be combined with --resume: a resumed run keeps its own configuration.")
         path = Path(args.config)
         folder = RunFolder(path.parent if path.name == "config.json" else path)
-        return {**folder.read_config(), **{k: explicit[k] for k in DEFAULTS if k in explicit}}
+        stored = folder.read_config()
+        if "dataset" not in explicit:
+            _warn("train", check_data_file(stored, read_data_record(folder.path), folder.path, new_run=True))
+        return {**stored, **{k: explicit[k] for k in DEFAULTS if k in explicit}}
     if args.resume:
         return {k: explicit[k] for k in DEFAULTS if k in explicit}
     return {k: getattr(args, k) for k in DEFAULTS}

@@ -3,6 +3,7 @@ must be, and what a resumed run may change."""
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,28 @@ CONFIG_RULES = {
 }
 
 
+# Names other tools use for a configuration key, for the hint on an unknown key.
+SYNONYMS = {"learning_rate": "lr", "weight_decay": "l2", "layers": "hidden", "hidden_sizes": "hidden",
+            "num_epochs": "epochs", "n_epochs": "epochs", "data": "dataset", "patience": "early_stopping",
+            "optim": "optimizer", "batchsize": "batch_size", "val": "validation", "scheduler": "schedule"}
+
+
+def closest_key(key: str) -> str:
+    """The configuration key closest to ``key``: a known synonym, else the nearest by
+    :func:`difflib.get_close_matches` (always one)."""
+    normal = key.strip().lower().replace("-", "_").lstrip("_")
+    if normal in DEFAULTS:
+        return normal
+    return SYNONYMS.get(normal) or difflib.get_close_matches(normal, list(DEFAULTS), n=1, cutoff=0.0)[0]
+
+
 def check_config(config: dict, source: str) -> None:
-    """Raises one ``ValueError`` naming the first value of ``config`` that breaks :data:`CONFIG_RULES`."""
+    """Raises one ``ValueError`` naming the first key of ``config`` that is not a configuration key
+    (with the closest valid one) or the first value that breaks :data:`CONFIG_RULES`."""
+    for key in config:
+        if key not in DEFAULTS:
+            raise ValueError(f"{source}: {key!r} is not a configuration key: did you mean {closest_key(str(key))!r} "
+                             f"({flag(closest_key(str(key)))})? Fix or remove it.")
     missing = sorted(set(DEFAULTS) - set(config))
     if missing:
         raise ValueError(f"{source} is not an fnn run configuration (missing: {', '.join(missing)}).")

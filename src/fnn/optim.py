@@ -7,6 +7,7 @@ optimizer (sgd, momentum, adam, ...) are fed the same hand-written gradients.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -15,12 +16,15 @@ import numpy as np
 import optax
 
 from fnn.backprop import Objective, get_method
+from fnn.curvature import attach, curvature_of, value_grad_curvature
+from fnn.hessian_free import gauss_newton, newton
 from fnn.losses import Loss
 from fnn.network import MLP
 from fnn.privacy import clipped_value_and_grad
 from fnn.programs import program_cache
 from fnn.registry import Registry
 from fnn.schedules import with_schedule
+from fnn.second_order import ggn_diag_precond, kfac
 from fnn.validation import check_coefficient, check_optimizer, validate
 
 Array = jax.Array
@@ -71,6 +75,15 @@ def _no_momentum(factory):
     return build
 
 
+def _second_order(factory, **fixed):
+    """A table entry for a second-order transformation: its own settings by keyword (see
+    :func:`get_optimizer`); the table's momentum is not passed on."""
+    def build(learning_rate, momentum, **settings):
+        return factory(learning_rate, **fixed, **settings)
+    build.takes_settings = True
+    return build
+
+
 # name -> factory(learning_rate, momentum); each takes a traced rate under inject_hyperparams.
 OPTIMIZERS: Registry[Callable[[float, float], optax.GradientTransformation]] = Registry("optimizer", {
     "gd": _no_momentum(plain_gd),
@@ -80,6 +93,11 @@ OPTIMIZERS: Registry[Callable[[float, float], optax.GradientTransformation]] = R
     "adam": _no_momentum(optax.adam),
     "adamw": _no_momentum(optax.adamw),
     "rmsprop": _no_momentum(optax.rmsprop),
+    "kfac": _second_order(kfac),
+    "ekfac": _second_order(kfac, ekfac=True),
+    "ggn_diag": _second_order(ggn_diag_precond),
+    "gauss_newton": _second_order(gauss_newton),
+    "newton": _second_order(newton),
 }, hint="or any optax GradientTransformation")
 
 
@@ -88,6 +106,7 @@ def get_optimizer(
     spec: str | optax.GradientTransformation = DEFAULT_OPTIMIZER,
     learning_rate: float | Callable = DEFAULT_LEARNING_RATE,
     momentum: float = DEFAULT_MOMENTUM,
+    **settings,
 ) -> optax.GradientTransformation:
     """An optimizer by name (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``, ...) with learning
     rate η and momentum, or an optax ``GradientTransformation`` passed through. The defaults,
@@ -98,6 +117,11 @@ def get_optimizer(
     :func:`fnn.make_schedule`): the optimizer is then wrapped in ``optax.inject_hyperparams``,
     so its state holds the current rate and :func:`fnn.fit` records it as ``lr``.
 
+    The second-order ones, ``"kfac"``, ``"ekfac"``, ``"ggn_diag"``, ``"gauss_newton"`` and
+    ``"newton"`` (:func:`fnn.kfac`, :func:`fnn.ggn_diag_precond`, :func:`fnn.gauss_newton`,
+    :func:`fnn.newton`), take their own settings as keywords (``damping=``,
+    ``inverse_update_period=``, ...) and ignore ``momentum``; the others take none.
+
     Equal arguments give the same optimizer object. Optax transformations compare by identity,
     so this is what lets a second ``fit``/``make_update_step`` with equal settings reuse the
     first one's compiled program; ``optax.adam(1e-3)`` built anew is a new optimizer, and
@@ -106,8 +130,16 @@ def get_optimizer(
         return spec
     build = OPTIMIZERS.lookup(spec)
     check_coefficient(momentum, "momentum", upper=1.0)
+    if settings:
+        if not getattr(build, "takes_settings", False):
+            raise ValueError(f"Optimizer {spec!r} takes no settings besides the learning rate and momentum, "
+                             f"got {', '.join(settings)}.")
+        build = functools.partial(build, **settings)
     if callable(learning_rate):
-        return with_schedule(build, learning_rate, momentum=momentum)
+        # inject_hyperparams wraps update: the curvature it asks for is recorded on the wrapper too.
+        curvature = curvature_of(build(1.0, momentum))
+        scheduled = with_schedule(build, learning_rate, momentum=momentum)
+        return scheduled if curvature is None else attach(scheduled, curvature)
     check_learning_rate(learning_rate)
     return build(learning_rate, momentum)
 
@@ -138,23 +170,40 @@ def make_update_fn(
     scan over, and that :mod:`fnn.parallel` shards.
     """
     objective = Objective(net, loss, l2, dropout)
-    grad_fn = _gradient(objective, method, clip_norm, noise_multiplier)
     check_optimizer(optimizer)
+    curvature = curvature_of(optimizer)
+    grad_fn = _gradient(objective, method, clip_norm, noise_multiplier) if curvature is None else \
+        _with_curvature(objective, curvature, method, clip_norm)
 
     def update(params, opt_state, x, v, key=None, weights=None):
         # Under jit this runs once per input shape, at trace time: shapes, dtypes and
         # the network's structure are checked for free; values only when concrete.
         validate(net, objective.loss, params, x, v, weights)
         value, grads, metrics = grad_fn(params, x, v, weights, key)
+        extra = metrics.pop("curvature", {})
         # fnn's own code is clean under strict dtype promotion; some optax
         # transformations (adam's bias correction) are not, so they get the default.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": value, **metrics}
 
-    update.needs_key = isinstance(dropout, jax.Array) or dropout > 0 or noise_multiplier > 0
+    update.needs_key = isinstance(dropout, jax.Array) or dropout > 0 or noise_multiplier > 0 or (
+        curvature is not None and curvature.needs_key)
     return update
+
+
+def _with_curvature(objective: Objective, curvature, method: str, clip_norm) -> Callable:
+    """``(params, x, v, weights, key) -> (R, g, {"curvature": extra})`` for a second-order
+    optimizer: the curvature it asks for, from the same hand-written pass as the gradient."""
+    if method != "manual" or clip_norm is not None:
+        raise ValueError("Second-order optimizers take their curvature from the hand-written pass: use "
+                         "method='manual' and no clip_norm.")
+
+    def gradient(p, x, v, w, key):
+        value, grads, extra = value_grad_curvature(objective, curvature, p, x, v, w, key)
+        return value, grads, {"curvature": extra}
+    return gradient
 
 
 def _gradient(objective: Objective, method: str, clip_norm, noise_multiplier) -> Callable:

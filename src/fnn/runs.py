@@ -39,6 +39,8 @@ from fnn.train import EarlyStopping, TrainState, check_batch_size
 from fnn.validation import check_params_finite, validate
 from fnn.config import DEFAULTS, LATER_KEYS, check_config, resume_config
 
+from fnn.records import check_data_file, data_record, named_validation, read_data_record, resolve_dataset
+from fnn.records import provenance as _provenance  # (sweeprun imports it from here too)
 CURVES_EVERY_S = 5.0
 
 
@@ -113,6 +115,7 @@ class Plan:
     def stopped(self) -> bool:
         """Whether early stopping already ended this (resumed) run."""
         return self.stopping is not None and self.stopping.stop
+    warning: str | None = None  # a changed data file, resumed with --allow-changed-data
 
 
 def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -> Plan:
@@ -128,7 +131,7 @@ def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -
             raise ValueError(f"The run in {folder.path} follows a {stored['schedule']} schedule over its "
                              f"{stored['epochs']} epochs: a resumed run cannot change --epochs (start a new run).")
     else:
-        config = {**DEFAULTS, **given}
+        config = {**DEFAULTS, **given, "dataset": resolve_dataset(given.get("dataset", DEFAULTS["dataset"]))}
         name = Path(config["dataset"]).stem if is_data_file(config["dataset"]) else config["dataset"]
         folder = RunFolder(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.check_new()
@@ -149,11 +152,12 @@ def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -
     params = init(init_key, net, config["init"])
     if config["init_scale"] != 1.0:
         params = [{"W": layer["W"] * config["init_scale"], "b": layer["b"]} for layer in params]
-    validate(net, loss, params, data.x_train, data.y_train)
-    validate(net, loss, params, data.x_test, data.y_test)
-    plan = Plan(config, folder, data, net, loss, optimizer, params, run_key, check_key)
+    held = [(data.x_test, data.y_test)] + ([(data.x_val, data.y_val)] if data.x_val is not None else [])
+    for xs, ys in [(data.x_train, data.y_train), *held]:
+        validate(net, loss, params, xs, ys)
+    plan = Plan(config, folder, data, net, loss, optimizer, params, run_key, check_key, warning=warning)
     if config["early_stopping"]:
-        plan.stopping = EarlyStopping(config["early_stopping"], "test_loss")
+        plan.stopping = EarlyStopping(config["early_stopping"], "val_loss")
     if resume is not None:
         _prepare_resume(plan)
         if plan.stopping is not None:
@@ -166,7 +170,8 @@ def _prepare_resume(plan: Plan) -> None:
     saved = folder.load_checkpoint(plan.net, plan.optimizer.init(plan.params))
     check_params_finite(saved.params)
     plan.state = TrainState(saved.params, saved.opt_state, saved.step, saved.key, saved.batch)
-    plan.history = folder.read_history(saved.step)
+    plan.history = named_validation(folder.read_history(saved.step), plan.config["validation"])
+
 
 
 class RunFolder:
@@ -297,21 +302,3 @@ class RunFolder:
             if any(k.startswith("diag_") for k in history):
                 atomic_write(self.path / "diagnostics.png", figure_png(plot_diagnostics(history, title)))
             self._curves_at = time.monotonic()
-
-
-
-def _provenance(command: list[str] | None) -> dict:
-    import importlib.metadata
-    import platform
-
-    versions = {}
-    for package in ("fnn", "jax", "jaxlib", "optax", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "devices": [str(d) for d in jax.devices()], "processes": jax.process_count(),
-    }

@@ -24,9 +24,11 @@ from fnn.config import DEFAULTS, SWEEP_FLAGS, check_config, flag
 from fnn.files import atomic_write, check_writable_folder, write_json
 from fnn.parallel import make_mesh
 from fnn.plots import figure_png, plot_sweep
+from fnn.records import data_record, resolve_dataset
 from fnn.runs import _provenance, build
 from fnn.stats import by_seed, paired
-from fnn.sweep import sweep
+from fnn.sweep import check_select, sweep
+from fnn.sweepfolder import SweepFolder
 from fnn.tables import is_data_file
 
 # The share of physical memory a sweep's parameters, optimizer states and data may take.
@@ -60,7 +62,9 @@ def configurations(values: dict[str, list]) -> tuple[list[int], dict, dict]:
         raise ValueError("--early-stopping is not available in a sweep: every run trains its --epochs.")
     if base.get("diagnostics"):
         raise ValueError("--diagnostics is not available in a sweep: use fnn train --diagnostics for one run.")
-    return seeds, {**DEFAULTS, **base}, grid
+    base = {**DEFAULTS, **base}
+    base["dataset"] = resolve_dataset(base["dataset"])  # the sweep folder records where its data file is
+    return seeds, base, grid
 
 
 class SweepPlan:
@@ -78,11 +82,13 @@ class SweepPlan:
             jax.config.update("jax_enable_x64", True)
         self.runs = len(self.seeds) * len(self.points) * len(activations)
         first = build({**base, "seed": self.seeds[0]})
-        self.data = first[0]
+        self.data, self.data_record = first[0], data_record(base["dataset"])
+        if select is not None:  # a wrong name fails now, not after the training
+            check_select(select, first[2], ["val" if self.data.x_val is not None else "test"])
         self._check_memory(first[1])  # before loading a split per seed
         if base["devices"] > 1:
             make_mesh(base["devices"])  # enough devices?
-        self.groups = {}  # activation -> (net, loss, train, test)
+        self.groups = {}  # activation -> (net, loss, train, held-out: {"val" or "test": (x, v)})
         for activation in activations:
             # The first seed's split with the base activation is already built (MNIST-1D generates
             # its data, seconds per seed): reuse it.
@@ -112,15 +118,17 @@ class SweepPlan:
 
 
 def _stack(splits):
-    """``((x, v), (x_test, v_test))``: shared when every seed has the same split (MNIST),
-    otherwise stacked with a leading seed axis."""
-    names = ("x_train", "y_train", "x_test", "y_test")
+    """``((x, v), {"val" or "test": (x_held, v_held)})``: the training data and the held-out split
+    the sweep evaluates (the validation split when there is one: the test split stays unseen),
+    shared when every seed has the same split (MNIST), otherwise stacked with a leading seed axis."""
+    held = "val" if splits[0].x_val is not None else "test"
+    names = ("x_train", "y_train", f"x_{held}", f"y_{held}")
     first = [getattr(splits[0], n) for n in names]
     if all(np.array_equal(a, getattr(d, n)) for d in splits[1:] for a, n in zip(first, names)):
         x, v, xt, vt = first
     else:
         x, v, xt, vt = (np.stack([getattr(d, n) for d in splits]) for n in names)
-    return (x, v), (xt, vt)
+    return (x, v), {held: (xt, vt)}
 
 
 def run(plan: SweepPlan, progress: bool) -> list[tuple[str, object]]:
@@ -181,8 +189,8 @@ def _csv(rows) -> str:
 def summary_markdown(rows, grid: dict, split: str, activations: bool = False) -> str:
     """The summary as a markdown table: the swept settings, then final metrics as mean ± 95% CI."""
     swept = ["activation"] * activations + list(grid)
-    metrics = [k[:-5] for k in rows[0] if k.endswith("_mean") and k[:-5].startswith(("train_", "test_"))]
-    head = [*swept, "seeds", "diverged", *[m.replace("test_", f"{split}_") for m in metrics]]
+    metrics = [k[:-5] for k in rows[0] if k.endswith("_mean") and k[:-5].startswith(("train_", "val_", "test_"))]
+    head = [*swept, "seeds", "diverged", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row[k]) for k in swept] + [str(row["n"]), str(row["diverged"])]
@@ -201,7 +209,8 @@ def _pm(mean, half) -> str:
 def best_lines(plan: SweepPlan, results, split: str) -> list[str]:
     """What ``fnn sweep`` says about its best point: the settings, and whether the runner-up
     (across activations too) is distinguishable from it, paired over the seeds they share."""
-    metric = plan.select or ("test_accuracy" if "test_accuracy" in results[0][1].history else "test_loss")
+    held = "val" if "val_loss" in results[0][1].history else "test"
+    metric = plan.select or (f"{held}_accuracy" if f"{held}_accuracy" in results[0][1].history else f"{held}_loss")
     sign = -1.0 if metric.endswith(("accuracy", "r2")) else 1.0
     live = [(sign * row[f"{metric}_mean"], a, r, g) for a, r in results for g, row in enumerate(r.summary)
             if row["diverged"] == 0 and np.isfinite(row[f"{metric}_mean"])]
@@ -210,7 +219,7 @@ def best_lines(plan: SweepPlan, results, split: str) -> list[str]:
     live.sort(key=lambda c: c[0])
     name = lambda a, r, g: ", ".join([f"{flag(k)} {r.summary[g][k]}" for k in plan.grid]
                                      + [f"--activation {a}"] * (len(plan.activations) > 1)) or "the one grid point"
-    what = metric.replace("test_", split + " ")
+    what = metric.replace("val_", "validation ").replace("test_", "test ")
     lines = [f"best by {what}: {name(*live[0][1:])}"]
     if len(live) > 1:
         (_, a, r, g), (_, a2, r2, g2) = live[:2]
