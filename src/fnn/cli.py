@@ -132,6 +132,7 @@ def train(args, explicit: dict) -> int:
     given = _given(args, explicit)
     plan = prepare(given, out=args.out, resume=args.resume)
     config, data, net, loss = plan.config, plan.data, plan.net, plan.loss
+    _warn("train", plan.warning)
     clock.lap("data, checks, init")
     split = "validation" if config["validation"] else "test"
     schedule = "" if config["schedule"] == "constant" else f" ({config['schedule']} schedule)"
@@ -319,7 +320,7 @@ def evaluate(run: str, best: bool = False, split: str | None = None, allow_chang
 
     folder = RunFolder(run)
     config = folder.read_config()
-    check_data_file(config, folder.read_data_record(), folder.path, allow_changed=allow_changed)
+    _warn("evaluate", check_data_file(config, read_data_record(run), folder.path, allow_changed=allow_changed))
     split = split or ("validation" if config["validation"] else "test")
     if split == "validation" and not config["validation"]:
         raise ValueError(f"The run in {folder} has no validation split (it ran without --validation): "

@@ -17,7 +17,10 @@ Built-in datasets have no record (their content comes with fnn and its dependenc
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
+
+import jax
 
 from fnn.files import read_json
 from fnn.tables import is_data_file
@@ -96,3 +99,22 @@ def named_validation(history: dict, validation: bool) -> dict:
     if not validation or "val_loss" in history:
         return history
     return {k.replace("test_", "val_", 1): a for k, a in history.items()}
+
+
+def provenance(command: list[str] | None) -> dict:
+    """What ran: the command, the time, the versions of fnn, jax, jaxlib, optax and numpy, Python,
+    the platform, the devices and the number of processes (one entry of ``config.json``'s ``commands``)."""
+    import importlib.metadata
+    import platform
+
+    versions = {}
+    for package in ("fnn", "jax", "jaxlib", "optax", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "devices": [str(d) for d in jax.devices()], "processes": jax.process_count(),
+    }

@@ -110,12 +110,12 @@ class Plan:
     state: TrainState | None = None  # set when resuming
     history: dict = dataclasses.field(default_factory=dict)
     stopping: EarlyStopping | None = None  # with --early-stopping, brought up to date on resume
+    warning: str | None = None  # a changed data file, resumed with --allow-changed-data
 
     @property
     def stopped(self) -> bool:
         """Whether early stopping already ended this (resumed) run."""
         return self.stopping is not None and self.stopping.stop
-    warning: str | None = None  # a changed data file, resumed with --allow-changed-data
 
 
 def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -> Plan:
