@@ -26,11 +26,13 @@ def run(quick: bool = False) -> dict:
         return _run()
 
 
-# The 2-3-2-2 network with round weights, so that the trace can be redone on paper.
+# The 2-3-2-2 network with round weights, so that the trace can be redone on paper. No weight
+# pattern cancels: with two classes the loss depends on z₁ − z₂ only, so equal entries in a row
+# of W3 (an earlier version had [0.5, 0.5]) would cut that unit off and zero half of ∂R/∂W2.
 NET_2322 = dict(
     W1=[[0.1, -0.2, 0.3], [0.4, 0.5, -0.6]], b1=[0.1, 0.0, -0.1],
     W2=[[0.7, -0.8], [0.2, 0.3], [-0.5, 0.6]], b2=[0.0, 0.0],
-    W3=[[1.0, -1.0], [0.5, 0.5]], b3=[0.0, 0.2],
+    W3=[[1.0, -1.0], [0.5, -0.3]], b3=[0.0, 0.2],
 )
 
 
@@ -63,10 +65,12 @@ def _run() -> dict:
     net = fnn.MLP((1, 1, 1, 1, 1), ("identity", square, exp, log))
     params = [_layer([[2.0]])] + [_layer([[1.0]])] * 3
     y, cache = fnn.forward_with_cache(net, params, jnp.array([[0.5]]))
-    _, dx = fnn.backward_with_input_grad(net, params, cache, jnp.ones((1, 1)))
+    grads, dx = fnn.backward_with_input_grad(net, params, cache, jnp.ones((1, 1)))
     auto = jax.grad(lambda x: jnp.log(jnp.exp((2 * x) ** 2)))(0.5)
+    # The slide's backward messages ∂y/∂z3, ∂y/∂z2, ∂y/∂z1 (z1 = 2x, z2 = z1², z3 = e^{z2}): each is
+    # the gradient at the pre-activation of the layer that reads that node, δz_{l+1} = ∂y/∂b_{l+1}.
     results["chain"] = {"forward": [float(o[0, 0]) for o in cache.outputs], "manual": float(dx[0, 0]),
-                        "jax_grad": float(auto)}
+                        "jax_grad": float(auto), "backward": [float(grads[l]["b"][0]) for l in (3, 2, 1)]}
     # The 2-3-2-2 network: fnn.trace gives every forward value and backward message.
     net = fnn.MLP((2, 3, 2, 2), ("sigmoid", "sigmoid", "identity"))
     params = [{"W": jnp.asarray(NET_2322[f"W{l}"], jnp.float64), "b": jnp.asarray(NET_2322[f"b{l}"], jnp.float64)}
@@ -81,6 +85,7 @@ def _run() -> dict:
                    for l in t.layers],
         "max_abs_diff_vs_jax_grad": max(float(np.abs(l.grad_W - np.asarray(a["W"])).max()) for l, a in
                                         zip(t.layers, auto)),
+        "zero_gradient_entries": int(sum((l.grad_W == 0).sum() + (l.grad_b == 0).sum() for l in t.layers)),
     }
     results["numerical_differentiation"] = _finite_differences()
     return results
@@ -111,7 +116,10 @@ def report(r: dict) -> tuple[str, object]:
                fmt(r["logistic"]["jax_grad"])],
               ["log(exp((2x)²)) at 0.5", r["chain"]["forward"][-1], f"{r['chain']['manual']:.4f}",
                f"{r['chain']['jax_grad']:.4f}"],
-          ]), "", "## 2-3-2-2 network (sigmoid, sigmoid, softmax cross-entropy), x = (0.5, -1), label 1", ""]
+          ]), "", "Backward messages of the chain y = log(exp((2x)²)) at x = 0.5, as on the slide: "
+          "∂y/∂z3 = 1/z3 = {:.4f} (1/e), ∂y/∂z2 = {:.4f}, ∂y/∂z1 = {:.4f}, then dy/dx = {:.4f}.".format(
+              *r["chain"]["backward"], r["chain"]["manual"]),
+          "", "## 2-3-2-2 network (sigmoid, sigmoid, softmax cross-entropy), x = (0.5, -1), label 1", ""]
     n = r["net_2322"]
     weights = [[f"W{l}", str(n["weights"][f"W{l}"]), f"b{l}", str(n["weights"][f"b{l}"])] for l in (1, 2, 3)]
     md += ["Weights (rows: inputs, columns: units):", "", table(["", "W", "", "b"], weights), ""]
@@ -119,7 +127,9 @@ def report(r: dict) -> tuple[str, object]:
              "; ".join(fmt(row) for row in l["grad_W"])] for l in n["layers"]]
     md += [table(["layer", "z_l", "y_l = f(z_l)", "δy_l (arriving)", "δz_l", "∂R/∂W_l (rows)"], rows), "",
            f"Loss R = {n['loss']:.6f}. Largest difference between the hand-written and jax.grad weight gradients: "
-           f"{n['max_abs_diff_vs_jax_grad']:.2e}. (`fnn.trace(net, loss, params, x, v)` prints this table.)", "",
+           f"{n['max_abs_diff_vs_jax_grad']:.2e}; gradient entries exactly zero: {n['zero_gradient_entries']} (the "
+           "weights are chosen so that none cancels, so a bug on any path shows). (`fnn.trace(net, loss, params, x, "
+           "v)` prints this table.)", "",
            "## Numerical differentiation", "",
            f"d/dx sin(x)eˣ at x = {r['numerical_differentiation']['x']}: the forward difference is best at "
            f"δ ≈ {r['numerical_differentiation']['best_forward']:.0e}, the central difference at "
@@ -139,7 +149,7 @@ def report(r: dict) -> tuple[str, object]:
                 title="finite differences: truncation against rounding (float64)")
     axes[1].invert_xaxis()
     axes[1].grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=10)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.3, top=0.9, wspace=0.25)
     return "\n".join(md), fig
 

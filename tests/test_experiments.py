@@ -27,7 +27,8 @@ def test_backprop_by_hand(tmp_path):
     assert round(r["logistic"]["loss"], 5) == 0.47408
     assert np.round(r["logistic"]["manual"], 4).tolist() == [-0.3775] * 3
     assert r["chain"]["manual"] == pytest.approx(4.0) == r["chain"]["jax_grad"]
-    assert r["net_2322"]["max_abs_diff_vs_jax_grad"] < 1e-12
+    assert r["chain"]["backward"] == pytest.approx([1 / np.e, 1.0, 2.0], rel=1e-15)  # the slide's messages
+    assert r["net_2322"]["max_abs_diff_vs_jax_grad"] < 1e-12 and r["net_2322"]["zero_gradient_entries"] == 0
 
 
 def test_activations(tmp_path):
@@ -177,7 +178,7 @@ def test_provenance_names_the_script_version_that_wrote_a_result(tmp_path):
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # Results written before provenance was recorded; each leaves this list when its script is rerun
 # (the test below fails if a listed result has provenance, or an unlisted one lacks it).
-WITHOUT_PROVENANCE = {"activations", "backprop_by_hand", "gradient_noise_and_privacy", "linear_vs_nonlinear",
+WITHOUT_PROVENANCE = {"activations", "gradient_noise_and_privacy", "linear_vs_nonlinear",
                       "manual_vs_autodiff", "progress_chunks", "pytorch_example", "sweep_benchmark",
                       "universal_approximation", "vanishing_gradients"}
 
