@@ -145,12 +145,12 @@ def test_early_stopping_from_the_cli_keeps_best_npz(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     history = json.loads((out / "metrics.json").read_text())["history"]
-    k = int(np.argmin(history["test_loss"]))
+    k = int(np.argmin(history["val_loss"]))
     assert len(history["epoch"]) == k + 4 and f"best epoch {k + 1}" in text and "stopped early" in text
     best = checkpoint.load(out / "best.npz")
     assert best.step == k + 1
     assert main(["evaluate", str(out), "--best"]) == 0
-    assert f"loss {history['test_loss'][k]:.4f}" in capsys.readouterr().out
+    assert f"loss {history['val_loss'][k]:.4f}" in capsys.readouterr().out
     assert main(["train", "--resume", str(out), "--epochs", "80", "--no-progress"]) == 0
     assert "early stopping ended it" in capsys.readouterr().out
     assert main(["train", "--early-stopping", "3", "--out", str(tmp_path / "x"), *QUIET]) == 2

@@ -130,7 +130,7 @@ def train(args, explicit: dict) -> int:
     clock.lap("import")
     _init_distributed(args)
     given = _given(args, explicit)
-    plan = prepare(given, out=args.out, resume=args.resume)
+    plan = prepare(given, out=args.out, resume=args.resume, allow_changed_data=args.allow_changed_data)
     config, data, net, loss = plan.config, plan.data, plan.net, plan.loss
     _warn("train", plan.warning)
     clock.lap("data, checks, init")

@@ -101,11 +101,28 @@ def _add_optimization_args(add, d: dict) -> None:
     add("--diagnostics", action="store_true", default=d["diagnostics"],
                    help="record per-layer gradient norm, gradient SNR, per-example norm spread and GGN trace "
                         "every epoch (metrics diag_*, figure diagnostics.png)")
+    _add_second_order_args(add, d)
     add("--clip-norm", type=_positive_float, default=d["clip_norm"], metavar="C",
                    help="DP-SGD: clip each example's gradient to norm C (one backward pass; default: off)")
     add("--noise-multiplier", type=_non_negative, default=d["noise_multiplier"], metavar="SIGMA",
                    help="DP-SGD: add Gaussian noise SIGMA*C to each batch's clipped sum (needs --clip-norm; "
                         "default: %(default)s)")
+
+
+def _add_second_order_args(add, d: dict) -> None:
+    what = "for the second-order optimizers"
+    add("--damping", type=_non_negative, default=d["damping"], metavar="LAMBDA",
+        help=f"{what} (kfac, ekfac, ggn_diag, gauss_newton, newton): Tikhonov damping λ in mean-risk "
+             "curvature units; the initial λ for gauss_newton (default: each optimizer's own)")
+    add("--inverse-update-period", type=_positive_int, default=d["inverse_update_period"], metavar="T",
+        help="kfac/ekfac: eigendecompose the Kronecker factors every T steps (default: 5)")
+    add("--curvature-ema", type=_rate, default=d["curvature_ema"], metavar="RHO",
+        help="kfac/ekfac: weight of the old factors in their running average (default: 0.95)")
+    add("--mc-samples", type=_non_negative_int, default=d["mc_samples"], metavar="M",
+        help="kfac/ekfac/ggn_diag: 0 for the exact curvature (KFLR), M >= 1 for M sampled targets "
+             "(KFAC, Monte Carlo) (default: 0)")
+    add("--cg-iterations", type=_positive_int, default=d["cg_iterations"], metavar="N",
+        help="gauss_newton: conjugate-gradient iterations per step (default: 20)")
 
 
 def _listing(p: argparse.ArgumentParser):

@@ -17,13 +17,17 @@ DEFAULTS: dict[str, Any] = dict(
     method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
     devices=1, x64=False, clip_norm=None, noise_multiplier=0.0, diagnostics=False,
     schedule="constant", warmup_epochs=None, early_stopping=None, target=None, init_scale=1.0,
+    damping=None, inverse_update_period=None, curvature_ema=None, mc_samples=None, cg_iterations=None,
 )
+# The second-order optimizers' own settings (None: that optimizer's default; see fnn.get_optimizer).
+SECOND_ORDER_KEYS = ("damping", "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations")
 # What `fnn sweep` may give several values: traced in one program, or one program per value.
 SWEEP_FLAGS = ("lr", "momentum", "l2", "dropout", "init_scale", "optimizer", "batch_size", "schedule",
                "warmup_epochs", "init", "epochs", "method", "activation")
 # Keys added after the first release: a config.json without them gets these values.
 LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0, "diagnostics": False, "schedule": "constant",
-              "warmup_epochs": None, "early_stopping": None, "target": None, "init_scale": 1.0}
+              "warmup_epochs": None, "early_stopping": None, "target": None, "init_scale": 1.0,
+              **dict.fromkeys(SECOND_ORDER_KEYS)}
 # What a resumed run may change: how long it trains, where it finds its data, how many
 # devices share each batch (the same numbers, up to the order of float reductions).
 CHANGEABLE_ON_RESUME = ("epochs", "data_dir", "devices")
@@ -65,6 +69,11 @@ CONFIG_RULES = {
     "warmup_epochs": (lambda v: v is None or _is_int(v, 0), "an integer >= 0 or null"),
     "early_stopping": (lambda v: v is None or _is_int(v, 1), "a positive integer or null"),
     "init_scale": (lambda v: _is_real(v, 0, strict=True), "a positive finite number"),
+    "damping": (lambda v: v is None or _is_real(v, 0), "a finite number >= 0 or null"),
+    "inverse_update_period": (lambda v: v is None or _is_int(v, 1), "a positive integer or null"),
+    "curvature_ema": (lambda v: v is None or _is_real(v, 0, 1), "a number in [0, 1) or null"),
+    "mc_samples": (lambda v: v is None or _is_int(v, 0), "an integer >= 0 or null"),
+    "cg_iterations": (lambda v: v is None or _is_int(v, 1), "a positive integer or null"),
     "target": (lambda v: v is None or isinstance(v, (str, int)) and not isinstance(v, bool),
                "a column name, a column index or null"),
 }

@@ -37,7 +37,7 @@ from fnn.tables import as_binary, is_data_file, load_table
 from fnn.plots import figure_png, plot_diagnostics, plot_history
 from fnn.train import EarlyStopping, TrainState, check_batch_size
 from fnn.validation import check_params_finite, validate
-from fnn.config import DEFAULTS, LATER_KEYS, check_config, resume_config
+from fnn.config import DEFAULTS, LATER_KEYS, SECOND_ORDER_KEYS, check_config, resume_config
 
 from fnn.records import check_data_file, data_record, named_validation, read_data_record, resolve_dataset
 from fnn.records import provenance as _provenance  # (sweeprun imports it from here too)
@@ -87,11 +87,12 @@ def _load_data(config: dict) -> datasets.Dataset:
 def make_optimizer(config: dict, steps_per_epoch: int):
     """The run's optimizer: constant learning rate, or the ``schedule`` over the run's steps
     (with ``warmup_epochs``), held in the optimizer state so that the history records it."""
+    settings = {k: config.get(k) for k in SECOND_ORDER_KEYS if config.get(k) is not None}
     if config["schedule"] == "constant" and not config["warmup_epochs"]:
-        return get_optimizer(config["optimizer"], config["lr"], config["momentum"])
+        return get_optimizer(config["optimizer"], config["lr"], config["momentum"], **settings)
     warmup = None if config["warmup_epochs"] is None else config["warmup_epochs"] * steps_per_epoch
     schedule = make_schedule(config["schedule"], config["lr"], config["epochs"] * steps_per_epoch, warmup)
-    return get_optimizer(config["optimizer"], schedule, config["momentum"])
+    return get_optimizer(config["optimizer"], schedule, config["momentum"], **settings)
 
 
 @dataclasses.dataclass
@@ -118,14 +119,17 @@ class Plan:
         return self.stopping is not None and self.stopping.stop
 
 
-def prepare(given: dict, *, out: str | None = None, resume: str | None = None) -> Plan:
+def prepare(given: dict, *, out: str | None = None, resume: str | None = None, allow_changed_data=False) -> Plan:
     """Every check a run can fail, with nothing written. ``given``: the configuration keys the
-    user set (all of them for a new run, only the explicit flags when resuming)."""
+    user set (all of them for a new run, only the explicit flags when resuming); ``allow_changed_data``:
+    see :func:`fnn.records.check_data_file`."""
+    warning = None
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise ValueError("--out cannot be combined with --resume: a resumed run continues in its own folder.")
         folder = RunFolder(resume)
         stored = folder.read_config()
+        warning = check_data_file(stored, read_data_record(folder.path), folder.path, allow_changed=allow_changed_data)
         config = resume_config(stored, given, folder.path)
         if config["epochs"] != stored["epochs"] and (stored["schedule"] != "constant" or stored["warmup_epochs"]):
             raise ValueError(f"The run in {folder.path} follows a {stored['schedule']} schedule over its "
@@ -261,7 +265,8 @@ class RunFolder:
         remove_stale_temps(self.path)
         try:
             write_json(self.path / "config.json",
-                       {"config": config, "net": net.to_dict(), "loss": loss.name, "commands": commands})
+                       {"config": config, "data": data_record(config["dataset"]), "net": net.to_dict(), "loss": loss.name,
+                        "commands": commands})
         except OSError:
             for folder in missing:  # a full disk at the very start: leave no new, empty folders behind
                 if folder.is_dir() and not any(folder.iterdir()):

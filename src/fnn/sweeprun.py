@@ -163,7 +163,8 @@ def write(plan: SweepPlan, results, command: list[str], plot: bool) -> dict:
                 arrays[f"{activation}/{name}{l}"] = np.asarray(a)
     split = "validation" if plan.base["validation"] else "test"
     write_json(plan.folder / "sweep.json", {"command": _provenance(command), "seeds": plan.seeds,
-                                            "split": split, "runs": runs, "summary": _finite(rows)})
+                                            "split": split, "data": plan.data_record, "runs": runs,
+                                            "summary": _finite(rows)})
     atomic_write(plan.folder / "summary.csv", _csv(rows))
     atomic_write(plan.folder / "summary.md", summary_markdown(rows, plan.grid, split, len(plan.activations) > 1))
     buffer = io.BytesIO()
