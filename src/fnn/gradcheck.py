@@ -24,7 +24,7 @@ import numpy as np
 
 from fnn.backprop import Objective, autodiff_value_and_grad, manual_value_and_grad
 from fnn.kinks import kinked_examples
-from fnn.losses import Loss, get_loss, risk
+from fnn.losses import Loss, get_loss, risk, risk_grad
 from fnn.network import MLP, Params
 from fnn.validation import check_params_finite, validate
 
@@ -41,7 +41,9 @@ class GradcheckRow:
       layer: the layer, 1-based as in the lectures (``params[layer - 1]``).
       param: ``"W"`` or ``"b"``.
       norm: ``‖∂R/∂θ‖₂`` from the hand-written backward.
-      autodiff_error: ``‖g_manual − g_jax.grad‖ / max(‖g_manual‖, ‖g_jax.grad‖)``.
+      autodiff_error: ``‖g_manual − g_jax.grad‖ / max(‖g_manual‖, ‖g_jax.grad‖, ‖|g|‖)``, where
+        ``|g|`` is the backward pass taken in absolute values (every term's size): rounding scales
+        with the terms, so a gradient that is a near-cancelling sum is compared at their scale.
       fd_error: the worst ``|⟨g_manual, u⟩ − (R(θ+εu) − R(θ−εu))/2ε|`` over the random unit
         directions ``u``, relative to the gradient's norm, both taken over the examples with
         no kink inside the step (see :mod:`fnn.kinks`); NaN ("n/a" in the table) when every
@@ -53,7 +55,7 @@ class GradcheckRow:
     layer: int  # 1-based, as in the lectures
     param: str  # "W" or "b"
     norm: float  # ‖∂R/∂θ‖ from the manual pass
-    autodiff_error: float  # ‖manual − jax.grad‖ / max(‖manual‖, ‖jax.grad‖)
+    autodiff_error: float  # ‖manual − jax.grad‖ / max(‖manual‖, ‖jax.grad‖, size of the summed terms)
     fd_error: float  # worst relative error of ⟨manual, u⟩ against the finite difference
     fd_skipped: float = 0.0  # fraction of (direction, example) pairs at a kink, left out
 
@@ -165,8 +167,8 @@ def _fd_error(fd: np.ndarray, directional: np.ndarray, norms: np.ndarray, skippe
     return float(np.max(np.where(scale > 0, err / np.where(scale > 0, scale, 1), 0.0)))
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    scale = max(np.linalg.norm(a), np.linalg.norm(b))
+def _rel(a: np.ndarray, b: np.ndarray, size: np.ndarray) -> float:
+    scale = max(np.linalg.norm(a), np.linalg.norm(b), np.linalg.norm(size))
     return 0.0 if scale == 0 else float(np.linalg.norm(a - b) / scale)
 
 
@@ -228,12 +230,13 @@ def gradcheck(
     fd_tol = fd_tol if fd_tol is not None else (1e-6 if f64 else 1e-2)
     key = jax.random.key(0) if key is None else key
 
-    manual, auto, fd, directional, norms, skipped = _compute(net, loss, params, x, v, key, directions, eps)
+    manual, auto, sizes, fd, directional, norms, skipped = _compute(net, loss, params, x, v, key, directions, eps)
     rows = []
     for l in range(net.num_layers):
         for name in ("W", "b"):
             g = np.asarray(manual[l][name])
-            rows.append(GradcheckRow(l + 1, name, float(np.linalg.norm(g)), _rel(g, np.asarray(auto[l][name])),
+            rows.append(GradcheckRow(l + 1, name, float(np.linalg.norm(g)),
+                                     _rel(g, np.asarray(auto[l][name]), np.asarray(sizes[l][name])),
                                      _fd_error(*(np.asarray(a[l][name]) for a in (fd, directional, norms,
                                                                                    skipped))),
                                      float(np.mean(np.asarray(skipped[l][name])))))
@@ -251,6 +254,7 @@ def _compute(net, loss, params, x, v, key, directions, eps):
     leaves, treedef = jax.tree.flatten(params)
     units = _directions(leaves, key, directions)
     mid = objective.evaluate(params, x, v)
+    sizes = _magnitudes(net, params, mid[2], risk_grad(loss, mid[1], v))
 
     def one(k):
         i, r = k // directions, k % directions  # move tensor i along its r-th direction only
@@ -267,7 +271,25 @@ def _compute(net, loss, params, x, v, key, directions, eps):
 
     per_direction = jax.lax.map(one, jnp.arange(len(leaves) * directions))
     split = lambda a: treedef.unflatten(list(a.reshape(len(leaves), directions)))
-    return manual, auto, *(split(a) for a in per_direction)
+    return manual, auto, sizes, *(split(a) for a in per_direction)
+
+
+def _magnitudes(net, params, cache, dout):
+    """The backward pass with every factor and term in absolute value: ``|y_{l−1}|ᵀ |δz_l|``
+    with ``|δz_l| = |δy_l| ⊙ |f'(z_l)|`` and ``|δy_{l−1}| = |δz_l| |W_l|ᵀ``. It bounds the size of
+    the terms each gradient entry is a sum of, which is what float rounding scales with: a
+    gradient that is a near-cancelling sum (an output bias at balanced classes) is exact only
+    to rounding of its terms, in the hand-written pass and in ``jax.grad`` alike."""
+    sizes, delta = [None] * net.num_layers, jnp.abs(dout)
+    for l in reversed(range(net.num_layers)):
+        dz = delta * jnp.abs(net.activations[l].grad(cache.pre_activations[l], cache.outputs[l]))
+        if l < net.num_layers - 1 and cache.masks[l] is not None:
+            dz = dz * jnp.abs(cache.masks[l])
+        y = jnp.abs(cache.inputs[l])
+        dz2, y2 = dz.reshape(-1, dz.shape[-1]), y.reshape(-1, y.shape[-1])
+        sizes[l] = {"W": y2.T @ dz2, "b": jnp.sum(dz2, axis=0)}
+        delta = dz @ jnp.abs(params[l]["W"]).T
+    return sizes
 
 
 def _directions(leaves, key, directions):

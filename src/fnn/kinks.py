@@ -11,8 +11,9 @@ compare the finite differences and the hand-written gradient on the other exampl
 
 Kinks are taken from :attr:`fnn.Activation.kinks` and :attr:`fnn.Loss.kinks` where they are
 declared; where they are ``None`` (activations and losses of your own), a point is taken as
-kinked when the function is not close to linear over the step: ``f(z₊) − f(z₋)`` differs from
-``f'(z)(z₊ − z₋)`` (``f'`` by ``jax.jvp`` of the forward definition) by more than 1%.
+kinked when the function is not smooth to within 1% over the step: its changes over the whole
+step and over each half differ from what its derivatives (``jax.jvp`` and ``jax.grad`` of the
+forward definition) at the three points predict.
 """
 
 from __future__ import annotations
@@ -41,38 +42,57 @@ def straddles(k_minus: Array, k_mid: Array, k_plus: Array) -> Array:
     return (lo - spread <= 0) & (hi + spread >= 0)
 
 
-def _not_linear(f_minus: Array, f_plus: Array, predicted: Array, scale: Array) -> Array:
-    # f(+) − f(−) against the first-order prediction f'(mid)·Δ; the rounding of f itself
-    # (a few ulps of |f|) is not taken for a kink.
-    ulps = 16 * jnp.finfo(f_plus.dtype).eps * (jnp.abs(f_plus) + jnp.abs(f_minus))
-    return jnp.abs(f_plus - f_minus - predicted) > LINEARITY_TOL * scale + ulps
+def _not_linear(values: tuple, slope) -> Array:
+    """Whether ``f`` departs from smoothness over the step, from its values at the three points
+    and ``slope(i, Δ)``, its derivative at point ``i`` along ``Δ`` (by ``jax.jvp``/``jax.grad``).
+
+    Three tests, each exact to third order for a smooth ``f``: the whole step against the
+    midpoint slope, and each half against the trapezoid of its end slopes. A kink anywhere in
+    the step, or one at the middle point whatever derivative convention it has there, fails
+    at least one of them; a jump fails the first. The rounding of ``f`` itself (a few ulps) is
+    not taken for a kink.
+    """
+    f_minus, f_mid, f_plus = values
+    tests = ((f_plus - f_minus, slope(1, 2)), (f_mid - f_minus, 0.5 * (slope(0, 1) + slope(1, 1))),
+             (f_plus - f_mid, 0.5 * (slope(1, 0) + slope(2, 0))))
+    ulps = 16 * jnp.finfo(f_mid.dtype).eps * (jnp.abs(f_plus) + jnp.abs(f_mid) + jnp.abs(f_minus))
+    hit = jnp.zeros(jnp.shape(f_mid), bool)
+    for change, predicted in tests:
+        hit = hit | (jnp.abs(change - predicted) > LINEARITY_TOL * (jnp.abs(change) + jnp.abs(predicted)) + ulps)
+    return hit
+
+
+def _steps(points: tuple) -> dict:
+    # Δ by (i, j): 2 is the whole step, 1 the first half, 0 the second (indexed by what is left out).
+    return {2: points[2] - points[0], 1: points[1] - points[0], 0: points[2] - points[1]}
 
 
 def activation_kinks(act: Activation, z_minus: Array, z_mid: Array, z_plus: Array) -> Array:
     """Per unit ``(..., d)``: whether the pre-activation meets a kink of ``act`` over the step."""
+    points = (z_minus, z_mid, z_plus)
     if act.kinks is not None:
         hit = jnp.zeros(jnp.shape(z_mid), bool)
         for point in act.kinks:
-            hit = hit | straddles(z_minus - point, z_mid - point, z_plus - point)
+            hit = hit | straddles(*(z - point for z in points))
         return hit
-    slope = jax.jvp(act.fn, (z_mid,), (jnp.ones_like(z_mid),))[1]
-    dz = z_plus - z_minus
-    return _not_linear(act.fn(z_minus), act.fn(z_plus), slope * dz, jnp.abs(dz) * (1 + jnp.abs(slope)))
+    derivative = [jax.jvp(act.fn, (z,), (jnp.ones_like(z),))[1] for z in points]
+    steps = _steps(points)
+    return _not_linear(tuple(act.fn(z) for z in points), lambda i, k: derivative[i] * steps[k])
 
 
 def loss_kinks(loss: Loss, v: Array, y_minus: Array, y_mid: Array, y_plus: Array) -> Array:
     """Per example (``y``'s batch shape): whether the outputs meet a kink of ``loss`` over the step."""
-    batch = jnp.shape(y_mid)[:-1]
+    points, batch = (y_minus, y_mid, y_plus), jnp.shape(y_mid)[:-1]
     if callable(loss.kinks):
-        hit = straddles(*(jnp.asarray(loss.kinks(y, v)) for y in (y_minus, y_mid, y_plus)))
+        hit = straddles(*(jnp.asarray(loss.kinks(y, v)) for y in points))
         return jnp.any(jnp.reshape(hit, (*batch, -1)), axis=-1)
     if loss.kinks is not None:  # () : smooth
         return jnp.zeros(batch, bool)
-    grad = jax.grad(lambda y: jnp.sum(loss.value(y, v)))(y_mid)  # per example: the loss is a sum over them
-    dy = y_plus - y_minus
-    f_minus, f_plus = loss.value(y_minus, v), loss.value(y_plus, v)
-    scale = jnp.abs(f_plus - f_minus) + jnp.linalg.norm(grad, axis=-1) * jnp.linalg.norm(dy, axis=-1)
-    return _not_linear(f_minus, f_plus, jnp.sum(grad * dy, axis=-1), scale)
+    # ∂ℓ_b/∂y_b for every example at once: the summed loss separates over examples.
+    grads = [jax.grad(lambda y: jnp.sum(loss.value(y, v)))(y) for y in points]
+    steps = _steps(points)
+    return _not_linear(tuple(loss.value(y, v) for y in points),
+                       lambda i, k: jnp.sum(grads[i] * steps[k], axis=-1))
 
 
 def kinked_examples(net, loss: Loss, v: Array, caches: tuple, outputs: tuple) -> Array:
