@@ -8,6 +8,7 @@ optimizer (sgd, momentum, adam, ...) are fed the same hand-written gradients.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable
 
 import jax
@@ -78,7 +79,13 @@ def _no_momentum(factory):
 def _second_order(factory, **fixed):
     """A table entry for a second-order transformation: its own settings by keyword (see
     :func:`get_optimizer`); the table's momentum is not passed on."""
+    known = set(inspect.signature(factory).parameters) - {"learning_rate", *fixed}
+
     def build(learning_rate, momentum, **settings):
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"{factory.__name__} takes no setting {', '.join(unknown)}: it takes "
+                             f"{', '.join(sorted(known))}.")
         return factory(learning_rate, **fixed, **settings)
     build.takes_settings = True
     return build
