@@ -179,9 +179,6 @@ def _check_point(point: dict) -> None:
         raise ValueError(f"epochs must be a positive integer, got {point['epochs']!r}.")
 
 
-class _Data:
-    """The training and held-out data (``{"val": ..., "test": ...}``) on the device, shared by all
-    seeds or one split per seed."""
 def check_select(select: str, loss: Loss, held: list[str]) -> None:
     """Raises one ``ValueError`` unless ``select`` names a final metric the sweep records:
     ``PREFIX_METRIC`` with ``PREFIX`` ``train`` or one of ``held`` (``val``, ``test``)."""
@@ -193,6 +190,9 @@ def check_select(select: str, loss: Loss, held: list[str]) -> None:
         raise ValueError(f"Cannot select on {select!r}{hint}: choose from {', '.join(known)}.")
 
 
+class _Data:
+    """The training and held-out data (``{"val": ..., "test": ...}``) on the device, shared by all
+    seeds or one split per seed."""
 
     def __init__(self, net, loss, x, v, held, num_seeds, per_seed):
         sets = [(x, v)] + [tuple(pair) for pair in held.values()]
