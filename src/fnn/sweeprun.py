@@ -140,7 +140,9 @@ def run(plan: SweepPlan, progress: bool) -> list[tuple[str, object]]:
     mesh = make_mesh(plan.base["devices"]) if plan.base["devices"] > 1 else None
     out = []
     for activation, (net, loss, train, test) in plan.groups.items():
-        result = sweep(net, loss, *train, seeds=plan.seeds, grid=grid, test=test, select=plan.select,
+        result = sweep(net, loss, *train, seeds=plan.seeds, grid=grid, **{"validation" if k == "val" else k: a
+                                                                          for k, a in test.items()},
+                       select=plan.select,
                        progress=progress, clip_norm=plan.base["clip_norm"],
                        noise_multiplier=plan.base["noise_multiplier"], mesh=mesh, **settings)
         out.append((activation, result))
