@@ -83,7 +83,8 @@ def gradient_descent(
     if stopped == "max_steps" and eps > 0:
         warnings.warn(f"gradient_descent stopped at max_steps={max_steps} before |ΔR| < eps={eps}: "
                       "give a larger max_steps (or eps) to run to convergence.", stacklevel=2)
-    losses, penalties = np.asarray(losses[: steps + 1]), np.asarray(penalties[: steps + 1])
+    # Sliced on the host: a device slice of a new length would compile a program of its own.
+    losses, penalties = np.asarray(losses)[: steps + 1], np.asarray(penalties)[: steps + 1]
     return params, {"epoch": list(range(steps + 1)), "train_loss": [float(a) for a in losses - penalties],
                     "loss": [float(a) for a in losses], "steps": steps, "stopped": stopped}
 

@@ -34,18 +34,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn.epoch import _guarded_step, check_batch_size, epoch_order
+from fnn.epoch import check_batch_size
 from fnn.losses import Loss, get_loss
-from fnn.metrics import _metrics, _to_device
+from fnn.metrics import _to_device
 from fnn.network import MLP, Params, init
-from fnn.optim import OPTIMIZERS, check_learning_rate, get_optimizer, make_update_fn
-from fnn.schedules import learning_rates, make_schedule, with_schedule
+from fnn.optim import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER, check_learning_rate
+from fnn.schedules import learning_rates
 from fnn.stats import summarise
+from fnn.sweepprograms import Recipe, epoch_program, metrics_program
 from fnn.validation import check_coefficient, validate
 
 SWEEPABLE = ("lr", "momentum", "l2", "dropout", "init_scale")
 GROUPED = ("optimizer", "batch_size", "schedule", "warmup_epochs", "method", "init", "epochs")
-DEFAULTS = dict(lr=1e-3, momentum=0.9, l2=0.0, dropout=0.0, init_scale=1.0, optimizer="adam", batch_size=32,
+DEFAULTS = dict(lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM, l2=0.0, dropout=0.0, init_scale=1.0,
+                optimizer=DEFAULT_OPTIMIZER, batch_size=32,
                 schedule="constant", warmup_epochs=None, method="manual", init="he", epochs=10)
 
 
@@ -224,26 +226,11 @@ class _Group:
         # Settings the points share stay Python numbers (the program is then exactly the
         # one-run program); those that differ become arrays with a run axis.
         self.varying = [k for k in SWEEPABLE if len({p[k] for p in points}) > 1]
-        self.private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
-        make_update_fn(net, loss, self._optimizer({}), self.static["method"], l2=self.static["l2"],
-                       dropout=self.static["dropout"], **self.private)  # checks method and DP settings
-
-    def _value(self, hyper, key):
-        return hyper[key] if key in hyper else self.static[key]
+        self.recipe = Recipe.of(net, loss, self.static, self.varying, clip_norm, noise_multiplier, self.batches)
+        self.recipe.update({k: self.static[k] for k in self.varying})  # checks method and DP settings
 
     def _optimizer(self, hyper):
-        p, lr, momentum = self.static, self._value(hyper, "lr"), self._value(hyper, "momentum")
-        if p["schedule"] == "constant" and not p["warmup_epochs"]:
-            if isinstance(lr, jax.Array) or isinstance(momentum, jax.Array):
-                return OPTIMIZERS.lookup(p["optimizer"])(lr, momentum)
-            return get_optimizer(p["optimizer"], lr, momentum)
-        warmup = None if p["warmup_epochs"] is None else p["warmup_epochs"] * self.batches
-        schedule = make_schedule(p["schedule"], lr, p["epochs"] * self.batches, warmup)
-        return with_schedule(OPTIMIZERS.lookup(p["optimizer"]), schedule, momentum=momentum)
-
-    def _update(self, hyper):
-        return make_update_fn(self.net, self.loss, self._optimizer(hyper), self.static["method"],
-                              l2=self._value(hyper, "l2"), dropout=self._value(hyper, "dropout"), **self.private)
+        return self.recipe.optimizer(hyper)
 
     def _start(self):
         """Parameters, optimizer states ``(S, G, ...)``, hyperparameter arrays ``(G,)``, run keys ``(S,)``."""
@@ -262,34 +249,11 @@ class _Group:
         return params, opt_state, hyper, jnp.stack([k[1] for k in keys])
 
     def _epoch_fn(self):
-        batch_size, needs_key = self.static["batch_size"], self._update({}).needs_key or "dropout" in self.varying
-
-        def one_seed(params, opt_state, hyper, x, v, key):
-            batches, dropout_key = epoch_order(key, x.shape[0], batch_size)
-
-            def step(carry, inputs):
-                def one_run(params, opt_state, ok, hyper):
-                    update = self._update(hyper)
-                    update.needs_key = needs_key
-                    guarded = _guarded_step(update, None, x, v, dropout_key, 0, batches.shape[0])
-                    (params, opt_state, ok), loss = guarded((params, opt_state, ok), inputs)
-                    return params, opt_state, ok, loss
-
-                params, opt_state, ok, loss = jax.vmap(one_run)(*carry, hyper)
-                return (params, opt_state, ok), loss
-
-            ok = jnp.ones(jax.tree.leaves(params)[0].shape[0], bool)
-            (params, opt_state, _), losses = jax.lax.scan(step, (params, opt_state, ok),
-                                                          (batches, jnp.arange(batches.shape[0])))
-            return params, opt_state, losses.T
-
-        axis = self.data.axis
-        return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, axis, axis, 0)))
+        """The group's epoch program: the same jitted function for an equal group of a later sweep."""
+        return epoch_program(self.recipe, self.data.axis)
 
     def _metrics_fn(self):
-        axis = self.data.axis
-        per_run = jax.vmap(lambda p, x, v: _metrics(self.net, self.loss, p, x, v), in_axes=(0, None, None))
-        return jax.jit(jax.vmap(per_run, in_axes=(0, axis, axis)))
+        return metrics_program(self.net, self.loss, self.data.axis)
 
     def _place(self, params, opt_state, hyper, keys):
         """Shards the run axis over the mesh: the grid points' axis when it divides evenly, else the seeds'."""
