@@ -317,7 +317,6 @@ def evaluate(run: str, best: bool = False, split: str | None = None, allow_chang
     ``validation`` for a ``--validation`` run, else ``test``); exit 1 if they are not finite.
     Refuses when the run's data file changed (:func:`fnn.records.check_data_file`) unless
     ``allow_changed``."""
-
     folder = RunFolder(run)
     config = folder.read_config()
     _warn("evaluate", check_data_file(config, read_data_record(run), folder.path, allow_changed=allow_changed))
