@@ -21,7 +21,7 @@ from fnn.curvature import attach, curvature_of, value_grad_curvature
 from fnn.hessian_free import gauss_newton, newton
 from fnn.losses import Loss
 from fnn.network import MLP
-from fnn.privacy import clipped_value_and_grad
+from fnn.privacy import check_dp_settings, clipped_value_and_grad
 from fnn.programs import program_cache
 from fnn.registry import Registry
 from fnn.schedules import with_schedule
@@ -216,14 +216,12 @@ def _with_curvature(objective: Objective, curvature, method: str, clip_norm) -> 
 def _gradient(objective: Objective, method: str, clip_norm, noise_multiplier) -> Callable:
     """``(params, x, v, weights, key) -> (R, g, extra metrics)`` for a plain or a DP-SGD step."""
     grad_fn = get_method(method)
-    check_coefficient(noise_multiplier, "noise_multiplier")
     if clip_norm is None:
+        _, noise_multiplier = check_dp_settings(1.0, noise_multiplier)
         if noise_multiplier:
             raise ValueError("noise_multiplier needs clip_norm: the noise is scaled by the clipping norm.")
         return lambda p, x, v, w, key: (*grad_fn(objective, p, x, v, w, key), {})
-    if not (isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and np.isfinite(clip_norm)
-            and clip_norm > 0):
-        raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}.")
+    clip_norm, noise_multiplier = check_dp_settings(clip_norm, noise_multiplier)
     if method != "manual":
         raise ValueError("Per-example clipping (clip_norm) comes from the hand-written backward: use method='manual'.")
 

@@ -9,11 +9,15 @@ The privacy accounting (the ε of a run) is not written here: :func:`epsilon` as
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn.network import Params
-from fnn.quantities import _squared_norms, deltas
+from fnn.quantities import _hypot, _layer_norms, deltas
+from fnn.validation import is_concrete
 
 Array = jax.Array
 
@@ -34,19 +38,37 @@ def clipped_value_and_grad(objective, params: Params, x: Array, v: Array, weight
     depend on the data). ``key`` draws the noise (and dropout masks); it is needed when
     ``noise_multiplier > 0`` or the objective has dropout.
 
+    Weights must lie in [0, 1] (0 marks padding): an example of weight ``w`` contributes up to
+    ``w C`` to the sum while the noise stays ``σ C``, so weights above 1 would break the
+    sensitivity bound that :func:`epsilon` assumes. Concrete weights outside [0, 1] raise
+    ``ValueError``; under ``jit`` each weighted contribution is clipped to norm ``C`` as well,
+    so the bound holds whatever the weights. Norms are computed without squaring overflow, so
+    a float32 gradient of norm 1e30 is clipped to ``C``, not dropped.
+
     Returns ``(R, ĝ, norms)``: the risk before the step, the gradient shaped like ``params``,
     and the per-example norms ``‖g_b‖`` ``(B,)`` before clipping.
+
+    Raises:
+      ValueError: a bad ``clip_norm`` or ``noise_multiplier`` (see :func:`check_dp_settings`),
+        weights outside [0, 1], or no ``key`` when noise or dropout needs one.
     """
+    clip_norm, noise_multiplier = check_dp_settings(clip_norm, noise_multiplier)
+    _check_private_weights(weights)
+    if key is None and (noise_multiplier > 0 or objective.dropout > 0):
+        raise ValueError("The DP-SGD step draws noise (noise_multiplier > 0) or dropout masks: "
+                         "pass key=jax.random.key(seed), a fresh key for every step.")
     net, loss = objective.net, objective.loss
     noise_key = dropout_key = key
     if noise_multiplier > 0 and objective.dropout > 0:
         dropout_key, noise_key = jax.random.split(key)
     value, out, cache = objective.evaluate(params, x, v, weights, dropout_key)
     dz = deltas(net, params, cache, loss.grad(out, v))
-    norms = jnp.sqrt(sum(layer["W"] + layer["b"] for layer in _squared_norms(cache, dz)))
+    norms = _hypot([a for layer in _layer_norms(cache, dz) for a in layer.values()])
     w = jnp.ones(norms.shape, norms.dtype) if weights is None else jnp.asarray(weights, norms.dtype)
     total = jnp.maximum(jnp.sum(w), jnp.finfo(norms.dtype).tiny)
-    scale = w * jnp.minimum(1.0, clip_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny)) / total
+    limit = clip_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny)  # C/‖g_b‖
+    # w_b c_b, capped at C/‖g_b‖ so that the weighted contribution has norm at most C whatever w_b.
+    scale = jnp.minimum(w * jnp.minimum(1.0, limit), limit) / total
     grads = [{"W": y.T @ (scale[:, None] * d), "b": jnp.sum(scale[:, None] * d, 0)} for y, d in zip(cache.inputs, dz)]
     if noise_multiplier > 0:
         leaves, treedef = jax.tree.flatten(grads)
@@ -59,6 +81,57 @@ def clipped_value_and_grad(objective, params: Params, x: Array, v: Array, weight
     return value, grads, norms
 
 
+def _real(value, name: str, *, integer: bool = False):
+    """``value`` as a Python number: a number, a NumPy or JAX scalar or a 0-d array (not a
+    bool); a traced value is passed through unchecked. Raises ``ValueError`` otherwise."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    a = np.asarray(value) if isinstance(value, (np.ndarray, np.generic, jax.Array)) else None
+    if a is not None and a.shape == () and a.dtype != bool and np.issubdtype(a.dtype, np.number):
+        value = a.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a real number'}, got {value!r}.")
+    return int(value) if integer else float(value)
+
+
+def check_dp_settings(clip_norm, noise_multiplier) -> tuple[float, float]:
+    """``(C, σ)`` as floats: ``clip_norm`` finite and > 0, ``noise_multiplier`` finite and >= 0
+    (Python numbers, NumPy/JAX scalars and 0-d arrays alike). Raises ``ValueError`` naming the bad one."""
+    clip_norm, noise_multiplier = _real(clip_norm, "clip_norm"), _real(noise_multiplier, "noise_multiplier")
+    if not isinstance(clip_norm, jax.core.Tracer) and not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}.")
+    if not isinstance(noise_multiplier, jax.core.Tracer) and not (
+            math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}.")
+    return clip_norm, noise_multiplier
+
+
+def _check_private_weights(weights) -> None:
+    if weights is not None and is_concrete(weights):
+        w = np.asarray(weights)
+        if w.size and not (np.all(w >= 0) and np.all(w <= 1)):
+            raise ValueError(f"With clip_norm (DP-SGD) weights must lie in [0, 1], got values in "
+                             f"[{np.nanmin(w):g}, {np.nanmax(w):g}]: an example of weight w contributes up to "
+                             "w × clip_norm while the noise stays σ × clip_norm; rescale them to at most 1.")
+
+
+def _accounting_arguments(noise_multiplier, batch_size, examples, steps, delta) -> tuple:
+    # Each argument as a Python number, checked, so dp-accounting never sees a bad one.
+    sigma, delta = _real(noise_multiplier, "noise_multiplier"), _real(delta, "delta")
+    batch_size, examples, steps = (_real(a, name, integer=True) for a, name in (
+        (batch_size, "batch_size"), (examples, "examples"), (steps, "steps")))
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {sigma!r}.")
+    if not 0 < batch_size <= examples:
+        raise ValueError(f"epsilon needs 0 < batch_size <= examples (a sampling rate in (0, 1]), got "
+                         f"batch_size={batch_size}, examples={examples}.")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta!r}.")
+    return sigma, batch_size, examples, steps, delta
+
+
 def epsilon(noise_multiplier: float, *, batch_size: int, examples: int, steps: int, delta: float = 1e-5,
             accountant: str = "rdp") -> float:
     """The ε of ``(ε, δ)``-DP for DP-SGD with Gaussian noise ``noise_multiplier``, batches of
@@ -67,16 +140,20 @@ def epsilon(noise_multiplier: float, *, batch_size: int, examples: int, steps: i
 
     Computed by ``dp-accounting`` (``accountant="rdp"``: the Rényi-DP accountant, or ``"pld"``:
     privacy loss distributions, tighter). ``inf`` without noise. Raises ``ImportError`` naming the
-    extra when the library is missing, and ``ValueError`` for bad arguments.
+    extra when the library is missing, and ``ValueError`` for bad arguments: ``noise_multiplier``
+    must be a finite real >= 0; ``batch_size``, ``examples`` and ``steps`` integers (``2.0`` is
+    taken, ``2.5`` and ``True`` are not) with ``0 < batch_size <= examples`` (a sampling rate in
+    (0, 1]) and ``steps >= 0``; ``delta`` a real in (0, 1). NumPy and JAX scalars are accepted.
     """
     try:
         import dp_accounting
         from dp_accounting import pld, rdp
     except ImportError:
         raise ImportError("Privacy accounting uses dp-accounting: pip install 'fnn[privacy]'.") from None
-    if not (noise_multiplier >= 0 and 0 < batch_size <= examples and steps >= 0 and 0 < delta < 1):
-        raise ValueError(f"epsilon needs noise_multiplier >= 0, 0 < batch_size <= examples, steps >= 0 and "
-                         f"0 < delta < 1; got {noise_multiplier}, {batch_size}, {examples}, {steps}, {delta}.")
+    noise_multiplier, batch_size, examples, steps, delta = _accounting_arguments(
+        noise_multiplier, batch_size, examples, steps, delta)
+    if accountant not in ("rdp", "pld"):
+        raise ValueError(f"accountant must be 'rdp' or 'pld', got {accountant!r}.")
     if noise_multiplier == 0:
         return float("inf")
     if steps == 0:
@@ -84,8 +161,6 @@ def epsilon(noise_multiplier: float, *, batch_size: int, examples: int, steps: i
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(batch_size / examples, dp_accounting.GaussianDpEvent(noise_multiplier)),
         steps)
-    if accountant not in ("rdp", "pld"):
-        raise ValueError(f"accountant must be 'rdp' or 'pld', got {accountant!r}.")
     acc = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
     acc.compose(event)
     return float(acc.get_epsilon(delta))

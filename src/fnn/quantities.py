@@ -27,6 +27,8 @@ Nothing here calls ``jax.grad``, ``jax.jvp`` or ``jax.vjp``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -104,18 +106,28 @@ def per_example_grad_norms(net: MLP, loss: str | Loss, params: Params, x: Array,
       True
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
-    squares = _squared_norms(cache, deltas(net, params, cache, loss.grad(out, v)))
-    if per_layer:
-        return [{k: jnp.sqrt(a) for k, a in layer.items()} for layer in squares]
-    return jnp.sqrt(sum(layer["W"] + layer["b"] for layer in squares))
+    norms = _layer_norms(cache, deltas(net, params, cache, loss.grad(out, v)))
+    return norms if per_layer else _hypot([a for layer in norms for a in layer.values()])
 
 
-def _squared_norms(cache: Cache, dz: list[Array]) -> list[dict]:
-    out = []
-    for y, d in zip(cache.inputs, dz):
-        d2 = jnp.sum(d * d, axis=-1)
-        out.append({"W": jnp.sum(y * y, axis=-1) * d2, "b": d2})
-    return out
+def _norm(a: Array) -> Array:
+    # ‖a‖ over the last axis without squaring overflow (float32 squares overflow above ~1.8e19):
+    # the largest |entry| is taken out first.
+    top = jnp.max(jnp.abs(a), axis=-1)
+    safe = jnp.where(top > 0, top, 1)
+    return top * jnp.sqrt(jnp.sum(jnp.square(a / safe[..., None]), axis=-1))
+
+
+def _hypot(parts: list[Array]) -> Array:
+    # sqrt(Σ_k p_k²) of non-negative parts, overflow-safe in the same way.
+    top = functools.reduce(jnp.maximum, parts)
+    safe = jnp.where(top > 0, top, 1)
+    return top * jnp.sqrt(sum(jnp.square(p / safe) for p in parts))
+
+
+def _layer_norms(cache: Cache, dz: list[Array]) -> list[dict]:
+    # ‖∂ℓ_b/∂W_l‖ = ‖y_{l−1,b}‖ ‖δz_{l,b}‖ and ‖∂ℓ_b/∂b_l‖ = ‖δz_{l,b}‖, per example (B,).
+    return [{"W": _norm(y) * _norm(d), "b": _norm(d)} for y, d in zip(cache.inputs, dz)]
 
 
 def gradient_moments(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array) -> dict:
@@ -318,13 +330,13 @@ def diagnostics(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array) 
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))
     n = x.shape[0]
-    squares = _squared_norms(cache, dz)
+    layer_norms = _layer_norms(cache, dz)
     ggn = _ggn_diagonal(net, loss, params, out, v, cache, 0, None)  # the same forward pass
     result = {}
-    for k, (mean, sgs, sq, g) in enumerate(zip(*_moments(cache, dz, n), squares, ggn), 1):
+    for k, (mean, sgs, sq, g) in enumerate(zip(*_moments(cache, dz, n), layer_norms, ggn), 1):
         mean_sq = sum(jnp.sum(m * m) for m in mean.values())
         variance = sum(jnp.sum(sgs[p] / n - mean[p] * mean[p]) for p in mean)
-        norms = jnp.sqrt(sq["W"] + sq["b"])
+        norms = _hypot([sq["W"], sq["b"]])
         result[f"grad_norm_l{k}"] = jnp.sqrt(mean_sq)
         result[f"snr_l{k}"] = mean_sq / jnp.maximum(variance, jnp.finfo(variance.dtype).tiny)
         result[f"norm_spread_l{k}"] = jnp.std(norms) / jnp.maximum(jnp.mean(norms), jnp.finfo(norms.dtype).tiny)
