@@ -1,6 +1,8 @@
 """K-FAC, EKFAC, the diagonal-GGN preconditioner, Gauss-Newton by CG and Newton against their dense
 definitions (jax.jacfwd / jax.hessian, float64), and the same numbers under jit, vmap and the mesh."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,3 +265,39 @@ def test_a_schedule_keeps_the_curvature_and_settings_are_refused_where_unknown()
     assert curvature_of(opt).kind == "kronecker"
     with pytest.raises(ValueError, match="takes no settings"):
         fnn.get_optimizer("adam", 1e-3, damping=0.1)
+
+
+def test_cli_trains_with_kfac_and_gauss_newton_and_refuses_a_setting_in_one_line(tmp_path, capsys):
+    from fnn.cli import main
+
+    small = ["train", "--dataset", "moons", "--hidden", "8", "--epochs", "3", "--batch-size", "32", "--no-progress",
+             "--no-plot", "--no-gradcheck"]
+    for name, flags in [("kfac", ["--lr", "0.3", "--damping", "0.1", "--inverse-update-period", "3"]),
+                        ("gauss_newton", ["--lr", "1", "--damping", "1", "--cg-iterations", "5"])]:
+        assert main([*small, "--optimizer", name, *flags, "--out", str(tmp_path / name)]) == 0
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        losses = metrics["history"]["train_loss"]
+        assert losses[-1] < losses[0] and losses[-1] < 0.6, (name, losses)
+        config = json.loads((tmp_path / name / "config.json").read_text())["config"]
+        assert config["optimizer"] == name and config["damping"] == float(flags[3])
+    capsys.readouterr()
+    assert main([*small, "--optimizer", "newton", "--inverse-update-period", "3", "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "newton takes no setting inverse_update_period" in err[0]
+
+
+def test_norm_constraint_scales_the_step_to_its_bound(x64):
+    """Ba et al.'s clipping: with κ below η² Pᵀg the step is P·√(κ / (η² Pᵀg)), so η² (cP)ᵀg = κ."""
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy")
+    grads, _, free, _ = _one_step(fnn.kfac(0.5, 0.1, curvature_ema=0.0), net, loss, params, x, v)
+    quadratic = float(_dot_tree(free, grads)) / -0.5  # Pᵀg from u = −η P
+    kappa = 0.1 * 0.25 * quadratic
+    _, _, clipped, _ = _one_step(fnn.kfac(0.5, 0.1, curvature_ema=0.0, norm_constraint=kappa), net, loss, params, x, v)
+    assert_rel_close(clipped, jax.tree.map(lambda a: a * np.sqrt(0.1), free), 1e-10)
+    _, _, loose, _ = _one_step(fnn.kfac(0.5, 0.1, curvature_ema=0.0, norm_constraint=10 * kappa / 0.1), net, loss,
+                               params, x, v)
+    assert_rel_close(loose, free, 1e-12)
+
+
+def _dot_tree(a, b):
+    return sum(jnp.vdot(p, q) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

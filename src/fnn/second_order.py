@@ -180,12 +180,17 @@ def _kfac_update(grads, state: KFACState, params, factors, hyper: dict):
         grads = jax.tree.map(lambda g, p: g + l2_reg * p, grads, params)
     averaged = _averaged(state, factors, hyper["curvature_ema"])
     precond = _new_precond(state, factors, averaged, dict(hyper, damping=damping))
-    momentum, updates = [], []
     rate = _learning_rate(hyper["learning_rate"], state.count)
-    for g, pre, m in zip(grads, precond, state.momentum):
-        stacked = jnp.concatenate([g["W"], g["b"][None, :]], axis=0)
-        p = _precondition(stacked, pre, damping, mode, ekfac)
-        step = {"W": p[:-1], "b": p[-1]}
+    steps = []
+    for g, pre in zip(grads, precond):
+        p = _precondition(jnp.concatenate([g["W"], g["b"][None, :]], axis=0), pre, damping, mode, ekfac)
+        steps.append({"W": p[:-1], "b": p[-1]})
+    if hyper["norm_constraint"] is not None:  # Ba et al. 2017: η² Pᵀg ≤ κ
+        quadratic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(steps), jax.tree.leaves(grads)))
+        steps = jax.tree.map(lambda a: a * jnp.minimum(1.0, jnp.sqrt(
+            hyper["norm_constraint"] / jnp.maximum(rate * rate * quadratic, jnp.finfo(a.dtype).tiny))), steps)
+    momentum, updates = [], []
+    for step, m in zip(steps, state.momentum):
         m = jax.tree.map(lambda old, new: hyper["momentum"] * old + new, m, step)
         momentum.append(m)
         updates.append(jax.tree.map(lambda a: -rate * a, m))
@@ -194,7 +199,8 @@ def _kfac_update(grads, state: KFACState, params, factors, hyper: dict):
 
 def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.95,
          inverse_update_period: int = 5, damping_mode: str = "exact", ekfac: bool = False, mc_samples: int = 0,
-         l2_reg: float = 0.0, momentum: float = 0.0) -> optax.GradientTransformationExtraArgs:
+         l2_reg: float = 0.0, momentum: float = 0.0, norm_constraint: float | None = None
+         ) -> optax.GradientTransformationExtraArgs:
     """K-FAC (Martens & Grosse 2015) and EKFAC (George et al. 2018) as an optax transformation.
 
         update(grads, state, params=None, *, factors) -> (updates, state)
@@ -209,8 +215,9 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
       ``s = Σ_b (Q_Aᵀ ȳ_b)² ⊗ ŵ_b Σ_s (Q_Gᵀ δz^{(s)}_b)²``, the diagonal of the layer's GGN block
       in the Kronecker eigenbasis, restarted from the batch's value when the basis is refreshed.
 
-    and the update is ``−η m`` with ``m ← μ m + P`` (``μ = momentum``, ``P`` the preconditioned
-    gradient). See the module docstring for the scaling conventions.
+    and the update is ``−η m`` with ``m ← μ m + c P`` (``μ = momentum``, ``P`` the preconditioned
+    gradient, ``c = min(1, √(κ / (η² Pᵀg)))`` with ``κ = norm_constraint``, Ba et al. 2017's
+    KL clipping, as kfac-jax's ``norm_constraint``; ``c = 1`` without one). See the module docstring for the scaling conventions.
 
     Args:
       learning_rate: ``η``, a number or an optax schedule ``count -> η``.
@@ -223,6 +230,7 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
         factors from ``M`` sampled targets (the update step then needs a key).
       l2_reg: added to the gradient as ``l2_reg·θ`` and to the damping.
       momentum: ``μ`` in [0, 1).
+      norm_constraint: ``κ > 0`` or ``None`` (no clipping).
 
     Raises ``ValueError`` for a bad setting, and from ``update`` for missing or misshapen factors.
     """
@@ -231,6 +239,8 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
     _check_number(l2_reg, "l2_reg")
     _check_number(momentum, "momentum", upper=1.0)
     _check_positive_int(inverse_update_period, "inverse_update_period")
+    if norm_constraint is not None:
+        _check_number(norm_constraint, "norm_constraint")
     _check_choice(damping_mode, "damping_mode", DAMPING_MODES)
     if ekfac and damping_mode != "exact":
         raise ValueError("EKFAC rescales in the eigenbasis: use damping_mode='exact' with ekfac=True.")
@@ -238,7 +248,7 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
         _check_number(learning_rate, "learning_rate")
     hyper = dict(learning_rate=learning_rate, damping=damping, curvature_ema=curvature_ema, l2_reg=l2_reg,
                  inverse_update_period=inverse_update_period, damping_mode=damping_mode, ekfac=ekfac,
-                 momentum=momentum)
+                 momentum=momentum, norm_constraint=norm_constraint)
 
     def update(grads, state, params=None, *, factors=None, **extra):
         return _kfac_update(grads, state, params, factors, hyper)
