@@ -34,7 +34,7 @@ def main(module, argv=None) -> dict:
     markdown, fig = module.report(results)
     for key in getattr(module, "JSON_OMITS", ()):
         results.pop(key)
-    results["provenance"] = provenance(module.__file__)
+    results["provenance"] = provenance(module.__file__, [RESULTS / f"{n}.json" for n in getattr(module, "INPUTS", ())])
     write(name, results, markdown, fig, args.out)
     print(markdown)
     return results
@@ -255,9 +255,10 @@ def script_hash(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def provenance(script) -> dict:
+def provenance(script, inputs=()) -> dict:
     """What wrote a result: the script (relative to the repository), the sha256 of its content
-    at the time, and the git commit checked out (``dirty`` when the script differed from it)."""
+    at the time, the git commit checked out (``dirty`` when the script differed from it), and
+    the sha256 of every result file in ``inputs`` it read (a re-analysis)."""
     import subprocess
 
     script = Path(script).resolve()
@@ -269,7 +270,7 @@ def provenance(script) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"script": str(script.relative_to(root)), "script_sha256": script_hash(script), "commit": commit,
-            "script_dirty": dirty}
+            "script_dirty": dirty, "inputs": {Path(p).name: script_hash(p) for p in inputs}}
 
 
 def provenance_problem(result_json, script) -> str | None:
@@ -284,4 +285,8 @@ def provenance_problem(result_json, script) -> str | None:
     if p["script_sha256"] != script_hash(script):
         return (f"{Path(result_json).name} was written by another version of {Path(script).name} "
                 f"(commit {p['commit']}): rerun it")
+    for name, digest in p.get("inputs", {}).items():
+        source = Path(result_json).with_name(name)
+        if not source.exists() or script_hash(source) != digest:
+            return f"{Path(result_json).name} read a {name} that has changed since: rerun {Path(script).name}"
     return None

@@ -1,0 +1,142 @@
+"""The committed results of the experiments that compare arms, read paired over their shared seeds.
+
+Arms of one experiment share their seeds: seed s gives every arm the same split, the same
+batch order and (for equal shapes) the same initial weights, so seed-to-seed variation is
+common to the arms and cancels in the per-seed difference. Whether two 95% intervals
+overlap is not a test; this script states each comparison as the mean per-seed difference
+with its Student-t interval, the paired t-test, the sign count and its exact sign test
+(``fnn.stats.paired``), and Holm's adjusted p over every comparison it states
+(``fnn.stats.holm``). It trains nothing: it reads ``results/NAME.json`` as committed (their
+hashes are recorded, and the provenance test fails when one changes without a rerun of this
+script) and draws the per-seed points, which show a bimodal arm that a mean ± interval hides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common import RESULTS, figure, main, table
+from fnn.stats import holm, paired
+
+INPUTS = ["activations", "vanishing_gradients", "universal_approximation", "gradient_noise_and_privacy"]
+
+
+def _load(name):
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _row(source, what, a, b, scale=100.0, unit=" pts", lower_is_better=False):
+    c = paired(a, b)
+    return {"source": source, "comparison": what, "lower_is_better": lower_is_better,
+            "difference": c.mean * scale, "ci95": c.half_width * scale,
+            "p_value": c.p_value, "wins": c.wins, "ties": c.ties, "losses": c.losses, "sign_p": c.sign_p,
+            "n": c.n, "text": c.text(scale=scale, unit=unit)}
+
+
+def _activations(r):
+    runs, rows = r["runs"], []
+    final = {k: np.asarray(a["history"]["test_accuracy"])[:, -1] for k, a in runs.items()}
+    auc = {k: np.asarray(a["history"]["test_accuracy"]).mean(1) for k, a in runs.items()}
+    for a, b in (("relu", "tanh"), ("relu", "sigmoid"), ("tanh", "sigmoid"), ("leaky_relu", "relu")):
+        rows.append(_row("activations", f"{a} − {b}, final test accuracy", final[a], final[b]))
+        rows.append(_row("activations", f"{a} − {b}, mean test accuracy over epochs", auc[a], auc[b]))
+    to = {k: np.asarray(a["epochs_to_target"], float) for k, a in runs.items()}
+    for a, b in (("relu", "tanh"), ("relu", "sigmoid")):
+        rows.append(_row("activations", f"{a} − {b}, epochs to {r['target_accuracy']:.0%} test accuracy",
+                         to[a], to[b], scale=1.0, unit=" epochs", lower_is_better=True))
+    return rows
+
+
+def _vanishing(r):
+    t, rows = r["trained"], []
+    acc = {k: np.asarray(a["test_accuracy"]) for k, a in t.items()}
+    for d in r["trained_depths"]:
+        for a, b in (("relu/he", "relu/glorot"), ("relu/he", "tanh/glorot"), ("tanh/glorot", "sigmoid/glorot")):
+            rows.append(_row("vanishing_gradients", f"depth {d}: {a} − {b}", acc[f"{a}/{d}"], acc[f"{b}/{d}"]))
+    lo, hi = min(r["trained_depths"]), max(r["trained_depths"])
+    for s in ("sigmoid/glorot", "tanh/glorot", "relu/glorot", "relu/he"):
+        rows.append(_row("vanishing_gradients", f"{s}: depth {lo} − depth {hi}", acc[f"{s}/{lo}"], acc[f"{s}/{hi}"]))
+    return rows
+
+
+def _universal(r):
+    """Deep against shallow at equal (or smaller) parameter counts: log10 RMSE, paired by seed."""
+    rows = []
+    shallow = {s["params"]: s for s in r["shallow"]}
+    for d in r["deep"]:
+        match = max((p for p in shallow if p <= d["params"]), default=None)
+        if match is None:
+            continue
+        s = shallow[match]
+        rows.append(_row("universal_approximation",
+                         f"log10 test RMSE, deep {'-'.join(map(str, d['widths']))} ({d['params']} params) − "
+                         f"shallow {s['width']} ({s['params']} params)",
+                         np.log10(d["test_rmse"]), np.log10(s["test_rmse"]), scale=1.0, unit=" decades",
+                         lower_is_better=True))
+    return rows
+
+
+def _privacy(r):
+    p = r["privacy"]
+    base = np.asarray(p["no clipping"]["test_accuracy"])
+    return [_row("gradient_noise_and_privacy", f"{arm} − no clipping, final test accuracy",
+                 np.asarray(a["test_accuracy"]), base) for arm, a in p.items() if arm != "no clipping"]
+
+
+def run(quick: bool = False) -> dict:
+    loaded = {name: _load(name) for name in INPUTS}
+    rows = (_activations(loaded["activations"][0]) + _vanishing(loaded["vanishing_gradients"][0])
+            + _universal(loaded["universal_approximation"][0]) + _privacy(loaded["gradient_noise_and_privacy"][0]))
+    for row, p in zip(rows, holm([r["p_value"] for r in rows])):
+        row["p_holm"] = p
+    sources = {name: {"sha256": h, "provenance": d.get("provenance") or "none recorded: written by an earlier "
+                      "version of its script"} for name, (d, h) in loaded.items()}
+    points = {k: a["test_accuracy"] for k, a in loaded["vanishing_gradients"][0]["trained"].items()}
+    return {"comparisons": rows, "inputs": sources, "vanishing_points": points,
+            "vanishing_chance": loaded["vanishing_gradients"][0]["trained"]["sigmoid/glorot/20"]["mean"]}
+
+
+def _reading(r):
+    if not r["p_holm"] < 0.05:
+        return "not distinguishable"
+    return "first better" if (r["difference"] < 0) == r["lower_is_better"] else "second better"
+
+
+def report(res):
+    rows = [[r["source"], r["comparison"], r["text"], f"{r['p_holm']:.2g}", _reading(r)] for r in res["comparisons"]]
+    stale = [n for n, s in res["inputs"].items() if isinstance(s["provenance"], str)]
+    md = ["# Paired re-analysis of the committed results", "",
+          "Each row: first − second arm, mean ± 95% t-interval of the per-seed difference, paired t-test, sign "
+          "count and exact sign test; p (Holm) adjusts for every row of the table (family-wise 5%). A row that "
+          "reads \"not distinguishable\" is not evidence of equality: the interval says how large a difference "
+          "the seeds leave possible. Epochs to target and RMSE: lower is better. A seed that never reached the "
+          "target drops its pair. With 5 seeds the exact sign test cannot go below p = 2/2⁵ = 0.0625, and Holm over "
+          f"{len(rows)} comparisons asks a 5/5 paired t-test for p < {0.05 / len(rows):.4f}.", "",
+          table(["experiment", "comparison", "first − second", "p (Holm)", "reading"], rows), "",
+          f"Inputs read as committed: {', '.join(INPUTS)}. Written by an earlier version of their scripts (no "
+          f"provenance recorded): {', '.join(stale) or 'none'}; their numbers are those runs', not reruns."]
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    keys = list(res["vanishing_points"])
+    for i, k in enumerate(keys):
+        v = res["vanishing_points"][k]
+        ax.scatter(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, s=22, color=f"C{i // 4}", zorder=3)
+        ax.hlines(np.mean(v), i - 0.3, i + 0.3, color="k", lw=1)
+    ax.axhline(res["vanishing_chance"], color="gray", ls=":", lw=1, label="majority class")
+    ax.set_xticks(range(len(keys)), [k.replace("/", "\n", 1) for k in keys], fontsize=8)
+    ax.set(ylabel="test accuracy (one point per seed; bar: mean)",
+           title="vanishing_gradients, trained: every seed (a spread or bimodal arm shows here, not in mean ± CI)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=10, loc="center left")
+    fig.tight_layout()
+    return "\n".join(md), fig
+
+
+if __name__ == "__main__":
+    main(sys.modules[__name__])
