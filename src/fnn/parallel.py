@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fnn.losses import Loss
 from fnn.network import MLP
 from fnn.optim import make_update_fn
+from fnn.programs import program_cache
 
 AXIS = "data"
 
@@ -101,6 +102,7 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(one, tree)
 
 
+@program_cache
 def make_parallel_update_step(
     net: MLP,
     loss: str | Loss,
@@ -118,7 +120,8 @@ def make_parallel_update_step(
         step(params, opt_state, x, v, key=None) -> (params, opt_state, metrics)
 
     The batch is padded to a multiple of the device count with zero-weight
-    examples and split over the devices; params and state stay replicated.
+    examples and split over the devices; params and state stay replicated. Equal arguments
+    (the same optimizer object, an equal mesh) return the same step (see :mod:`fnn.programs`).
     """
     update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
                             noise_multiplier=noise_multiplier)

@@ -70,7 +70,9 @@ def fit(
         by a later ``fit`` with an equal configuration and the same optimizer object: build it
         once, or by :func:`fnn.get_optimizer`/:func:`fnn.plain_gd`, which return the same object
         for equal settings (``optax.adam(1e-3)`` built anew compiles anew).
-      epochs: total epochs (counting those already in ``state``).
+      epochs: total epochs (counting those already in ``state``); not part of the compiled
+        program, so a later ``fit`` that differs only in ``epochs``, ``key`` or the data's values
+        (same shapes) compiles nothing.
       batch_size, method, l2, dropout: as in :func:`fnn.make_update_step`.
       test: optional ``(x_test, v_test)`` evaluated after every epoch (history ``test_*``).
       validation: optional ``(x_val, v_val)``, a validation split (e.g. from
