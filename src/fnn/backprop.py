@@ -64,7 +64,16 @@ def backward_step(net: MLP, params: Params, cache: Cache, layer: int, delta_y: A
     delta_z = activation_backward(act, delta_y, (cache.pre_activations[layer], cache.outputs[layer]))
     delta_in, dw, db = affine_backward(delta_z, (cache.inputs[layer], params[layer]["W"]),
                                        input_grad=input_grad)
-    return LayerBackward({"W": dw, "b": db}, delta_z, delta_in)
+    # A cotangent has its primal's dtype, as autodiff gives it: float32 parameters fed float64 inputs
+    # get float32 gradients, and the message to the layer below has that layer's output dtype.
+    grads = cast_like({"W": dw, "b": db}, params[layer])
+    return LayerBackward(grads, delta_z, None if delta_in is None else delta_in.astype(cache.inputs[layer].dtype))
+
+
+def cast_like(tree, like):
+    """``tree`` with every leaf cast to the dtype of the matching leaf of ``like`` (same structure):
+    hand-written gradients take their parameters' dtypes, as ``jax.grad``'s do."""
+    return jax.tree.map(lambda a, p: jnp.asarray(a).astype(jnp.result_type(p)), tree, like)
 
 
 def backward_with_input_grad(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.backprop import cast_like
 from fnn.network import Params
 from fnn.quantities import _hypot, _layer_norms, deltas
 from fnn.validation import is_concrete
@@ -69,12 +70,13 @@ def clipped_value_and_grad(objective, params: Params, x: Array, v: Array, weight
     limit = clip_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny)  # C/‖g_b‖
     # w_b c_b, capped at C/‖g_b‖ so that the weighted contribution has norm at most C whatever w_b.
     scale = jnp.minimum(w * jnp.minimum(1.0, limit), limit) / total
-    grads = [{"W": y.T @ (scale[:, None] * d), "b": jnp.sum(scale[:, None] * d, 0)} for y, d in zip(cache.inputs, dz)]
+    grads = cast_like([{"W": y.T @ (scale[:, None] * d), "b": jnp.sum(scale[:, None] * d, 0)}
+                       for y, d in zip(cache.inputs, dz)], params)  # the parameters' dtypes, as jax.grad's
     if noise_multiplier > 0:
         leaves, treedef = jax.tree.flatten(grads)
         keys = jax.random.split(noise_key, len(leaves))
         std = noise_multiplier * clip_norm / total
-        leaves = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
+        leaves = [g + (std * jax.random.normal(k, g.shape, g.dtype)).astype(g.dtype) for g, k in zip(leaves, keys)]
         grads = treedef.unflatten(leaves)
     if objective.l2:
         grads = [{"W": g["W"] + objective.l2 * p["W"], "b": g["b"]} for g, p in zip(grads, params)]

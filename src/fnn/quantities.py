@@ -32,7 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from fnn.backprop import backward
+from fnn.backprop import backward, cast_like
 from fnn.layers import affine_forward
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Cache, Params, forward_with_cache
@@ -81,7 +81,7 @@ def per_example_grads(net: MLP, loss: str | Loss, params: Params, x: Array, v: A
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))
-    return [{"W": y[:, :, None] * d[:, None, :], "b": d} for y, d in zip(cache.inputs, dz)]
+    return cast_like([{"W": y[:, :, None] * d[:, None, :], "b": d} for y, d in zip(cache.inputs, dz)], params)
 
 
 def per_example_grad_norms(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, *,
@@ -107,6 +107,7 @@ def per_example_grad_norms(net: MLP, loss: str | Loss, params: Params, x: Array,
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     norms = _layer_norms(cache, deltas(net, params, cache, loss.grad(out, v)))
+    norms = cast_like(norms, [{"W": p["W"], "b": p["W"]} for p in params])  # the gradients' dtype
     return norms if per_layer else _hypot([a for layer in norms for a in layer.values()])
 
 
@@ -145,7 +146,7 @@ def gradient_moments(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
     n = x.shape[0]
     mean, sgs = _moments(cache, dz, n)
     variance = jax.tree.map(lambda s, m: s / n - m * m, sgs, mean)
-    return {"mean": mean, "sum_grad_squared": sgs, "variance": variance}
+    return {k: cast_like(a, params) for k, a in (("mean", mean), ("sum_grad_squared", sgs), ("variance", variance))}
 
 
 def _moments(cache: Cache, dz: list[Array], n: int) -> tuple[Params, Params]:
@@ -200,8 +201,8 @@ def ggn_diagonal(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
 def _ggn_diagonal(net, loss: Loss, params, out, v, cache, mc_samples: int, key) -> Params:
     dz = _factor_deltas(net, loss, params, out, v, cache, mc_samples, key)
     n = out.shape[0]
-    return [{"W": (y * y).T @ jnp.sum(d * d, 0) / n, "b": jnp.sum(d * d, (0, 1)) / n}
-            for y, d in zip(cache.inputs, dz)]
+    return cast_like([{"W": (y * y).T @ jnp.sum(d * d, 0) / n, "b": jnp.sum(d * d, (0, 1)) / n}
+                      for y, d in zip(cache.inputs, dz)], params)
 
 
 def kfac_factors(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, *, mc_samples: int = 0,
@@ -301,7 +302,7 @@ def hvp_cached(net: MLP, loss: Loss, params: Params, out: Array, v: Array, cache
         result[l] = {"W": r_weight, "b": jnp.sum(r_delta_z, 0)}
         if l:
             delta_y, r_delta_y = delta_z @ params[l]["W"].T, r_delta_z @ params[l]["W"].T + delta_z @ vector[l]["W"].T
-    return result
+    return cast_like(result, params)
 
 
 def _loss_hvp(loss: Loss, out: Array, v: Array, u: Array) -> Array:
