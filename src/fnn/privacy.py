@@ -55,7 +55,8 @@ def clipped_value_and_grad(objective, params: Params, x: Array, v: Array, weight
     """
     clip_norm, noise_multiplier = check_dp_settings(clip_norm, noise_multiplier)
     _check_private_weights(weights)
-    if key is None and (noise_multiplier > 0 or objective.dropout > 0):
+    dropout = isinstance(objective.dropout, jax.Array) or objective.dropout > 0
+    if key is None and (noise_multiplier > 0 or dropout):
         raise ValueError("The DP-SGD step draws noise (noise_multiplier > 0) or dropout masks: "
                          "pass key=jax.random.key(seed), a fresh key for every step.")
     net, loss = objective.net, objective.loss
