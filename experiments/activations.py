@@ -44,7 +44,8 @@ def run(quick: bool = False) -> dict:
             _, grads = fnn.value_and_grad(net, "softmax_cross_entropy", params, data.x_train, data.y_train)
             norms.append([float(np.linalg.norm(g["W"])) for g in grads])
         arm = tune_and_test(net, "softmax_cross_entropy", lambda s: fnn.data.digits(seed=s), seeds=seeds,
-                            lr_grid=grid, epochs=epochs, optimizer="sgd", batch_size=32, init="glorot")
+                            lr_grid=grid, epochs=epochs, optimizer="sgd", batch_size=32, init="glorot",
+                            extend=0 if quick else 3)
         to_acc = [_first(c, lambda a: a >= TARGET) for c in arm["history"]["test_accuracy"]]
         to_loss = [_first(c, lambda a: a <= LOSS_TARGET) for c in arm["history"]["train_loss"]]
         arm.update(grad_norms_at_init=np.mean(norms, 0).tolist(), epochs_to_target=to_acc, epochs_to_loss=to_loss,

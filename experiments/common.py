@@ -169,7 +169,8 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
     again, at most ``extend`` times. The choice counts as interior when a usable value lies on
     each side of it, or when the value beyond it diverged (larger steps are then ruled out by
     divergence, which the note says). Otherwise ``at_edge`` stays true and ``note`` says why
-    (extension limit reached, or a one-value grid).
+    (extension limit reached, a one-value grid, or a flat objective: every usable value
+    scoring exactly the same, as when no rate moves a network off the majority class).
 
     Returns ``grid`` (ascending, extensions included), ``mean`` and ``ci95`` (95% t-interval)
     of the scores per value, ``diverged`` runs per value, the chosen ``value``, ``at_edge``,
@@ -192,6 +193,9 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
             break
         ranked = sorted(usable, key=lambda a: -sign * np.nanmean(scored[a][0]))
         i = values.index(ranked[0])
+        if len(usable) > 1 and np.ptp([np.nanmean(scored[a][0]) for a in usable]) == 0:
+            note = "every usable value scores the same (a flat objective): the grid cannot choose"
+            break
         beyond = [i - 1, i + 1]
         blocked = [j for j in beyond if 0 <= j < len(values) and scored[values[j]][1] > 0]
         if 0 < i < len(values) - 1:

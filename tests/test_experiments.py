@@ -151,6 +151,8 @@ def test_the_grid_edge_rule_says_why_it_stopped():
     assert blocked["value"] == 1.0 and not blocked["at_edge"] and blocked["diverged"][-1] == 5
     assert "10 beyond the choice diverged" in blocked["note"]
     assert blocked["runner_up"]["value"] == pytest.approx(0.1) and blocked["runner_up"]["distinguishable"]
+    flat = interior_choice(lambda v: [(np.full(5, 0.104), 0) for _ in v], [0.1, 1.0])
+    assert flat["extended"] == [] and "flat objective" in flat["note"] and flat["at_edge"]
 
 
 def test_plateau_rule():
