@@ -65,7 +65,11 @@ class SweepResult:
         every final metric ``m``: ``m_mean``, ``m_std``, ``m_ci95`` (half-width of the 95%
         t-interval over the seeds that did not diverge).
       best: the summary row with the best mean of ``select`` among points none of whose runs
-        diverged (``None`` without validation or test data, or when every point diverged).
+        diverged (``None`` without validation or test data, or when every point diverged). When
+        a second such point exists, ``best["runner_up"]`` compares it with the best, paired over
+        their shared seeds (:func:`fnn.stats.runner_up`): ``difference`` (best − runner-up),
+        ``ci95``, ``p_value``, ``wins``/``ties``/``losses``, ``sign_p`` and ``distinguishable``
+        (paired t-test at 5%; never with one seed).
     """
 
     configs: list[dict]
