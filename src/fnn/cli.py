@@ -22,7 +22,7 @@ from fnn.bench import run as run_bench  # noqa: E402
 from fnn.cliargs import build_parser  # noqa: E402
 from fnn.gradcheck import gradcheck  # noqa: E402
 from fnn.parallel import make_mesh  # noqa: E402
-from fnn.cache import quiet_compile_cache  # noqa: E402
+from fnn.cache import compile_cache  # noqa: E402
 from fnn.config import flag  # noqa: E402
 from fnn.records import check_data_file, read_data_record  # noqa: E402
 from fnn.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             explicit = vars(build_parser(explicit_only=True).parse_args(argv))
-            compile_cache(args.no_compile_cache)
+            compile_cache(args.no_compile_cache, f"fnn {args.command}")
             return train(args, explicit)
         if args.command == "evaluate":
-            compile_cache(False)
+            compile_cache(False, "fnn evaluate")
             return evaluate(args.run, best=args.best, split=args.split, allow_changed=args.allow_changed_data)
         if args.command == "sweep":
-            compile_cache(args.no_compile_cache)
+            compile_cache(args.no_compile_cache, f"fnn {args.command}")
             return sweep_command(args)
         return run_bench(args)  # no cache: the benchmark measures compilation
     except KeyboardInterrupt:
@@ -96,16 +96,6 @@ def _init_distributed(args) -> None:
         raise ValueError(f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}.")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-
-
-def compile_cache(disabled: bool) -> str | None:
-    """Turns on JAX's persistent compilation cache (:func:`fnn.enable_compile_cache`: the folder
-    JAX was already given, else ``FNN_CACHE_DIR``, else the user's cache folder) unless
-    ``disabled`` or ``FNN_NO_COMPILE_CACHE`` is set to anything but ``0``. Returns the folder in
-    use, or ``None``."""
-    if disabled or os.environ.get("FNN_NO_COMPILE_CACHE", "0") not in ("", "0"):
-        return None
-    return quiet_compile_cache(command)
 
 
 class Stopwatch:
@@ -160,7 +150,10 @@ def train(args, explicit: dict) -> int:
                   f"layer {report.suspect_layer}) while the backward agrees with jax.grad; training anyway.",
                   file=sys.stderr)
     clock.lap("gradcheck")
-    return _train(plan, args, report, clock)
+    try:
+        return _train(plan, args, report, clock)
+    finally:
+        plan.folder.close()  # a run that wrote no checkpoint is removed again
 
 
 def _given(args, explicit: dict) -> dict:
@@ -181,7 +174,6 @@ def _given(args, explicit: dict) -> dict:
 
 
 def _gradcheck(plan: Plan):
-
     params = plan.state.params if plan.state is not None else plan.params
     n = min(32, len(plan.data.x_train))
     report = gradcheck(plan.net, plan.loss, params, plan.data.x_train[:n], plan.data.y_train[:n],
@@ -268,8 +260,9 @@ def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
         return 1
     except KeyboardInterrupt:
         done = history["epoch"][-1] if history.get("epoch") else 0
-        print(f"fnn train: interrupted. {folder} holds the checkpoint and metrics of epoch {done}: "
-              f"continue with fnn train --resume {folder}", file=sys.stderr)
+        print(f"fnn train: interrupted. {folder} holds the checkpoint and metrics of epoch {done}: continue with "
+              f"fnn train --resume {folder}" if folder.checkpoint_path.exists() else  # else close() removes it
+              "fnn train: interrupted before the first epoch ended: nothing was kept.", file=sys.stderr)
         return 130
     return 0
 
@@ -286,9 +279,15 @@ def sweep_command(args) -> int:
         {"activation": plan.activations} if len(plan.activations) > 1 else {})}.items()) or "no grid"
     _say(f"fnn sweep: {plan.data.name}, {plan.runs} runs ({len(seeds)} seeds × {swept}), "
          f"{base['epochs']} epochs each")
-    results = sweeprun(plan, progress=not args.no_progress)
-    clock.lap("train")
-    rows = write_sweep(plan, results, ["fnn", *args.argv], plot=not args.no_plot)
+    plan.store.make(["fnn", *args.argv])
+    try:
+        results = sweeprun(plan, progress=not args.no_progress)
+        clock.lap("train")
+        rows = write_sweep(plan, results, ["fnn", *args.argv], plot=not args.no_plot)
+    except (KeyboardInterrupt, OSError) as err:  # one line: what failed, and the trained groups kept
+        return plan.store.failed(err, len(plan.groups), _describe)
+    finally:
+        plan.store.close()  # a sweep that trained no group is removed again
     clock.lap("write")
     split = "validation" if base["validation"] else "test"
     _say(summary_markdown(rows, plan.grid, split, len(plan.activations) > 1).rstrip())

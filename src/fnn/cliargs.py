@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
+import re
 from fnn import __version__
 from fnn.activations import ACTIVATIONS
 from fnn.backprop import METHODS
@@ -16,6 +18,35 @@ from fnn.network import SCHEMES
 from fnn.optim import OPTIMIZERS
 from fnn.schedules import SCHEDULES
 from fnn.tables import is_data_file
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fnn train: error: argument --lr: must be positive and finite,
+    got -1 (see fnn train --help)``, with the close match for a mistyped choice."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_did_you_mean(message)} (see {self.prog} --help)\n")
+
+
+def _did_you_mean(message: str) -> str:
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message) or \
+        re.search(r"unknown dataset '([^']*)': choose from ([^,]*(?:, [^,]*)*?), or", message)
+    if not found:
+        return message
+    choices = [c.strip(" '") for c in found.group(2).split(",")]
+    lower = {c.lower(): c for c in choices}
+    match = lower.get(found.group(1).lower()) or next(iter(difflib.get_close_matches(
+        found.group(1).lower(), list(lower), n=1, cutoff=0.6)), None)
+    return f"{message}: did you mean {lower[match] if match in lower else match}?" if match else message
+
+
+class _OneValueFormatter(argparse.HelpFormatter):
+    """Shows ``--dataset NAME|PATH``, not list syntax, for the ``fnn sweep`` flags that take one value."""
+
+    def _format_args(self, action, default_metavar):
+        if getattr(action, "one_value", False):
+            return self._metavar_formatter(action, default_metavar)(1)[0]
+        return super()._format_args(action, default_metavar)
 
 
 def _number(kind, test, requirement):
@@ -135,7 +166,10 @@ def _listing(p: argparse.ArgumentParser):
                 kwargs["default"] = [kwargs["default"]]
             elif kwargs.get("default") is None:
                 kwargs["default"] = [None]
-        return p.add_argument(*names, **kwargs)
+        action = p.add_argument(*names, **kwargs)
+        # Several values parse (so that fnn sweep can say which flags take one), but help shows one.
+        action.one_value = action.dest not in SWEEP_FLAGS and action.nargs == "+"
+        return action
     return add
 
 
@@ -164,7 +198,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     """The ``fnn`` argument parser; with ``explicit_only`` the ``train`` flags have no defaults,
     so a parse holds just the flags given (what ``--resume`` compares with the run's own)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fnn", description="Feedforward neural networks in JAX with a hand-written backward pass.")
     parser.add_argument("--version", action="version", version=f"fnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,7 +218,8 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     ev.add_argument("--allow-changed-data", action="store_true",
                     help="evaluate even if the run's data file changed since it ran (default: refuse)")
     sw = sub.add_parser(
-        "sweep", help="train seeds x a grid of settings as one compiled program per group",
+        "sweep", formatter_class=_OneValueFormatter,
+        help="train seeds x a grid of settings as one compiled program per group",
         description="Train many runs: every seed (--seeds) with every combination of the values given to "
                     f"{', '.join(flag(k) for k in SWEEP_FLAGS)} (several values each). Traced settings "
                     "(learning rate, momentum, L2, dropout, init scale) share one vmapped program; the others "

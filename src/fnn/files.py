@@ -182,8 +182,14 @@ class FolderLock:
         self.file.flush()
 
     def release(self) -> None:
-        """Lets go of the folder (idempotent); the lock file stays unless the folder is removed."""
+        """Lets go of the folder (idempotent) and removes the lock file, leaving the folder as it
+        was. (A process that opened the file just before sees it unlinked and opens it anew.)"""
         if not self.file.closed:
+            try:
+                if _same_file(self.file, self.path):
+                    self.path.unlink()
+            except OSError:
+                pass
             self.file.close()
 
 

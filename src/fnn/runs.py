@@ -28,6 +28,7 @@ import jax
 from fnn import checkpoint as ckpt_io
 from fnn import data as datasets
 from fnn.files import atomic_write, check_writable_folder, read_json, remove_stale_temps, write_json
+from fnn.folders import HeldFolder
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, init
 from fnn.optim import get_optimizer, make_update_fn
@@ -38,10 +39,14 @@ from fnn.plots import figure_png, plot_diagnostics, plot_history
 from fnn.train import EarlyStopping, TrainState, check_batch_size
 from fnn.validation import check_params_finite, validate
 from fnn.config import DEFAULTS, LATER_KEYS, SECOND_ORDER_KEYS, check_config, resume_config
-
 from fnn.records import check_data_file, data_record, named_validation, read_data_record, resolve_dataset
 from fnn.records import provenance as _provenance  # (sweeprun imports it from here too)
+
 CURVES_EVERY_S = 5.0
+# Every file fnn train writes in a run folder: a folder holding only these, without a checkpoint,
+# is a start that never finished an epoch, and a new run may take it over.
+RUN_FILES = ("config.json", "gradcheck.txt", "metrics.json", "metrics.csv", "curves.png", "diagnostics.png",
+             "timings.json", "checkpoint.npz", "best.npz")
 
 
 def build(config: dict) -> tuple[datasets.Dataset, MLP, Loss]:
@@ -122,14 +127,32 @@ class Plan:
 def prepare(given: dict, *, out: str | None = None, resume: str | None = None, allow_changed_data=False) -> Plan:
     """Every check a run can fail, with nothing written. ``given``: the configuration keys the
     user set (all of them for a new run, only the explicit flags when resuming); ``allow_changed_data``:
-    see :func:`fnn.records.check_data_file`."""
-    warning = None
+    see :func:`fnn.records.check_data_file`. A resumed run's
+    folder is held from here on (:meth:`RunFolder.hold`); end with ``plan.folder.close()``.
+
+    Raises:
+      fnn.files.FolderBusyError: another process holds the folder (the message names its PID).
+    """
+    folder = None
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise ValueError("--out cannot be combined with --resume: a resumed run continues in its own folder.")
         folder = RunFolder(resume)
+        if folder.path.is_dir():
+            folder.hold()
+    try:
+        return _prepare(given, out, resume, folder, allow_changed_data)
+    except BaseException:
+        if folder is not None:
+            folder.release()
+        raise
+
+
+def _prepare(given: dict, out: str | None, resume: str | None, folder: "RunFolder | None", allow_changed) -> Plan:
+    warning = None
+    if resume is not None:
         stored = folder.read_config()
-        warning = check_data_file(stored, read_data_record(folder.path), folder.path, allow_changed=allow_changed_data)
+        warning = check_data_file(stored, read_data_record(folder.path), folder.path, allow_changed=allow_changed)
         config = resume_config(stored, given, folder.path)
         if config["epochs"] != stored["epochs"] and (stored["schedule"] != "constant" or stored["warmup_epochs"]):
             raise ValueError(f"The run in {folder.path} follows a {stored['schedule']} schedule over its "
@@ -138,7 +161,7 @@ def prepare(given: dict, *, out: str | None = None, resume: str | None = None, a
         config = {**DEFAULTS, **given, "dataset": resolve_dataset(given.get("dataset", DEFAULTS["dataset"]))}
         name = Path(config["dataset"]).stem if is_data_file(config["dataset"]) else config["dataset"]
         folder = RunFolder(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder.check_new()
+        folder.check_free()
     if config["early_stopping"] and not config["validation"]:
         raise ValueError("--early-stopping watches the validation loss: add --validation (stopping on the "
                          "test set would choose the run's length on it).")
@@ -177,17 +200,20 @@ def _prepare_resume(plan: Plan) -> None:
     plan.history = named_validation(folder.read_history(saved.step), plan.config["validation"])
 
 
+class RunFolder(HeldFolder):
+    """The files of one run. Only process 0 writes (all processes compute the same numbers).
+    Held by one process from :meth:`create` (or, resuming, from :func:`prepare`) to
+    :meth:`~fnn.folders.HeldFolder.close`, which removes a run that never wrote a checkpoint."""
 
-class RunFolder:
-    """The files of one run. Only process 0 writes (all processes compute the same numbers)."""
+    FILES = RUN_FILES
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.writer = jax.process_index() == 0
+        super().__init__(path)
         self._curves_at = time.monotonic()  # curves every CURVES_EVERY_S of training, and at the end
 
-    def __str__(self) -> str:
-        return str(self.path)
+    def worth_keeping(self) -> bool:
+        """Whether a checkpoint exists: until then, the folder is not a run."""
+        return self.checkpoint_path.exists()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -201,17 +227,20 @@ class RunFolder:
 
     # --- checks (touch nothing) --------------------------------------------------------------
 
-    def check_new(self) -> None:
-        """Raises unless a new run can be written here: the folder is absent or empty, and writable."""
-        if not self.writer:
-            return
-        check_writable_folder(self.path)
-        if self.path.is_dir() and any(self.path.iterdir()):
-            what = "a run" if (self.path / "config.json").exists() else "files"
-            raise ValueError(
-                f"{self.path} already holds {what}: continue it with --resume {self.path}, or choose "
-                "another --out (nothing was changed)."
-            )
+    def check_free(self) -> None:
+        """Raises unless a new run can be written here: the folder is writable, held by no other
+        process, and absent, empty, or a start that never finished an epoch."""
+        if self.writer:
+            check_writable_folder(self.path)
+            super().check_free()
+
+    def check_contents(self) -> None:
+        """Raises ``ValueError`` if the folder holds a run (a checkpoint) or files that are not fnn's."""
+        names = self.leftovers()
+        if names and not (names <= set(RUN_FILES) and "checkpoint.npz" not in names):
+            what = "a run" if "config.json" in names else "files"
+            advice = f"continue it with --resume {self.path}, or choose" if what == "a run" else "choose"
+            raise ValueError(f"{self.path} already holds {what}: {advice} another --out (nothing was changed).")
 
     def read_config(self) -> dict:
         """The run's configuration from ``config.json``, checked key by key (:func:`check_config`)."""
@@ -231,8 +260,8 @@ class RunFolder:
             return ckpt_io.load(self.best_path, net=net, opt_state_like=opt_state_like)
         if not self.checkpoint_path.exists():
             raise FileNotFoundError(
-                f"{self.path} has no checkpoint.npz: the run stopped before its first epoch ended. "
-                "Start it again with --out."
+                f"{self.path} has no checkpoint.npz: the run stopped before its first epoch ended, so "
+                f"there is nothing to continue. Start it again with --out {self.path}."
             )
         return ckpt_io.load(self.checkpoint_path, net=net, opt_state_like=opt_state_like)
 
@@ -250,28 +279,29 @@ class RunFolder:
     # --- writes ------------------------------------------------------------------------------
 
     def create(self, config: dict, net: MLP, loss: Loss, command: list[str] | None = None) -> None:
-        """Makes the folder (removing temp files a killed write left) and writes ``config.json``:
-        the configuration, the network and loss, and each command that ran in this folder with
-        the versions and devices it ran on."""
+        """Makes and holds the folder (a new run; a resumed one is held already), removes temp files a
+        killed write left, and writes ``config.json``: the configuration, the network and loss, and
+        each command that ran in this folder with the versions and devices it ran on.
+
+        Raises:
+          fnn.files.FolderBusyError: another process holds the folder; nothing was touched.
+          ValueError: another run finished in the folder since :func:`prepare` checked it.
+        """
         if not self.writer:
             return
         commands = []
-        if (self.path / "config.json").exists():
+        if self.lock is None:  # a new run: make and hold the folder, then clear an unfinished start
+            self.make()
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        else:
+            remove_stale_temps(self.path)
             doc = read_json(self.path / "config.json", "run configuration")
             commands = doc.get("commands", []) if isinstance(doc, dict) else []
         commands.append(_provenance(command))
-        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
-        self.path.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.path)
-        try:
-            write_json(self.path / "config.json",
-                       {"config": config, "data": data_record(config["dataset"]), "net": net.to_dict(), "loss": loss.name,
-                        "commands": commands})
-        except OSError:
-            for folder in missing:  # a full disk at the very start: leave no new, empty folders behind
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-            raise
+        write_json(self.path / "config.json",
+                   {"config": config, "data": data_record(config["dataset"]), "net": net.to_dict(), "loss": loss.name,
+                    "commands": commands})
 
     def write_text(self, name: str, text: str) -> None:
         """``RUN/name``, atomically (process 0 only)."""

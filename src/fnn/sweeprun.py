@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from fnn.config import DEFAULTS, SWEEP_FLAGS, check_config, flag
-from fnn.files import atomic_write, check_writable_folder, write_json
+from fnn.files import atomic_write, write_json
 from fnn.parallel import make_mesh
 from fnn.plots import figure_png, plot_sweep
 from fnn.records import data_record, resolve_dataset
@@ -39,10 +39,10 @@ def configurations(values: dict[str, list]) -> tuple[list[int], dict, dict]:
     """``(seeds, base, grid)`` from the parsed flags (each a list of values): ``base`` holds the
     one-valued settings, ``grid`` the several-valued ones. Raises ``ValueError`` for a flag that
     cannot take several values, or a bad value."""
-    seeds = values.pop("seeds")
-    seeds = list(range(seeds[0])) if len(seeds) == 1 else seeds
+    given = values.pop("seeds")
+    seeds = list(range(given[0])) if len(given) == 1 else given
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds gives a count (one number >= 1) or distinct seeds, got {values.get('seeds')}.")
+        raise ValueError(f"--seeds gives a count (one number >= 1) or distinct seeds, got {' '.join(map(str, given))}.")
     base, grid = {}, {}
     for key, given in values.items():
         if key not in DEFAULTS:
@@ -97,9 +97,9 @@ class SweepPlan:
             self.groups[activation] = (splits[0][1], splits[0][2], *_stack([d for d, _, _ in splits]))
         name = Path(base["dataset"]).stem if is_data_file(base["dataset"]) else base["dataset"]
         self.folder = Path(out or f"sweeps/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        check_writable_folder(self.folder)
-        if self.folder.is_dir() and any(self.folder.iterdir()):
-            raise ValueError(f"{self.folder} is not empty: choose another --out (nothing was changed).")
+        self.store = SweepFolder(self.folder, {"seeds": seeds, "base": base, "grid": grid, "select": select,
+                                               "activations": activations})
+        self.store.check_free()  # empty, or an unfinished sweep of these settings (continued)
 
     def _check_memory(self, net) -> None:
         weights = sum(a * b + b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
@@ -139,12 +139,17 @@ def run(plan: SweepPlan, progress: bool) -> list[tuple[str, object]]:
     grid = {k: a for k, a in plan.grid.items() if k in keys}
     mesh = make_mesh(plan.base["devices"]) if plan.base["devices"] > 1 else None
     out = []
-    for activation, (net, loss, train, test) in plan.groups.items():
+    for index, (activation, (net, loss, train, test)) in enumerate(plan.groups.items()):
+        result = plan.store.load_group(index)  # trained by an earlier, unfinished run of this sweep
+        if result is not None:
+            out.append((activation, result))
+            continue
         result = sweep(net, loss, *train, seeds=plan.seeds, grid=grid, **{"validation" if k == "val" else k: a
                                                                           for k, a in test.items()},
                        select=plan.select,
                        progress=progress, clip_norm=plan.base["clip_norm"],
                        noise_multiplier=plan.base["noise_multiplier"], mesh=mesh, **settings)
+        plan.store.save_group(index, activation, result)
         out.append((activation, result))
     return out
 
@@ -164,16 +169,17 @@ def write(plan: SweepPlan, results, command: list[str], plot: bool) -> dict:
             for name, a in layer.items():
                 arrays[f"{activation}/{name}{l}"] = np.asarray(a)
     split = "validation" if plan.base["validation"] else "test"
+    buffer = io.BytesIO()  # the parameters first, sweep.json (the sign of a finished sweep) last
+    np.savez(buffer, **arrays)
+    atomic_write(plan.folder / "params.npz", buffer.getvalue())
+    atomic_write(plan.folder / "summary.csv", _csv(rows))
+    atomic_write(plan.folder / "summary.md", summary_markdown(rows, plan.grid, split, len(plan.activations) > 1))
+    if plot:
+        atomic_write(plan.folder / "curves.png", figure_png(plot_sweep(results, plan.grid, split)))
     write_json(plan.folder / "sweep.json", {"command": _provenance(command), "seeds": plan.seeds,
                                             "split": split, "data": plan.data_record, "runs": runs,
                                             "summary": _finite(rows)})
-    atomic_write(plan.folder / "summary.csv", _csv(rows))
-    atomic_write(plan.folder / "summary.md", summary_markdown(rows, plan.grid, split, len(plan.activations) > 1))
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write(plan.folder / "params.npz", buffer.getvalue())
-    if plot:
-        atomic_write(plan.folder / "curves.png", figure_png(plot_sweep(results, plan.grid, split)))
+    plan.store.finish()
     return rows
 
 
