@@ -217,17 +217,17 @@ def top_eigenpairs(net: MLP, loss: str | Loss, params: Params, x: Array, v: Arra
     num_iters = min(n, 2 * k + 10) if num_iters is None else num_iters
     _check_sizes(k, num_iters, n)
     curvature_matvec(net, loss, params, x, v, curvature)  # the checks, outside the jit
-    return _top_eigenpairs(net, loss, curvature, k, num_iters, which, params, x, v, key)
+    return _top_eigenpairs(net, loss, curvature, k, num_iters, WHICH.index(which), params, x, v, key)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _top_eigenpairs(net, loss, curvature, k, num_iters, which, params, x, v, key) -> Eigenpairs:
     matvec, theta = curvature_matvec(net, loss, params, x, v, curvature)
     start_key, restart_key = jax.random.split(key)
     v0 = jax.random.rademacher(start_key, theta.shape, theta.dtype)
     res = lanczos(matvec, v0, num_iters, restart_key)
     ritz, s = jnp.linalg.eigh(_tridiagonal(res.alpha, res.beta))
-    order = {"LA": -ritz, "SA": ritz, "LM": -jnp.abs(ritz)}[which]
+    order = jnp.select([which == 0, which == 1], [-ritz, ritz], -jnp.abs(ritz))  # WHICH's order, traced
     idx = jnp.argsort(order)[:k]
     vectors = s[:, idx].T @ res.basis  # (k, P)
     unravel = ravel_pytree(params)[1]
