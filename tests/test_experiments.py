@@ -96,6 +96,14 @@ def test_vanishing_gradients(tmp_path):
                                    for d in res["trained_depths"]}
 
 
+def test_activations_steps(tmp_path):
+    r = _run("activations_steps", tmp_path)
+    arms = r["arms"]
+    assert all(np.isnan(arms["step"]["steps_to"][t]).all() for t in ("0.25", "0.05"))  # the step net never gets there
+    assert all(np.isfinite(arms["tanh"]["steps_to"]["0.25"]))
+    assert len(r["speedups"]) == 8 and all(s["p_value"] <= s["p_holm"] or np.isnan(s["p_holm"]) for s in r["speedups"])
+
+
 def test_paired_reanalysis(tmp_path):
     r = _run("paired_reanalysis", tmp_path)
     rows = {(c["source"], c["comparison"]): c for c in r["comparisons"]}
