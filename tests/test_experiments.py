@@ -206,7 +206,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # (the test below fails if a listed result has provenance, or an unlisted one lacks it).
 WITHOUT_PROVENANCE = {"activations", "gradient_noise_and_privacy", "linear_vs_nonlinear",
                       "manual_vs_autodiff", "progress_chunks", "pytorch_example", "sweep_benchmark",
-                      "universal_approximation", "vanishing_gradients"}
+                      "vanishing_gradients"}
 
 
 def test_every_committed_result_was_written_by_its_script_as_committed():
