@@ -158,9 +158,10 @@ def test_quantities_are_jit_able_with_net_and_loss_as_arguments(xor, name):
     jitted = jax.jit(fn)
     assert_rel_close(jitted(net, LOSS, *args), fn(net, LOSS, *args), 1e-5)
     other = [jax.tree.map(lambda a: a * 0.5, params), x * 2, v, *args[3:]]
+    entries = jitted._cache_size()  # (shared with other jits of the same function, e.g. fit's diagnostics)
     with compiles() as again:  # new values, an equal (rebuilt) network and the loss by look-up
         jitted(fnn.MLP((2, 8, 2), "tanh"), fnn.get_loss("softmax_cross_entropy"), *other)
-    assert again == [] and jitted._cache_size() == 1
+    assert again == [] and jitted._cache_size() == entries
 
 
 def test_per_layer_norms_and_monte_carlo_ggn_take_their_options_as_static(xor):
