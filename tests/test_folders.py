@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -95,13 +96,24 @@ def test_a_held_folder_refuses_a_second_process_and_names_its_pid(resume, tmp_pa
 
 
 def test_two_runs_started_together_on_one_folder(tmp_path):
-    run = [sys.executable, "-m", "fnn", "train", *SMALL[:4], "--epochs", "200", *SMALL[6:],
+    run = [sys.executable, "-m", "fnn", "train", *SMALL[:4], "--epochs", "100000", *SMALL[6:],
            "--out", str(tmp_path / "r")]
-    first = subprocess.Popen(run, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(run, stderr=subprocess.PIPE, text=True)
-    statuses = sorted([first.wait(timeout=600), second.wait(timeout=600)])
-    errors = first.stderr.read() + second.stderr.read()
-    assert statuses == [0, 2] and "is in use by fnn process" in errors
+    procs = [subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        deadline = time.time() + 600
+        while all(p.poll() is None for p in procs) and time.time() < deadline:
+            time.sleep(0.1)
+        loser = next(p for p in procs if p.poll() is not None)  # the winner trains on for minutes
+        assert loser.returncode == 2 and "is in use by fnn process" in loser.stderr.read()
+        winner = next(p for p in procs if p is not loser)
+        while not (tmp_path / "r" / "checkpoint.npz").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert winner.poll() is None and str(winner.pid) in (tmp_path / "r" / files.LOCK_NAME).read_text()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     commands = json.loads((tmp_path / "r" / "config.json").read_text())["commands"]
     assert len(commands) == 1
 
