@@ -67,7 +67,8 @@ def run(quick: bool = False) -> dict:
     res = {"seeds": seeds, "steps": steps, "thresholds": list(THRESHOLDS), "arms": {}}
     for act, arm in chosen.items():
         curves = _curves(act, arm["lr"], seeds, steps)
-        res["arms"][act] = {"lr": arm["lr"], "curve_mean": curves.mean(0).tolist(),
+        res["arms"][act] = {"lr": arm["lr"], "lr_at_grid_edge": arm["lr_at_grid_edge"], "lr_grid": arm["lr_grid"],
+                            "curve_mean": curves.mean(0).tolist(),
                             "steps_to": {str(t): [_first(c, t) for c in curves] for t in THRESHOLDS}}
     rows = []
     for a, b in (("relu", "tanh"), ("relu", "sigmoid"), ("tanh", "sigmoid"), ("leaky_relu", "relu")):
@@ -101,7 +102,12 @@ def report(res):
           "interval); wins/ties/losses count seeds where the first needed fewer/equal/more steps; p (Holm) over "
           "every row.", "", table(["comparison", "threshold", "speed-up", "W/T/L", "p (Holm)"], speed), "",
           "The lecture's 6× is ReLU against tanh on CIFAR-10 (AlexNet). Read the relu-vs-tanh rows for what holds "
-          "on digits with tuned rates."]
+          "on digits with tuned rates: a speed-up below 1 means the first is slower."]
+    edge = [f"{a} (lr {r['lr']:g}, the top of {r['lr_grid']})" for a, r in res["arms"].items() if r["lr_at_grid_edge"]]
+    if edge:
+        md += ["", "Rates that `activations` chose on its grid's edge (its result predates the edge rule): "
+               + ", ".join(edge) + "; a larger rate might make that arm faster, so its rows are an upper bound "
+               "on its steps, not a measurement at its best rate."]
     plt = figure()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for act, r in res["arms"].items():
