@@ -226,14 +226,15 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
             "extended": added, "note": note, "runner_up": second}
 
 
-def plateau(curves, *, larger_is_better: bool = True, tol: float = 0.002, window: float = 0.25) -> dict:
+def plateau(curves, *, larger_is_better: bool = True, tol: float = 0.005, window: float = 0.25) -> dict:
     """Whether training curves ``(seeds, epochs)`` have stopped improving.
 
     Compares, seed by seed, the mean of the last ``window`` fraction of epochs with the mean of
-    the window before it (:func:`fnn.stats.paired`). The curves plateau when the gain (in the
-    direction ``larger_is_better``) is below ``tol`` or not distinguishable from zero at 5%.
-    Returns ``plateaued``, the mean ``gain``, its ``ci95`` and ``p_value``. Fewer than four
-    epochs never count as a plateau.
+    the window before it (:func:`fnn.stats.paired`). The curves plateau when the upper end of
+    the 95% interval of that gain (in the direction ``larger_is_better``) is below ``tol``: a
+    further improvement larger than ``tol`` is ruled out. Noisy curves therefore do not count
+    as flat merely because their gain is not significant. Returns ``plateaued``, the mean
+    ``gain``, its ``ci95`` and ``p_value``. Fewer than four epochs never count as a plateau.
     """
     import numpy as np
 
@@ -248,7 +249,7 @@ def plateau(curves, *, larger_is_better: bool = True, tol: float = 0.002, window
     sign = 1.0 if larger_is_better else -1.0
     last, before = np.nanmean(a[:, -w:], axis=1), np.nanmean(a[:, -2 * w:-w], axis=1)
     c = paired(sign * last, sign * before)
-    flat = bool(c.mean < tol or not c.significant()) if a.shape[0] > 1 else bool(c.mean < tol)
+    flat = bool(c.mean + c.half_width < tol) if a.shape[0] > 1 else bool(c.mean < tol)
     return {"plateaued": flat, "gain": c.mean, "ci95": c.half_width, "p_value": c.p_value}
 
 

@@ -53,7 +53,8 @@ def run(quick: bool = False) -> dict:
             final = [c[-1] for c in arm["history"]["test_accuracy"]]
             res["trained"][f"{act}/{scheme}/{depth}"] = {
                 "lr": arm["lr"], "test_accuracy": final, "lr_at_grid_edge": arm["lr_at_grid_edge"],
-                "lr_grid": arm["lr_grid"], "grid_note": arm["grid_note"], "mean": float(np.mean(final)),
+                "lr_grid": arm["lr_grid"], "grid_note": arm["grid_note"], "mean": float(np.nanmean(final)),
+                "diverged": int(np.isnan(final).sum()),
                 "ci95": arm["ci95"]["test_accuracy"][-1], "val_auc": arm["val_auc"], "epochs": arm["epochs"],
                 "plateau": arm["plateau"], "curves": arm["history"]["test_accuracy"],
                 "curve_mean": arm["mean"]["test_accuracy"], "curve_ci95": arm["ci95"]["test_accuracy"]}
@@ -95,8 +96,10 @@ def report(res):
            "better when deep holds here only as far as that says: compare relu + he with tanh + glorot, whose "
            "gradients do not vanish either.", "", "Grid edges, budgets and spread:", ""]
     for k, t in res["trained"].items():
-        spread = max(t["test_accuracy"]) - min(t["test_accuracy"])
+        spread = np.nanmax(t["test_accuracy"]) - np.nanmin(t["test_accuracy"])
         notes = [t.get("grid_note") or ("lr on the grid's edge" if t["lr_at_grid_edge"] else "")]
+        notes.append(f"{t['diverged']} of {n} seeds diverged at the chosen rate on the full training split (left "
+                     "out of the mean)" if t.get("diverged") else "")
         notes.append("" if t.get("plateau", {}).get("plateaued", True) else f"still rising after {t['epochs']} epochs")
         notes.append(f"seeds spread over {spread * 100:.0f} points" if spread > 0.1 else "")
         if any(notes):

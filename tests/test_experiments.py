@@ -175,6 +175,8 @@ def test_plateau_rule():
     assert plateau(flat)["plateaued"]
     assert plateau(-rising, larger_is_better=False)["plateaued"] is False  # a falling loss still improving
     assert not plateau(flat[:, :3])["plateaued"]  # too short to tell
+    noisy = 0.5 + 0.001 * epochs + 0.05 * rng.standard_normal((5, 40))  # a rise hidden in noise: no plateau
+    assert not plateau(noisy)["plateaued"] and not plateau(noisy)["p_value"] < 0.05
 
 
 def test_provenance_names_the_script_version_that_wrote_a_result(tmp_path):
