@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.backprop import backward, cast_like
+from fnn.columns import column_deltas
 from fnn.layers import affine_forward
 from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Cache, Params, forward_with_cache
@@ -158,11 +159,11 @@ def _moments(cache: Cache, dz: list[Array], n: int) -> tuple[Params, Params]:
 
 def _factor_deltas(net, loss: Loss, params, out, v, cache, mc_samples: int, key) -> list[Array]:
     """``δz_l`` for each column of a factor ``S_b`` with ``H_b = S_b S_bᵀ`` (exact), or of
-    ``M`` sampled output gradients scaled by ``1/√M`` (Monte Carlo): ``(k, B, d_l)`` per layer."""
+    ``M`` sampled output gradients scaled by ``1/√M`` (Monte Carlo): ``(B, k, d_l)`` per layer."""
     if mc_samples == 0:
         if loss.hessian_factor is None:
             raise ValueError(f"Loss {loss.name} has no hand-written Hessian factor: give it hessian_factor.")
-        douts = jnp.moveaxis(loss.hessian_factor(out, v), -1, 0)
+        douts = jnp.swapaxes(loss.hessian_factor(out, v), -1, -2)
     else:
         if loss.sample is None:
             raise ValueError(
@@ -171,9 +172,9 @@ def _factor_deltas(net, loss: Loss, params, out, v, cache, mc_samples: int, key)
             )
         check_key(key)
         keys = jax.random.split(key, mc_samples)
-        douts = jax.vmap(lambda k: loss.grad(out, loss.sample(k, out)))(keys) / jnp.sqrt(mc_samples).astype(
+        douts = jax.vmap(lambda k: loss.grad(out, loss.sample(k, out)), out_axes=1)(keys) / jnp.sqrt(mc_samples).astype(
             out.dtype)
-    return deltas(net, params, cache, douts)
+    return column_deltas(net, params, cache, douts)  # example-major: see fnn.columns
 
 
 def _check_mc(mc_samples) -> int:
@@ -201,7 +202,7 @@ def ggn_diagonal(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
 def _ggn_diagonal(net, loss: Loss, params, out, v, cache, mc_samples: int, key) -> Params:
     dz = _factor_deltas(net, loss, params, out, v, cache, mc_samples, key)
     n = out.shape[0]
-    return cast_like([{"W": (y * y).T @ jnp.sum(d * d, 0) / n, "b": jnp.sum(d * d, (0, 1)) / n}
+    return cast_like([{"W": (y * y).T @ jnp.sum(d * d, 1) / n, "b": jnp.sum(d * d, (0, 1)) / n}
                       for y, d in zip(cache.inputs, dz)], params)
 
 
@@ -220,7 +221,7 @@ def kfac_factors(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = _factor_deltas(net, loss, params, out, v, cache, _check_mc(mc_samples), key)
     n = x.shape[0]
-    return [{"A": y.T @ y / n, "G": jnp.einsum("sbi,sbj->ij", d, d) / n} for y, d in zip(cache.inputs, dz)]
+    return [{"A": y.T @ y / n, "G": jnp.einsum("bsi,bsj->ij", d, d) / n} for y, d in zip(cache.inputs, dz)]
 
 
 def _r_forward(net: MLP, params: Params, vector: Params, cache: Cache) -> tuple[list[Array], list[Array]]:
