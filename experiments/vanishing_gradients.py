@@ -100,7 +100,9 @@ def report(res):
         notes = [t.get("grid_note") or ("lr on the grid's edge" if t["lr_at_grid_edge"] else "")]
         notes.append(f"{t['diverged']} of {n} seeds diverged at the chosen rate on the full training split (left "
                      "out of the mean)" if t.get("diverged") else "")
-        notes.append("" if t.get("plateau", {}).get("plateaued", True) else f"still rising after {t['epochs']} epochs")
+        flat = t.get("plateau", {"plateaued": True})
+        notes.append("" if flat["plateaued"] else f"not shown to plateau after {t['epochs']} epochs (last-quarter "
+                     f"gain {flat['gain'] * 100:+.1f} ± {flat['ci95'] * 100:.1f} points)")
         notes.append(f"seeds spread over {spread * 100:.0f} points" if spread > 0.1 else "")
         if any(notes):
             md.append(f"- {k}: " + "; ".join(a for a in notes if a) + ".")
