@@ -322,3 +322,21 @@ def test_experiment_quick(tmp_path):
         assert all(np.isfinite(a["best_val_loss"]).all() for a in arms.values())
     cost = res["step_cost"][0]
     assert cost["ratio_to_adam"]["adam"] == 1.0 and all(s > 0 for s in cost["seconds"].values())
+
+
+def test_step_cost_experiment_quick(tmp_path):
+    """experiments/second_order_step_cost.py --quick: every arm timed and finite; kfac-jax's rows iff installed."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from common import main
+
+    import second_order_step_cost
+
+    cost = main(second_order_step_cost, argv=["--quick", "--out", str(tmp_path)])["step_cost"][0]
+    expected = {"adam", "kfac MC-1 pi"} | ({"kfac-jax fisher-1 pi", "kfac-jax GGN exact pi"}
+                                          if importlib.util.find_spec("kfac_jax") else set())
+    assert set(cost["seconds"]) == expected and all(cost["params_finite"].values())
+    assert cost["ratio_to_adam"]["adam"] == 1.0 and all(s > 0 for s in cost["seconds"].values())

@@ -99,6 +99,15 @@ def _eigh(m: Array) -> tuple[Array, Array]:
     return jnp.maximum(d, 0.0), q
 
 
+def _spd_inverse(m: Array) -> Array:
+    """``m⁻¹`` of a symmetric positive-definite ``m`` by Cholesky: ``m = L Lᵀ``, ``L⁻¹`` by one
+    triangular solve, ``m⁻¹ = L⁻ᵀ L⁻¹`` (one GEMM): no pivoting, and NaN (not a wrong finite
+    inverse) where ``m`` is not positive definite."""
+    inv_low = jax.lax.linalg.triangular_solve(jnp.linalg.cholesky(m), jnp.eye(m.shape[0], dtype=m.dtype),
+                                              left_side=True, lower=True)
+    return inv_low.T @ inv_low
+
+
 def _refresh(factors: list, damping, damping_mode: str) -> list:
     """The preconditioner of every layer from the averaged factors."""
     out = []
@@ -109,8 +118,8 @@ def _refresh(factors: list, damping, damping_mode: str) -> list:
             ta, tg = jnp.trace(a) / a.shape[0], jnp.trace(g) / g.shape[0]
             pi = jnp.where((ta > tiny) & (tg > tiny), jnp.sqrt(ta / jnp.maximum(tg, tiny)), 1.0)
             root = jnp.sqrt(damping)
-            out.append({"A_inv": jnp.linalg.inv(a + pi * root * jnp.eye(a.shape[0], dtype=a.dtype)),
-                        "G_inv": jnp.linalg.inv(g + root / pi * jnp.eye(g.shape[0], dtype=g.dtype))})
+            out.append({"A_inv": _spd_inverse(a + pi * root * jnp.eye(a.shape[0], dtype=a.dtype)),
+                        "G_inv": _spd_inverse(g + root / pi * jnp.eye(g.shape[0], dtype=g.dtype))})
         else:
             (da, qa), (dg, qg) = _eigh(a), _eigh(g)
             out.append({"QA": qa, "dA": da, "QG": qg, "dG": dg})
