@@ -207,8 +207,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # Results written before provenance was recorded; each leaves this list when its script is rerun
 # (the test below fails if a listed result has provenance, or an unlisted one lacks it).
 WITHOUT_PROVENANCE = {"activations", "gradient_noise_and_privacy", "linear_vs_nonlinear",
-                      "manual_vs_autodiff", "progress_chunks", "pytorch_example", "sweep_benchmark",
-                      "vanishing_gradients"}
+                      "manual_vs_autodiff", "progress_chunks", "pytorch_example", "sweep_benchmark"}
 
 
 def test_every_committed_result_was_written_by_its_script_as_committed():
