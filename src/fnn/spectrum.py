@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from fnn.losses import Loss
+from fnn.losses import Loss, get_loss
 from fnn.network import MLP, Params
 from fnn.quantities import _prepare, check_grad2, ggn_vp_cached, hvp_cached
-from fnn.validation import check_key
+from fnn.validation import check_key, validate
 
 Array = jax.Array
 CURVATURES = ("hessian", "ggn")
@@ -92,6 +92,21 @@ class SpectralDensity(NamedTuple):
     sigma: Array
 
 
+def check_operator(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, curvature: str) -> int:
+    """Every check :func:`curvature_matvec` makes, without running the network; returns ``P``."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}.")
+    loss = get_loss(loss)
+    validate(net, loss, params, x, v)
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"Curvature spectra need inputs of shape (B, d_0), got {jnp.shape(x)}.")
+    if curvature == "hessian":
+        check_grad2(net)
+    if loss.hessian_vp is None:
+        raise ValueError(f"Loss {loss.name} has no hand-written Hessian-vector product: give it hessian_vp.")
+    return sum(int(jnp.size(a)) for a in jax.tree.leaves(params))
+
+
 def curvature_matvec(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
                      curvature: str = "hessian") -> tuple[Callable[[Array], Array], Array]:
     """The curvature operator of ``R`` on flat vectors, with one forward pass made now.
@@ -104,13 +119,8 @@ def curvature_matvec(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
       ValueError: an unknown ``curvature``; an activation without ``grad2`` (Hessian) or a
         loss without ``hessian_vp``; params or data that do not fit the network.
     """
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}.")
+    check_operator(net, loss, params, x, v, curvature)
     loss, out, cache = _prepare(net, loss, params, x, v)
-    if curvature == "hessian":
-        check_grad2(net)
-    if loss.hessian_vp is None:
-        raise ValueError(f"Loss {loss.name} has no hand-written Hessian-vector product: give it hessian_vp.")
     theta, unravel = ravel_pytree(params)
     product = hvp_cached if curvature == "hessian" else ggn_vp_cached
 
@@ -120,11 +130,28 @@ def curvature_matvec(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
     return matvec, theta
 
 
-def _orthogonalise(basis: Array, w: Array) -> Array:
-    """``w`` minus its projection on the rows of ``basis``, twice (CGS2)."""
-    for _ in range(2):
-        w = w - (basis @ w) @ basis
-    return w
+_BLOCK = 8  # basis rows read per block: only the rows filled so far are read
+
+
+def _project_out(basis: Array, w: Array, rows: Array) -> Array:
+    """``w − Q Qᵀ w`` for the first ``rows`` rows ``Q`` of ``basis`` (classical Gram-Schmidt),
+    reading those rows (in blocks) twice and the rest not at all. ``basis`` has a multiple of
+    ``_BLOCK`` rows, zero past the filled ones."""
+    blocks = (rows + _BLOCK - 1) // _BLOCK
+    rows_of = lambda j: jax.lax.dynamic_slice_in_dim(basis, j * _BLOCK, _BLOCK)
+    coef = jax.lax.fori_loop(0, blocks, lambda j, c: jax.lax.dynamic_update_slice_in_dim(
+        c, rows_of(j) @ w, j * _BLOCK, 0), jnp.zeros(basis.shape[0], w.dtype))
+    return jax.lax.fori_loop(
+        0, blocks, lambda j, w: w - jax.lax.dynamic_slice_in_dim(coef, j * _BLOCK, _BLOCK) @ rows_of(j), w)
+
+
+def _orthogonalise(basis: Array, w: Array, rows: Array) -> Array:
+    """One Gram-Schmidt pass against the filled rows, and a second one only where the first
+    removed most of ``w`` (the Daniel-Gragg-Kaufman-Stewart test, ``‖w'‖ < ‖w‖/√2``), which
+    keeps the basis orthonormal to working precision ("twice is enough")."""
+    once = _project_out(basis, w, rows)
+    again = jnp.linalg.norm(once) < jnp.linalg.norm(w) / jnp.sqrt(2).astype(w.dtype)
+    return jax.lax.cond(again, lambda u: _project_out(basis, u, rows), lambda u: u, once)
 
 
 def lanczos(matvec: Callable[[Array], Array], v0: Array, num_iters: int, key: Array | None = None) -> LanczosResult:
@@ -140,7 +167,9 @@ def lanczos(matvec: Callable[[Array], Array], v0: Array, num_iters: int, key: Ar
 
     Returns:
       :class:`LanczosResult` with ``alpha``, ``beta`` ``(m,)`` and ``basis`` ``(m, n)``.
-      Each step costs one ``matvec`` and two passes over the basis so far.
+      Each step costs one ``matvec`` and one Gram-Schmidt pass over the basis so far (two
+      where the first loses more than half of the vector's norm); a pass reads ``i`` rows
+      of ``n`` twice, so for large ``n`` the memory traffic grows like ``m² n``.
     """
     n = v0.shape[-1]
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
@@ -150,20 +179,22 @@ def lanczos(matvec: Callable[[Array], Array], v0: Array, num_iters: int, key: Ar
     check_key(key)
     dtype, m = v0.dtype, num_iters
     tol = 100 * jnp.finfo(dtype).eps
-    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    padded = -(-(m + 1) // _BLOCK) * _BLOCK
+    basis = jnp.zeros((padded, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
     def step(i, carry):
         basis, alpha, beta, scale = carry
         q = basis[i]
         w = matvec(q)
         a = jnp.vdot(q, w)
-        w = _orthogonalise(basis, w)  # the rows after i are still zero
+        w = w - a * q - jnp.where(i > 0, beta[i - 1], 0) * basis[jnp.maximum(i - 1, 0)]  # three-term recurrence
+        w = _orthogonalise(basis, w, i + 1)  # full reorthogonalisation against q_0 … q_i
         b = jnp.linalg.norm(w)
         scale = jnp.maximum(scale, jnp.abs(a) + b)
         broke = b <= tol * scale
 
         def fresh(_):
-            r = _orthogonalise(basis, jax.random.normal(jax.random.fold_in(key, i), (n,), dtype))
+            r = _orthogonalise(basis, jax.random.normal(jax.random.fold_in(key, i), (n,), dtype), i + 1)
             return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny)  # ~0 only past step n
 
         nxt = jax.lax.cond(broke, fresh, lambda _: w / jnp.where(broke, 1, b), None)
@@ -213,10 +244,9 @@ def top_eigenpairs(net: MLP, loss: str | Loss, params: Params, x: Array, v: Arra
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
     check_key(key)
-    n = ravel_pytree(params)[0].shape[0]
+    n = check_operator(net, loss, params, x, v, curvature)  # outside the jit, without running anything
     num_iters = min(n, 2 * k + 10) if num_iters is None else num_iters
     _check_sizes(k, num_iters, n)
-    curvature_matvec(net, loss, params, x, v, curvature)  # the checks, outside the jit
     return _top_eigenpairs(net, loss, curvature, k, num_iters, WHICH.index(which), params, x, v, key)
 
 
@@ -260,13 +290,12 @@ def spectral_density(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
         :func:`curvature_matvec` raises.
     """
     check_key(key)
-    n = ravel_pytree(params)[0].shape[0]
+    n = check_operator(net, loss, params, x, v, curvature)
     _check_sizes(num_probes, num_probes, num_probes)
     _check_sizes(2, num_points, num_points)
     _check_sizes(1, num_iters, n)
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be positive (eigenvalue units), got {sigma!r}.")
-    curvature_matvec(net, loss, params, x, v, curvature)
     return _spectral_density(net, loss, curvature, num_probes, num_iters, num_points, params, x, v, key, sigma)
 
 

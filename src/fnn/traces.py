@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from fnn.losses import Loss
 from fnn.network import MLP, Params
-from fnn.spectrum import curvature_matvec
+from fnn.spectrum import check_operator, curvature_matvec
 from fnn.validation import check_key
 
 Array = jax.Array
@@ -51,7 +51,7 @@ def hutchinson_trace(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
     """
     _check_count("num_samples", num_samples, 1)
     check_key(key)
-    curvature_matvec(net, loss, params, x, v, curvature)  # the checks, outside the jit
+    check_operator(net, loss, params, x, v, curvature)  # outside the jit, without running anything
     return _hutchinson(net, loss, curvature, num_samples, params, x, v, key)
 
 
@@ -83,9 +83,9 @@ def hutchpp_trace(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array
     """
     _check_count("num_matvecs", num_matvecs, 3)
     check_key(key)
-    _, theta = curvature_matvec(net, loss, params, x, v, curvature)
-    if num_matvecs // 3 > theta.shape[0]:
-        raise ValueError(f"num_matvecs // 3 = {num_matvecs // 3} exceeds the {theta.shape[0]} parameters: "
+    n = check_operator(net, loss, params, x, v, curvature)
+    if num_matvecs // 3 > n:
+        raise ValueError(f"num_matvecs // 3 = {num_matvecs // 3} exceeds the {n} parameters: "
                          "lower num_matvecs.")
     return _hutchpp(net, loss, curvature, num_matvecs // 3, params, x, v, key)
 

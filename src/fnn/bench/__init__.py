@@ -3,8 +3,8 @@ timed for fnn's hand-written backward, fnn with ``jax.grad``, the scan-fused epo
 peers a researcher would otherwise use (PyTorch eager and torch.compile, Flax NNX, Equinox)
 when installed.
 
-Every row is timed in the same process, interleaved round by round (the order rotating each
-round) so that drift and position hit all rows alike; the figure is the median over rounds
+Every row is timed in the same process, interleaved round by round (in a fresh shuffled
+order each round) so that drift and position hit all rows alike; the figure is the median over rounds
 of the per-step time. The machine's float32 matmul throughput is measured on the very GEMMs
 the step runs (forward ``y W``, weight gradient ``yᵀ δz``, and input gradient ``δz Wᵀ``
 above the input layer), best of several runs. Every row reports its GFLOP/s on the nominal

@@ -4,6 +4,7 @@ measured on a step's own GEMMs, and FLOP counts."""
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import jax
@@ -127,16 +128,22 @@ def calibrate(rows: dict, steps: int = 0) -> dict:
     return per_call
 
 
-def time_rows(rows: dict, per_call: dict, rounds: int) -> dict:
+def time_rows(rows: dict, per_call: dict, rounds: int, warm_calls: int = 0) -> dict:
     """Seconds per step of every row in every round, the rows interleaved.
 
-    The order rotates every round, so that no row always runs first or after the same peer
-    (a row's speed depends a little on what ran before it: caches, allocator, threads).
+    The order is a fresh (seeded) shuffle every round, so that no row always runs first or
+    after the same peer: a row's speed depends on what ran before it (caches, the allocator,
+    threads, and a big predecessor's memory still being handed back to the system). A plain
+    rotation would not do: it keeps every row behind the same peer in all rounds but one.
+    With ``warm_calls``, each row makes that many untimed calls right before its timed ones.
     """
     times = {row: [] for row in rows}
     names = list(rows)
-    for r in range(rounds):
-        for row in names[r % len(names):] + names[:r % len(names)]:
+    rng = random.Random(0)
+    for _ in range(rounds):
+        for row in rng.sample(names, len(names)):
+            if warm_calls:
+                rows[row](warm_calls * getattr(rows[row], "steps_per_call", 1))
             t = time.perf_counter()
             rows[row](per_call[row])
             times[row].append((time.perf_counter() - t) / per_call[row])
