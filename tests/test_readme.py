@@ -104,5 +104,7 @@ def test_the_manual_examples_run(page, tmp_path, monkeypatch):
     elif name == "guides/training.md":
         assert (tmp_path / "run.npz").exists() and "lr" in ns["history"]
     elif name == "guides/sweeps.md":
-        assert ns["result"].history["test_loss"].shape == (30, 2)
+        assert ns["result"].history["val_loss"].shape == (30, 2)
+        assert "test_loss" not in ns["result"].history  # settings chosen without the test set
         assert ns["result"].best is not None
+        assert ns["final"].history["test_loss"].shape == (5, 2)
