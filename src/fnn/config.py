@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-# The configuration of a run, with the defaults of `fnn train`.
 from fnn.optim import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER
 
+# The configuration of a run, with the defaults of `fnn train`.
 DEFAULTS: dict[str, Any] = dict(
     dataset="digits", hidden=[128, 128], activation="relu", loss="auto", init="he",
     optimizer=DEFAULT_OPTIMIZER, lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM, batch_size=32, epochs=30, seed=0,
