@@ -19,7 +19,7 @@ import numpy as np
 
 import fnn
 from common import band, figure, main, pm, seed_splits, table, tune_and_test
-from fnn.stats import mean_ci
+from fnn.analysis.stats import mean_ci
 
 ACTIVATIONS = ["step", "sigmoid", "tanh", "relu", "leaky_relu"]
 TARGET, LOSS_TARGET = 0.95, 0.1

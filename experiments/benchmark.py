@@ -12,7 +12,7 @@ on a quiet machine (nothing else running).
 import sys
 from pathlib import Path
 
-from fnn.cli import main
+from fnn.cli.main import main
 
 if __name__ == "__main__":
     results = Path(__file__).resolve().parent / "results"

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from fnn.files import atomic_write, write_json
-from fnn.plots import figure_png
+from fnn.io.files import atomic_write, write_json
+from fnn.io.plots import figure_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,7 +73,7 @@ def seed_splits(load, seeds, validation: bool):
     ``validation`` the held-out part carved from its training split (the test split unused)."""
     import numpy as np
 
-    from fnn.data import validation_split
+    from fnn.data.datasets import validation_split
 
     splits = [load(s) for s in seeds]
     if validation:
@@ -107,8 +107,8 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
     """
     import numpy as np
 
-    from fnn import sweep
-    from fnn.stats import mean_ci
+    from fnn.training import sweep
+    from fnn.analysis.stats import mean_ci
 
     sign = 1.0 if metric.endswith(("accuracy", "r2")) else -1.0
     train, held = seed_splits(load, seeds, validation=True)
@@ -179,7 +179,7 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
     """
     import numpy as np
 
-    from fnn.stats import mean_ci, paired
+    from fnn.analysis.stats import mean_ci, paired
 
     sign = 1.0 if larger_is_better else -1.0
     values = sorted(float(a) for a in grid)
@@ -238,7 +238,7 @@ def plateau(curves, *, larger_is_better: bool = True, tol: float = 0.005, window
     """
     import numpy as np
 
-    from fnn.stats import paired
+    from fnn.analysis.stats import paired
 
     a = np.asarray(curves, np.float64)
     if a.ndim == 1:

@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     results = run(2, 2) if args.quick else run(args.processes, args.epochs)
     results["provenance"] = provenance(__file__)
     markdown = report(results)
-    from fnn.files import atomic_write, write_json
+    from fnn.io.files import atomic_write, write_json
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

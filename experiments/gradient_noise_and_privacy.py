@@ -99,7 +99,7 @@ def _epsilon(sigma, examples: int, steps: int) -> str:
     if not sigma:
         return "∞"
     try:
-        from fnn.privacy import epsilon
+        from fnn.analysis.privacy import epsilon
 
         return f"{epsilon(sigma, batch_size=32, examples=examples, steps=steps):.3g}"
     except ImportError:

@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 import fnn
-import fnn.trainer
-from fnn.data import load
+import fnn.training.trainer
+from fnn.data.datasets import load
 
 from common import main
 

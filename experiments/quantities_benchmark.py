@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import optax
 
 import fnn
-from fnn.backprop import Objective, manual_value_and_grad
+from fnn.core.backprop import Objective, manual_value_and_grad
 from fnn.bench.harness import _compiled_memory_mb, calibrate, time_rows
-from fnn.files import atomic_write, write_json
+from fnn.io.files import atomic_write, write_json
 
 from common import provenance
 

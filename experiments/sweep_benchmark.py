@@ -24,10 +24,10 @@ import numpy as np
 import optax
 
 import fnn
-from fnn.data import load
-from fnn.epoch import make_epoch_fn
-from fnn.sweep import DEFAULTS as SWEEP_DEFAULTS
-from fnn.sweep import _Data, _Group
+from fnn.data.datasets import load
+from fnn.training.epoch import make_epoch_fn
+from fnn.training.sweep import DEFAULTS as SWEEP_DEFAULTS
+from fnn.training.sweep import _Data, _Group
 
 from common import main
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.activations import ACTIVATIONS
+from fnn.core.activations import ACTIVATIONS
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

@@ -11,8 +11,8 @@ from hypothesis import given
 
 import fnn
 from jax.flatten_util import ravel_pytree
-from fnn.activations import ACTIVATIONS
-from fnn.losses import LOSSES
+from fnn.core.activations import ACTIVATIONS
+from fnn.core.losses import LOSSES
 from helpers import assert_rel_close, targets_for
 
 # Jitted entry point for tests that do not test jit itself: one compilation per case
@@ -155,8 +155,8 @@ def test_network_bridge_matches_autodiff(x64):
 
 def test_manual_path_never_calls_autodiff():
     import inspect
-    import fnn.backprop as bp
-    import fnn.network as nw
+    import fnn.core.backprop as bp
+    import fnn.core.network as nw
     for fn in (bp.backward_with_input_grad, bp.backward_step, bp.manual_value_and_grad, bp.Objective.evaluate,
                nw.forward_with_cache):
         src = inspect.getsource(fn)

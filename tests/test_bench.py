@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import fnn
-from fnn.cli import main
+from fnn.cli.main import main
 
 
 def test_bench_writes_a_table_for_every_row(tmp_path, capsys):

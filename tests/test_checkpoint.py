@@ -5,7 +5,7 @@ import optax
 import pytest
 
 import fnn
-from fnn import checkpoint
+from fnn.io import checkpoint
 
 
 def _state():

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from fnn import checkpoint
-from fnn.cli import main
+from fnn.io import checkpoint
+from fnn.cli.main import main
 
 SMALL = ["--dataset", "moons", "--hidden", "16", "--epochs", "4", "--batch-size", "32", "--no-progress"]
 

@@ -16,10 +16,11 @@ import optax
 import pytest
 
 import fnn
-from fnn import config, optim
-from fnn import data as datasets
-from fnn.sweep import DEFAULTS as SWEEP_DEFAULTS
-from fnn.cliargs import build_parser
+from fnn.cli import config
+from fnn.training import optim
+from fnn.data import datasets
+from fnn.training.sweep import DEFAULTS as SWEEP_DEFAULTS
+from fnn.cli.args import build_parser
 from helpers import assert_rel_close
 
 LOSS = fnn.get_loss("softmax_cross_entropy")

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from fnn import data as datasets
+from fnn.data import datasets
 
 
 @pytest.mark.parametrize("name", ["digits", "diabetes", "sine", "xor", "moons", "spirals", "mnist1d"])

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn import checkpoint, cli, files, sweeprun
-from fnn.cli import main
-from fnn.plots import band
+from fnn import cli
+from fnn.io import checkpoint
+from fnn.io import files
+from fnn.cli import sweeprun
+from fnn.cli.main import main
+from fnn.io.plots import band
 
 SMALL = ["--dataset", "xor", "--hidden", "4", "--epochs", "2", "--no-progress", "--no-plot", "--no-gradcheck",
          "--no-compile-cache"]
@@ -195,7 +198,7 @@ def test_bad_seeds_are_named(seeds, shown, tmp_path, capsys):
 
 
 def test_sweep_help_shows_one_value_for_one_value_flags(capsys):
-    from fnn.cliargs import build_parser
+    from fnn.cli.args import build_parser
 
     text = build_parser()._subparsers._group_actions[0].choices["sweep"].format_help()
     assert "[--loss LOSS]" in text and "NAME|PATH [NAME|PATH" not in text and "[--lr LR [LR ...]]" in text

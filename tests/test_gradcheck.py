@@ -44,10 +44,10 @@ def test_planted_bug_is_located(bad_layer, x64):
 
 # --- kinks: a finite difference across a kink must not fail a correct backward --------------------
 
-from fnn.activations import ACTIVATIONS  # noqa: E402
-from fnn.cli import _gradcheck, main  # noqa: E402
-from fnn.cliargs import build_parser  # noqa: E402
-from fnn.runs import DEFAULTS, prepare  # noqa: E402
+from fnn.core.activations import ACTIVATIONS  # noqa: E402
+from fnn.cli.main import _gradcheck, main  # noqa: E402
+from fnn.cli.args import build_parser  # noqa: E402
+from fnn.cli.runs import DEFAULTS, prepare  # noqa: E402
 
 
 def _moons_plan(tmp_path, hidden, seed):

@@ -1,16 +1,39 @@
-"""The package's shape: no import cycles, no fnn imports hidden in function bodies, a lean `import fnn`."""
+"""The package's shape: layered subpackages with imports only downward, no import cycles, no fnn
+imports hidden in function bodies, a lean `import fnn`, and the old flat module paths still working."""
 
 import ast
+import importlib
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+
+import pytest
 
 import fnn
 
 SRC = Path(fnn.__file__).parent
-# The one documented exception: fnn.parallel.fit_parallel, an alias kept for earlier users,
-# resolved lazily because fnn.train builds on fnn.parallel.
-ALLOWED_LAZY = {("parallel", "train")}
+# The layers, lowest first: a module imports only from its own layer or lower ones.
+LAYERS = ["core", "analysis", "io", "data", "training", "bench", "cli"]
+
+
+def _name(path: Path) -> str:
+    """'core.network' for src/fnn/core/network.py; 'cli' for src/fnn/cli/__init__.py."""
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for p in SRC.rglob("*.py") if _name(p) not in ("", "__main__")}
+
+
+def _resolve(dotted: str) -> str | None:
+    """The fnn module a dotted import names ('fnn.core.network' -> 'core.network'), if any."""
+    parts = dotted.split(".")[1:]
+    while parts:
+        if ".".join(parts) in MODULES:
+            return ".".join(parts)
+        parts = parts[:-1]
+    return None
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
@@ -18,20 +41,34 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
     tree = ast.parse(path.read_text())
     top, inner = set(), set()
     for node in ast.walk(tree):
-        if not isinstance(node, (ast.Import, ast.ImportFrom)):
-            continue
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "fnn":
-            names = [node.module] + [f"fnn.{a.name}" for a in node.names if node.module == "fnn"]
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.split(".")[0] == "fnn"]
-        modules = {n.split(".")[1] for n in names if n.count(".") >= 1 and (SRC / f"{n.split('.')[1]}.py").exists()}
-        (top if node.col_offset == 0 else inner).update(modules)
+        else:
+            continue
+        found = {m for m in map(_resolve, names) if m}
+        (top if node.col_offset == 0 else inner).update(found)
     return top, inner
 
 
 def _graph() -> dict[str, set[str]]:
-    return {p.stem: _imports(p)[0] - {p.stem} for p in SRC.glob("*.py") if p.stem != "__init__"}
+    return {name: _imports(path)[0] - {name} for name, path in MODULES.items()}
+
+
+def _layer(name: str) -> int:
+    return LAYERS.index(name.split(".")[0])
+
+
+def test_every_module_sits_in_a_layer():
+    flat = sorted(n for n in MODULES if "." not in n and n not in LAYERS)
+    assert not flat, f"modules outside the subpackages: {flat}"
+
+
+def test_imports_only_downward():
+    bad = [f"{a} -> {b}" for a, deps in _graph().items() for b in deps if _layer(b) > _layer(a)]
+    assert not bad, "imports that go up a layer: " + ", ".join(sorted(bad))
 
 
 def test_no_import_cycles():
@@ -52,15 +89,28 @@ def test_no_import_cycles():
 
 
 def test_no_fnn_imports_inside_functions():
-    for path in SRC.glob("*.py"):
-        _, inner = _imports(path)
-        hidden = {(path.stem, m) for m in inner} - ALLOWED_LAZY
-        assert not hidden, f"{path.name} imports {sorted(m for _, m in hidden)} inside a function"
+    hidden = {name: sorted(_imports(path)[1]) for name, path in MODULES.items() if _imports(path)[1]}
+    assert not hidden, f"fnn imports inside functions: {hidden}"
+
+
+def test_old_parallel_alias_names_its_new_place():
+    with pytest.raises(AttributeError, match="fnn.fit_parallel"):
+        fnn.parallel.fit_parallel
+
+
+@pytest.mark.parametrize("old", sorted(fnn._MOVED))
+def test_old_module_paths_still_import(old):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(f"fnn.{old}")
+    assert module is importlib.import_module(f"fnn.{fnn._MOVED[old]}")
+    assert module.__spec__.name == f"fnn.{fnn._MOVED[old]}"
+    assert any(f"fnn.{fnn._MOVED[old]}" in str(w.message) for w in caught if w.category is DeprecationWarning)
 
 
 def test_import_fnn_is_lean():
     code = ("import sys, fnn; heavy = [m for m in ('sklearn', 'matplotlib', 'tqdm', 'torch') if m in sys.modules];"
-            "print(heavy); assert fnn.parallel.make_mesh and fnn.fit_parallel is fnn.parallel.fit_parallel")
+            "print(heavy); assert fnn.parallel.make_mesh and fnn.fit_parallel")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.losses import LOSSES
+from fnn.core.losses import LOSSES
 from helpers import targets_for
 
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from fnn import checkpoint
+from fnn.io import checkpoint
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 TIMEOUT = 240
@@ -74,7 +74,7 @@ def test_fnn_train_over_two_processes_equals_one_process(tmp_path):
 
 
 def test_distributed_flags_must_come_together(capsys):
-    from fnn.cli import main
+    from fnn.cli.main import main
 
     assert main(["train", "--coordinator", "127.0.0.1:1", "--no-progress"]) == 2
     assert "--num-processes" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import fnn
-from fnn import parallel
+from fnn.training import parallel
 from helpers import assert_rel_close
 
 
@@ -49,7 +49,7 @@ def test_fit_parallel_equals_fit(method, x64):
     net, params, x, v = _setup()
     kwargs = dict(key=jax.random.key(3), optimizer=optax.adam(1e-2), epochs=3, batch_size=10, method=method)
     a, ha = fnn.fit(net, "softmax_cross_entropy", params, x, v, **kwargs)
-    b, hb = parallel.fit_parallel(net, "softmax_cross_entropy", params, x, v, devices=4, **kwargs)
+    b, hb = fnn.fit_parallel(net, "softmax_cross_entropy", params, x, v, devices=4, **kwargs)
     assert_rel_close(a, b, 1e-12)
     np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-12)
 

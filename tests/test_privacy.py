@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import fnn
-from fnn.privacy import check_dp_settings, clipped_value_and_grad
+from fnn.analysis.privacy import check_dp_settings, clipped_value_and_grad
 
 
 def _setup(batch=4, dtype=jnp.float32):
@@ -112,7 +112,7 @@ def test_huge_float32_gradients_are_clipped_not_dropped():
 
 def test_epsilon_accepts_numpy_scalars_and_integral_floats():
     pytest.importorskip("dp_accounting")
-    from fnn.privacy import epsilon
+    from fnn.analysis.privacy import epsilon
 
     want = epsilon(1.0, batch_size=10, examples=100, steps=3)
     assert epsilon(np.float32(1.0), batch_size=np.int64(10), examples=jnp.asarray(100), steps=3.0) == want
@@ -129,7 +129,7 @@ def test_epsilon_accepts_numpy_scalars_and_integral_floats():
 ])
 def test_epsilon_refuses_bad_arguments_with_a_value_error(kwargs, match):
     pytest.importorskip("dp_accounting")
-    from fnn.privacy import epsilon
+    from fnn.analysis.privacy import epsilon
 
     args = dict(noise_multiplier=1.0, batch_size=10, examples=12, steps=3, delta=1e-5) | kwargs
     with pytest.raises(ValueError, match=match):

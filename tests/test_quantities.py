@@ -240,7 +240,7 @@ def test_diagnostics_are_their_definitions(x64):
 
 def test_privacy_epsilon_from_dp_accounting():
     pytest.importorskip("dp_accounting")
-    from fnn.privacy import epsilon
+    from fnn.analysis.privacy import epsilon
 
     # Abadi et al. (2016): q = 0.01, σ = 4, 10,000 steps (100 epochs) gives ε ≈ 1.26 at δ = 1e-5
     # with the moments accountant; an RDP accountant lands close to that.

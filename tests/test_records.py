@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.cli import main
-from fnn.runs import RunFolder, build
+from fnn.cli.main import main
+from fnn.cli.runs import RunFolder, build
 
 FAST = ["--hidden", "4", "--no-gradcheck", "--no-progress", "--no-plot", "--batch-size", "8"]
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.tables import as_binary
-from fnn import checkpoint, files
-from fnn.cli import main
+from fnn.data.tables import as_binary
+from fnn.io import checkpoint
+from fnn.io import files
+from fnn.cli.main import main
 
 SMALL = ["--dataset", "moons", "--hidden", "16", "--epochs", "4", "--batch-size", "32", "--no-progress",
          "--no-plot", "--no-gradcheck"]

@@ -11,7 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import fnn
-from fnn.curvature import curvature_of
+from fnn.analysis.curvature import curvature_of
 from helpers import assert_rel_close, targets_for
 
 CASES = [  # (hidden activations, loss): every activation meets a loss with curvature
@@ -268,7 +268,7 @@ def test_a_schedule_keeps_the_curvature_and_settings_are_refused_where_unknown()
 
 
 def test_cli_trains_with_kfac_and_gauss_newton_and_refuses_a_setting_in_one_line(tmp_path, capsys):
-    from fnn.cli import main
+    from fnn.cli.main import main
 
     small = ["train", "--dataset", "moons", "--hidden", "8", "--epochs", "3", "--batch-size", "32", "--no-progress",
              "--no-plot", "--no-gradcheck"]

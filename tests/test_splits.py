@@ -4,10 +4,10 @@
 import numpy as np
 import pytest
 
-from fnn import data as datasets
-from fnn.runs import build
-from fnn.config import DEFAULTS
-from fnn.tables import as_binary, load_table
+from fnn.data import datasets
+from fnn.cli.runs import build
+from fnn.cli.config import DEFAULTS
+from fnn.data.tables import as_binary, load_table
 
 
 def _by_hand(x, y, n, seed, val_fraction=0.2, test_fraction=0.2):

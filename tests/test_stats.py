@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from fnn.stats import by_seed, holm, paired, summarise
+from fnn.analysis.stats import by_seed, holm, paired, summarise
 
 # Ten seeds of two arms (accuracy): b trails a on 8 seeds, ties on 1, leads on 1.
 A = np.array([0.91, 0.93, 0.90, 0.95, 0.92, 0.94, 0.90, 0.93, 0.96, 0.91])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import fnn
-from fnn.data import load
-from fnn.stats import mean_ci, t_quantile
-from fnn.sweep import sweep
-from fnn.tables import as_binary
+from fnn.data.datasets import load
+from fnn.analysis.stats import mean_ci, t_quantile
+from fnn.training.sweep import sweep
+from fnn.data.tables import as_binary
 
 
 def _solo(net, loss, x, v, test, config, steps):
@@ -120,8 +120,8 @@ def test_bad_sweeps_get_one_clear_error(kwargs, message):
 def test_fnn_sweep_end_to_end_equals_fnn_train(tmp_path, capsys):
     import json
 
-    from fnn import checkpoint
-    from fnn.cli import main
+    from fnn.io import checkpoint
+    from fnn.cli.main import main
 
     small = ["--dataset", "moons", "--hidden", "8", "--epochs", "2", "--no-progress"]
     assert main(["sweep", *small, "--lr", "0.01", "0.03", "--seeds", "0", "4", "--dropout", "0.1",
@@ -157,7 +157,7 @@ def test_fnn_sweep_end_to_end_equals_fnn_train(tmp_path, capsys):
     (["--early-stopping", "3"], "--early-stopping is not available in a sweep"),
 ])
 def test_fnn_sweep_bad_inputs(args, message, tmp_path, capsys):
-    from fnn.cli import main
+    from fnn.cli.main import main
 
     try:
         status = main(["sweep", "--dataset", "xor", "--epochs", "1", "--no-progress", *args,
@@ -169,7 +169,7 @@ def test_fnn_sweep_bad_inputs(args, message, tmp_path, capsys):
 
 
 def test_runs_split_over_devices_equal_one_device():
-    from fnn.parallel import make_mesh
+    from fnn.training.parallel import make_mesh
 
     d = load("digits")
     net = fnn.MLP((64, 16, 10), ("relu", "identity"))

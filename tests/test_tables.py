@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fnn.tables import load_table
+from fnn.data.tables import load_table
 
 GOOD = "a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20))
 

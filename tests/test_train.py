@@ -4,7 +4,7 @@ import optax
 import pytest
 
 import fnn
-from fnn import data as datasets
+from fnn.data import datasets
 from helpers import assert_rel_close
 
 
@@ -114,7 +114,7 @@ def test_bad_training_input():
 
 @pytest.mark.parametrize("n", [1, 2, 5, 1438, 2048, 5000])
 def test_permutation_is_a_permutation(n):
-    from fnn.train import permutation
+    from fnn.training.train import permutation
 
     p = np.asarray(jax.jit(permutation, static_argnums=1)(jax.random.key(3), n))
     assert p.dtype == np.int32 and p.shape == (n,)
@@ -129,7 +129,7 @@ def test_permutation_is_uniform():
     where item 0 lands among 2048 (two rounds, the case the packed sort speeds up most)."""
     from scipy import stats
 
-    from fnn.train import permutation
+    from fnn.training.train import permutation
 
     keys = jax.random.split(jax.random.key(0), 24 * 200)
     small = np.asarray(jax.vmap(lambda k: permutation(k, 4))(keys))
@@ -147,7 +147,7 @@ def test_permutation_is_uniform():
 
 
 def test_permutation_rejects_empty():
-    from fnn.train import permutation
+    from fnn.training.train import permutation
 
     with pytest.raises(ValueError, match="n must be positive"):
         permutation(jax.random.key(0), 0)

@@ -13,11 +13,11 @@ import optax
 import pytest
 
 import fnn
-import fnn.trainer
-from fnn import checkpoint
-from fnn.cli import compile_cache, main
-from fnn.data import load
-from fnn.tables import load_table
+import fnn.training.trainer
+from fnn.io import checkpoint
+from fnn.cli.main import compile_cache, main
+from fnn.data.datasets import load
+from fnn.data.tables import load_table
 
 QUIET = ["--no-progress", "--no-plot", "--no-gradcheck"]
 

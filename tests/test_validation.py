@@ -10,9 +10,9 @@ import optax
 import pytest
 
 import fnn
-from fnn import checkpoint
-from fnn import data as datasets
-from fnn.train import make_epoch_fn
+from fnn.io import checkpoint
+from fnn.data import datasets
+from fnn.training.train import make_epoch_fn
 
 NET = fnn.MLP((3, 5, 4), "tanh")
 OTHER = fnn.MLP((3, 6, 4), "tanh")

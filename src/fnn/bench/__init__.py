@@ -31,7 +31,7 @@ import jax
 from fnn.bench.contestants import PEER_NAMES, PEERS, TWIN, _fnn_rows
 from fnn.bench.harness import _executed_flops, _flops, _matmul_peak, _rss_mb, calibrate, time_rows
 from fnn.bench.report import _markdown, _plot, _print_config
-from fnn.files import atomic_write, write_json
+from fnn.io.files import atomic_write, write_json
 
 
 CONFIGS = {

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import optax
 
 import fnn
-from fnn.backprop import Objective, get_method
+from fnn.core.backprop import Objective, get_method
 from fnn.bench.harness import _compiled_memory_mb, _stepper
-from fnn.train import make_epoch_fn
+from fnn.training.train import make_epoch_fn
 
 
 PEER_NAMES = ("torch", "torch-compile", "flax", "equinox")

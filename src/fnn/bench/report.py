@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fnn.bench.contestants import FLOOR_ROW
-from fnn.files import atomic_write
-from fnn.plots import figure_png, pyplot
+from fnn.io.files import atomic_write
+from fnn.io.plots import figure_png, pyplot
 
 
 def _print_config(res):

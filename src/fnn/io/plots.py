@@ -1,0 +1,173 @@
+"""Figures of a training history (matplotlib, imported only when a figure is drawn)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from fnn.analysis.stats import mean_ci
+
+
+def pyplot():
+    """``matplotlib.pyplot``, imported on first use (Agg outside notebooks); a clear error if missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("Plotting needs matplotlib: pip install matplotlib.") from None
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def new_figure(**kwargs):
+    """A matplotlib ``Figure`` outside pyplot's list of open figures: returned by a plotting
+    function, it is shown once in a notebook (as the cell's value), not also by pyplot at the
+    end of the cell, and it is freed with its last reference. Save it with ``fig.savefig``."""
+    pyplot()  # the backend choice and the clear error without matplotlib
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def epoch_ticks(ax) -> None:
+    """Whole-number epoch ticks on ``ax``'s x axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_history(history: dict, title: str | None = None, split_names: tuple[str, str] = ("train", "test")):
+    """Loss (log scale), accuracy or R², and the learning rate (when recorded) against the epoch.
+
+    Args:
+      history: per-epoch lists as :func:`fnn.fit` returns them (``epoch``,
+        ``train_loss``, ``test_loss``, ``train_accuracy`` or ``train_r2``, ``batch_loss``,
+        ``lr``, ...). Epoch ``k`` is drawn at ``x = k``.
+      title: the figure's title.
+      split_names: the labels for the ``train_*`` and ``test_*`` curves; ``val_*`` curves (a
+        validation split) are labelled ``validation``.
+
+    Returns:
+      The matplotlib ``Figure``, not left open in pyplot (see :func:`new_figure`): a notebook
+      shows it once.
+    """
+    second = "accuracy" if "train_accuracy" in history else "r2"
+    panels = 3 if "lr" in history else 2
+    fig = new_figure(figsize=(5 * panels, 4))
+    axes = fig.subplots(1, panels)
+    epochs = history["epoch"]
+    if "batch_loss" in history:
+        axes[0].plot(epochs, history["batch_loss"], ":", color="grey", label="minibatch mean (running)")
+    for split, label in (("train", split_names[0]), ("val", "validation"), ("test", split_names[1])):
+        if f"{split}_loss" in history:
+            axes[0].plot(epochs, history[f"{split}_loss"], label=f"{label} (full set)")
+        if f"{split}_{second}" in history:
+            axes[1].plot(epochs, history[f"{split}_{second}"], label=label)
+    axes[0].set(xlabel="epoch", ylabel="loss (risk R)", yscale="log", title="loss")
+    axes[1].set(xlabel="epoch", ylabel=second, title=second)
+    if panels == 3:
+        axes[2].plot(epochs, history["lr"], color="black", label="lr at the epoch's last step")
+        axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedule")
+    return _finish(fig, axes, title, 8, left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.28)
+
+
+def _finish(fig, axes, title: str | None, legend_size: int, **margins):
+    """Legend and grid on every panel, the title, and fixed margins (tight_layout measures every
+    text box, which costs more than the drawing)."""
+    for ax in axes:
+        ax.legend(fontsize=legend_size)
+        ax.grid(alpha=0.3)
+        epoch_ticks(ax)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(**margins)
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes (closed afterwards), for an atomic write."""
+    plt = pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_diagnostics(history: dict, title: str | None = None):
+    """The ``diag_*`` curves :func:`fnn.fit` records with ``diagnostics=True``: gradient norm,
+    gradient signal-to-noise ratio, spread of per-example norms and GGN trace, one line per
+    layer (numbered from 1), against the epoch. Returns the matplotlib ``Figure`` (not left open
+    in pyplot: :func:`new_figure`)."""
+    panels = [("grad_norm", "‖∇R‖ per layer", "log"), ("snr", "gradient SNR (mean² / variance)", "log"),
+              ("norm_spread", "per-example norm spread (std / mean)", "linear"),
+              ("ggn_trace", "GGN trace (curvature)", "log")]
+    fig = new_figure(figsize=(16, 3.6))
+    axes = fig.subplots(1, 4)
+    for ax, (key, label, scale) in zip(axes, panels):
+        layers = sorted((k for k in history if k.startswith(f"diag_{key}_l")), key=lambda k: int(k.rsplit("l", 1)[1]))
+        for k in layers:
+            ax.plot(history["epoch"], history[k], label=f"layer {k.rsplit('l', 1)[1]}")
+        ax.set(xlabel="epoch", title=label, yscale=scale)
+    return _finish(fig, axes, title, 7, left=0.05, right=0.99, bottom=0.15, top=0.84, wspace=0.25)
+
+
+def plot_sweep(results, grid: dict, split: str = "test"):
+    """The mean curve of every grid point of a sweep, with its 95% band over seeds: loss and
+    accuracy (or R²) on the validation split (``val_*``, when the sweep has one) or else the
+    test split, against the epoch. ``results``: ``[(label, SweepResult), ...]`` (one per program
+    group, e.g. per activation); the legend names the swept settings. ``split``: the name shown
+    for ``test_*`` curves. Bands are clipped to the metric's range (:func:`band`). Returns the
+    matplotlib ``Figure`` (not left open in pyplot: :func:`new_figure`)."""
+    plt = pyplot()
+    first = results[0][1].history
+    held = "val" if "val_loss" in first else "test"
+    second = f"{held}_accuracy" if f"{held}_accuracy" in first else f"{held}_r2"
+    panels = [k for k in (f"{held}_loss", second) if k in first] or ["train_loss"]
+    fig = new_figure(figsize=(6 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    colours = plt.get_cmap("tab10" if sum(len(r.summary) for _, r in results) <= 10 else "viridis")
+    n_points, i = sum(len(r.summary) for _, r in results), 0
+    for label, result in results:
+        point_of = np.array([c["point"] for c in result.configs])
+        for g, row in enumerate(result.summary):
+            name = ", ".join([label] * (len(results) > 1) + [f"{k}={row[k]}" for k in grid if k in row]) or "runs"
+            colour = colours(i % 10 if n_points <= 10 else i / max(n_points - 1, 1))
+            i += 1
+            for ax, key in zip(axes[0], panels):
+                curves = result.history[key][point_of == g]
+                stats = np.array([mean_ci(curves[:, e])[:3] for e in range(curves.shape[1])])
+                epochs = np.arange(1, curves.shape[1] + 1)
+                ax.plot(epochs, stats[:, 0], color=colour, label=name)
+                ax.fill_between(epochs, *band(key, curves, stats[:, 0], stats[:, 2]), color=colour,
+                                alpha=0.2, linewidth=0)
+    for ax, key in zip(axes[0], panels):
+        name = key.replace("val_", "validation ").replace("test_", f"{split} ")
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        if key.endswith("loss"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        epoch_ticks(ax)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"mean over seeds with 95% bands (n = {len(set(c['seed'] for c in results[0][1].configs))})",
+                 fontsize=9)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.25)
+    return fig
+
+
+def band(key: str, curves, mean, half):
+    """``(low, high)``: the band ``mean ± half`` of metric ``key`` clipped to what the metric can
+    be: accuracy in [0, 1], R² at most 1, a loss (drawn on a log axis) at least the lowest run's
+    value at that epoch (positive). ``curves``: ``(runs, epochs)``, NaN for diverged runs."""
+    low, high = mean - half, mean + half
+    if key.endswith("accuracy"):
+        return np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+    if key.endswith("r2"):
+        return np.minimum(low, 1.0), np.minimum(high, 1.0)
+    if key.endswith("loss"):
+        positive = np.where(np.asarray(curves) > 0, curves, np.inf)  # NaN compares False: left out
+        floor = positive.min(axis=0) if len(positive) else np.full_like(low, np.inf)
+        return np.where(np.isfinite(floor), np.maximum(low, floor), low), high
+    return low, high

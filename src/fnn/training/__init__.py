@@ -1,0 +1,2 @@
+"""Training: optimizers (first- and second-order), schedules, update steps, epochs, ``fit``,
+``gradient_descent``, sweeps and data parallelism. Builds on every layer below the command line."""

@@ -1,0 +1,119 @@
+"""The compiled programs of one group of :func:`fnn.sweep`, built once per equal recipe.
+
+A group's epoch program depends on the network, the loss, the settings its grid points share
+and which settings vary over them, never on the data's values, the seeds or the values of the
+varying settings (those are traced arrays). :class:`Recipe` holds exactly that as one
+hashable value, and :func:`epoch_program` and :func:`metrics_program` are memoised on it
+(:func:`fnn.programs.program_cache`): a second sweep with an equal configuration, in the same
+process, compiles nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from fnn.training.epoch import _guarded_step, epoch_order
+from fnn.core.losses import Loss
+from fnn.core.metrics import _metrics
+from fnn.core.network import MLP
+from fnn.training.optim import OPTIMIZERS, get_optimizer, make_update_fn
+from fnn.core.programs import program_cache
+from fnn.training.schedules import make_schedule, with_schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a group's epoch program is built from.
+
+    Attributes:
+      net, loss: the architecture and loss.
+      settings: ``(name, value)`` pairs, sorted, of the settings the group's points share and
+        the program uses (the init scheme and scale are not; nor the epochs, unless a schedule
+        or a warmup spans them).
+      varying: the sweepable settings that differ over the points: traced, with a run axis.
+      clip_norm, noise_multiplier: DP-SGD settings of every run.
+      batches: batches per epoch (a schedule counts its steps in them).
+    """
+
+    net: MLP
+    loss: Loss
+    settings: tuple
+    varying: tuple
+    clip_norm: float | None
+    noise_multiplier: float
+    batches: int
+
+    @classmethod
+    def of(cls, net, loss, point: dict, varying, clip_norm, noise_multiplier, batches: int) -> "Recipe":
+        """The recipe of a group whose first point is ``point``."""
+        unused = {"init", "init_scale", *varying}
+        if point["schedule"] == "constant" and not point["warmup_epochs"]:
+            unused.add("epochs")
+        shared = tuple(sorted((k, a) for k, a in point.items() if k not in unused))
+        return cls(net, loss, shared, tuple(varying), clip_norm, noise_multiplier, batches)
+
+    def value(self, hyper: dict, key: str):
+        """A setting: the run's traced value when it varies, else the shared one."""
+        return hyper[key] if key in hyper else dict(self.settings)[key]
+
+    def optimizer(self, hyper: dict):
+        """The optimizer of the runs whose varying settings are ``hyper``."""
+        p, lr, momentum = dict(self.settings), self.value(hyper, "lr"), self.value(hyper, "momentum")
+        if p["schedule"] == "constant" and not p["warmup_epochs"]:
+            if isinstance(lr, jax.Array) or isinstance(momentum, jax.Array):
+                return OPTIMIZERS.lookup(p["optimizer"])(lr, momentum)
+            return get_optimizer(p["optimizer"], lr, momentum)
+        warmup = None if p["warmup_epochs"] is None else p["warmup_epochs"] * self.batches
+        schedule = make_schedule(p["schedule"], lr, p["epochs"] * self.batches, warmup)
+        return with_schedule(OPTIMIZERS.lookup(p["optimizer"]), schedule, momentum=momentum)
+
+    def update(self, hyper: dict):
+        """The update step (:func:`fnn.make_update_fn`) of the runs whose varying settings are ``hyper``."""
+        return make_update_fn(self.net, self.loss, self.optimizer(hyper), self.value(hyper, "method"),
+                              l2=self.value(hyper, "l2"), dropout=self.value(hyper, "dropout"),
+                              clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier)
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether a step draws random numbers (dropout masks or DP noise)."""
+        return "dropout" in self.varying or self.value({}, "dropout") > 0 or self.noise_multiplier > 0
+
+
+@program_cache
+def epoch_program(recipe: Recipe, axis: int | None):
+    """``epoch(params, opt_state, hyper, x, v, keys) -> (params, opt_state, losses)``: one epoch of
+    every run, ``(S, G, ...)`` states, ``hyper`` ``{setting: (G,)}``, ``keys`` ``(S,)``, data
+    per seed (``axis=0``) or shared (``None``); ``losses`` ``(S, G, batches)``. One jitted
+    function per equal ``(recipe, axis)``."""
+    batch_size, needs_key = recipe.value({}, "batch_size"), recipe.needs_key
+
+    def one_seed(params, opt_state, hyper, x, v, key):
+        batches, dropout_key = epoch_order(key, x.shape[0], batch_size)
+
+        def step(carry, inputs):
+            def one_run(params, opt_state, ok, hyper):
+                update = recipe.update(hyper)
+                update.needs_key = needs_key
+                guarded = _guarded_step(update, None, x, v, dropout_key, 0, batches.shape[0])
+                (params, opt_state, ok), loss = guarded((params, opt_state, ok), inputs)
+                return params, opt_state, ok, loss
+
+            params, opt_state, ok, loss = jax.vmap(one_run)(*carry, hyper)
+            return (params, opt_state, ok), loss
+
+        ok = jnp.ones(jax.tree.leaves(params)[0].shape[0], bool)
+        (params, opt_state, _), losses = jax.lax.scan(step, (params, opt_state, ok),
+                                                      (batches, jnp.arange(batches.shape[0])))
+        return params, opt_state, losses.T
+
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, axis, axis, 0)))
+
+
+@program_cache
+def metrics_program(net: MLP, loss: Loss, axis: int | None):
+    """``metrics(params, x, v) -> {name: (S, G)}``: :func:`fnn.evaluate`'s metrics of every run."""
+    per_run = jax.vmap(lambda p, x, v: _metrics(net, loss, p, x, v), in_axes=(0, None, None))
+    return jax.jit(jax.vmap(per_run, in_axes=(0, axis, axis)))
