@@ -5,7 +5,7 @@ listed in ``__all__``) and the modules a user reaches into by name: ``fnn.layers
 forward/backward pairs), ``fnn.data``, ``fnn.checkpoint``, ``fnn.parallel``, ``fnn.plots``
 and ``fnn.validation``. It needs only jax, optax and numpy; scikit-learn, matplotlib and
 tqdm are imported when a dataset, a figure or a progress bar first needs them. The command
-line (``fnn.cli``), the run folder (``fnn.runs``) and the benchmark (``fnn.bench``) are
+line (``fnn.cli``), the run folder (``fnn.cli.runs``) and the benchmark (``fnn.bench``) are
 not imported here: they are applications of the library, not part of it.
 """
 

@@ -1,6 +1,6 @@
 """Backpropagating several output gradients per example in one pass: the columns ``s`` of a
 factor ``S_b`` of the loss Hessian (``H_b = S_b S_bᵀ``), or sampled output gradients, as the
-exact and Monte-Carlo GGN diagonal and the KFLR/KFAC factors need (:mod:`fnn.quantities`).
+exact and Monte-Carlo GGN diagonal and the KFLR/KFAC factors need (:mod:`fnn.analysis.quantities`).
 
 Each example's ``k`` columns sit in adjacent rows of one 2-D GEMM per layer, ``(B·k, d_l) @
 W_lᵀ``, and the activation derivatives and dropout masks of example ``b`` are repeated over
@@ -29,7 +29,7 @@ def column_deltas(net: MLP, params: Params, cache: Cache, douts: Array) -> list[
 
     Returns:
       per layer ``(B, k, d_l)``: ``δz^{(s)}_{l,b}``, the backward recursion's ``∂/∂z_l``
-      without the weight-gradient GEMMs (as :func:`fnn.quantities.deltas` gives for one
+      without the weight-gradient GEMMs (as :func:`fnn.analysis.quantities.deltas` gives for one
       column).
     """
     batch, k = douts.shape[:2]

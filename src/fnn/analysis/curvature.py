@@ -25,7 +25,7 @@ function carries a :class:`Curvature` (``opt.update.curvature``) that says which
   as optax's line searches take ``value`` and ``value_fn``.
 - ``"hessian"`` → ``hvp=`` (``u ↦ ∇²R u``, hand-written, without dropout).
 
-Under ``jit`` with a batch sharded over a mesh (:mod:`fnn.parallel`) the sums over ``b`` are
+Under ``jit`` with a batch sharded over a mesh (:mod:`fnn.training.parallel`) the sums over ``b`` are
 global, so every device sees the factors of the whole batch (averaged over devices).
 """
 

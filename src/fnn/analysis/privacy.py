@@ -1,6 +1,6 @@
 """Private training: the DP-SGD gradient (Abadi et al., 2016) from one forward and one backward pass.
 
-Per-example clipping needs each example's gradient norm; :mod:`fnn.quantities` gets those
+Per-example clipping needs each example's gradient norm; :mod:`fnn.analysis.quantities` gets those
 from the layer inputs and the per-example output gradients without forming any per-example
 gradient, and the clipped sum is then the plain step's own GEMMs on row-scaled gradients.
 The privacy accounting (the ε of a run) is not written here: :func:`epsilon` asks Google's

@@ -1,6 +1,6 @@
 """Curvature spectra of the empirical risk from the hand-written Hessian- and GGN-vector
 products: Lanczos for the top eigenpairs, stochastic Lanczos quadrature for the spectral
-density, and Hutchinson / Hutch++ trace estimates (these two in :mod:`fnn.traces`).
+density, and Hutchinson / Hutch++ trace estimates (these two in :mod:`fnn.analysis.traces`).
 
 The operator is the Hessian ``∇²R`` (``curvature="hessian"``, by :func:`fnn.hvp`'s
 R-operator) or the generalized Gauss-Newton matrix ``G`` (``curvature="ggn"``, by

@@ -1,5 +1,5 @@
 """Stochastic trace estimates of the Hessian or GGN of the empirical risk, from the
-hand-written operator products of :func:`fnn.spectrum.curvature_matvec` (one forward
+hand-written operator products of :func:`fnn.analysis.spectrum.curvature_matvec` (one forward
 pass per call, shared by every product; jitted, ``lax.map`` inside, vmappable over
 params).
 
@@ -46,7 +46,7 @@ def hutchinson_trace(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
       a scalar of params' dtype. Its standard error is ``√(2 (‖A‖_F² − Σ a_ii²) / m)``.
 
     Raises:
-      ValueError: ``num_samples < 1``, a bad key, or what :func:`fnn.spectrum.curvature_matvec`
+      ValueError: ``num_samples < 1``, a bad key, or what :func:`fnn.analysis.spectrum.curvature_matvec`
         raises.
     """
     _check_count("num_samples", num_samples, 1)
@@ -79,7 +79,7 @@ def hutchpp_trace(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array
 
     Raises:
       ValueError: ``num_matvecs < 3`` or more than ``3 P``, a bad key, or what
-        :func:`fnn.spectrum.curvature_matvec` raises.
+        :func:`fnn.analysis.spectrum.curvature_matvec` raises.
     """
     _check_count("num_matvecs", num_matvecs, 3)
     check_key(key)

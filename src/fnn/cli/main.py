@@ -314,7 +314,7 @@ def evaluate(run: str, best: bool = False, split: str | None = None, allow_chang
     """``fnn evaluate RUN [--best] [--split train|validation|test]``: the metrics of the run's
     checkpoint (or of ``best.npz``) on ``split`` (default: the split the run was evaluated on,
     ``validation`` for a ``--validation`` run, else ``test``); exit 1 if they are not finite.
-    Refuses when the run's data file changed (:func:`fnn.records.check_data_file`) unless
+    Refuses when the run's data file changed (:func:`fnn.cli.records.check_data_file`) unless
     ``allow_changed``."""
     folder = RunFolder(run)
     config = folder.read_config()

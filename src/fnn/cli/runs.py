@@ -10,7 +10,7 @@ fails leaves no new folder, and an existing one byte-identical.
 During training the folder is rewritten after every epoch: ``checkpoint.npz``,
 ``metrics.json`` and ``metrics.csv`` every time, ``curves.png`` at most every
 few seconds and at the end. A killed run keeps its whole history, and a
-resumed run continues it. Every file goes through :func:`fnn.files.atomic_write`.
+resumed run continues it. Every file goes through :func:`fnn.io.files.atomic_write`.
 """
 
 from __future__ import annotations
@@ -127,11 +127,11 @@ class Plan:
 def prepare(given: dict, *, out: str | None = None, resume: str | None = None, allow_changed_data=False) -> Plan:
     """Every check a run can fail, with nothing written. ``given``: the configuration keys the
     user set (all of them for a new run, only the explicit flags when resuming); ``allow_changed_data``:
-    see :func:`fnn.records.check_data_file`. A resumed run's
+    see :func:`fnn.cli.records.check_data_file`. A resumed run's
     folder is held from here on (:meth:`RunFolder.hold`); end with ``plan.folder.close()``.
 
     Raises:
-      fnn.files.FolderBusyError: another process holds the folder (the message names its PID).
+      fnn.io.files.FolderBusyError: another process holds the folder (the message names its PID).
     """
     folder = None
     if resume is not None:
@@ -203,7 +203,7 @@ def _prepare_resume(plan: Plan) -> None:
 class RunFolder(HeldFolder):
     """The files of one run. Only process 0 writes (all processes compute the same numbers).
     Held by one process from :meth:`create` (or, resuming, from :func:`prepare`) to
-    :meth:`~fnn.folders.HeldFolder.close`, which removes a run that never wrote a checkpoint."""
+    :meth:`~fnn.io.folders.HeldFolder.close`, which removes a run that never wrote a checkpoint."""
 
     FILES = RUN_FILES
 
@@ -253,7 +253,7 @@ class RunFolder(HeldFolder):
         return config
 
     def load_checkpoint(self, net: MLP, opt_state_like=None, best: bool = False):
-        """The run's checkpoint for ``net`` (see :func:`fnn.checkpoint.load`); ``best``: ``best.npz``."""
+        """The run's checkpoint for ``net`` (see :func:`fnn.io.checkpoint.load`); ``best``: ``best.npz``."""
         if best:
             if not self.best_path.exists():
                 raise FileNotFoundError(f"{self.path} has no best.npz: only runs with --early-stopping keep one.")
@@ -284,7 +284,7 @@ class RunFolder(HeldFolder):
         each command that ran in this folder with the versions and devices it ran on.
 
         Raises:
-          fnn.files.FolderBusyError: another process holds the folder; nothing was touched.
+          fnn.io.files.FolderBusyError: another process holds the folder; nothing was touched.
           ValueError: another run finished in the folder since :func:`prepare` checked it.
         """
         if not self.writer:

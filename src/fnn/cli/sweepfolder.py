@@ -2,7 +2,7 @@
 soon as it is trained, and the final files written params first, ``sweep.json`` last.
 
 A group (one compiled program: one activation of the sweep) is saved as ``group-K.npz``
-(its :class:`fnn.sweep.SweepResult`: parameters, histories, divergence, summary, and the
+(its :class:`fnn.training.sweep.SweepResult`: parameters, histories, divergence, summary, and the
 sweep's settings) the moment it finishes. A sweep that is interrupted, or whose final writes
 fail (a full disk), keeps those groups: running the same ``fnn sweep`` command on the same
 ``--out`` again loads them instead of training them, and writes the final files. When
@@ -38,7 +38,7 @@ class SweepFolder(HeldFolder):
         self.command = command
 
     def make(self, command: list[str] | None = None) -> None:
-        """Creates and holds the folder (:meth:`fnn.folders.HeldFolder.make`); ``command`` is
+        """Creates and holds the folder (:meth:`fnn.io.folders.HeldFolder.make`); ``command`` is
         recorded in each group file, for the message of a later sweep with other settings."""
         self.command = command if command is not None else self.command
         super().make()

@@ -5,7 +5,7 @@ The folder holds ``sweep.json`` (the command, versions, every run's configuratio
 and divergence, and the summary), ``summary.csv`` and ``summary.md`` (mean ± 95% CI over
 seeds per grid point), ``curves.png`` (the mean curve of each grid point with its 95%
 band) and ``params.npz`` (every run's final parameters, with a leading run axis; one
-array set per activation). Every file goes through :func:`fnn.files.atomic_write`.
+array set per activation). Every file goes through :func:`fnn.io.files.atomic_write`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,15 @@ Finite differences are taken along random unit directions, one set per
 parameter tensor: ``(R(θ + εu) − R(θ − εu)) / 2ε ≈ ⟨∇R, u⟩``. This costs
 ``2 × directions`` forward passes (and one backward) per tensor instead of two per
 scalar. Examples with a kink inside the step are left out of both sides of each
-comparison (:mod:`fnn.kinks`), so a correct network with relu units near zero passes.
+comparison (:mod:`fnn.core.kinks`), so a correct network with relu units near zero passes.
+
+A finite difference cannot resolve a directional derivative smaller than the rounding of the
+risk it differences: each evaluation of ``R`` is exact only to about ``eps_dtype · max(1, |R|)``
+(a log-sum-exp rounds at the scale of its largest term, ``exp(0) = 1``), so the quotient carries
+noise up to ``FD_NOISE_ULPS · eps_dtype · max(1, |R|) / ε``, the report's ``fd_floor``. The
+finite-difference column passes a direction whose error is within ``fd_tol`` of the gradient's
+norm *or* within that floor: at convergence (``|∇R|`` ~ 1e-7 in float32) the quotient is noise,
+and only the ``jax.grad`` column can judge the backward.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from fnn.core.validation import check_params_finite, validate
 
 
 AUTODIFF = "vs jax.grad"
+# Rounding errors, in units of the dtype's eps × max(1, |R|), that one evaluation of the risk may
+# carry: a few operations' worth (the output layer's sums, the loss, the mean over examples).
+FD_NOISE_ULPS = 4.0
 FINITE_DIFFERENCES = "vs finite differences"
 
 
@@ -45,8 +56,8 @@ class GradcheckRow:
         ``|g|`` is the backward pass taken in absolute values (every term's size): rounding scales
         with the terms, so a gradient that is a near-cancelling sum is compared at their scale.
       fd_error: the worst ``|⟨g_manual, u⟩ − (R(θ+εu) − R(θ−εu))/2ε|`` over the random unit
-        directions ``u``, relative to the gradient's norm, both taken over the examples with
-        no kink inside the step (see :mod:`fnn.kinks`); NaN ("n/a" in the table) when every
+        directions ``u``, relative to ``max(‖g‖, |quotient|, fd_floor / fd_tol)``, both taken
+        over the examples with no kink inside the step (see :mod:`fnn.core.kinks`); NaN ("n/a" in the table) when every
         example of every direction met a kink, so that nothing could be compared.
       fd_skipped: the fraction of (direction, example) pairs left out of ``fd_error`` because
         a pre-activation or the loss met a kink within the step.
@@ -68,12 +79,17 @@ class GradcheckReport:
       rows: one :class:`GradcheckRow` per layer and parameter, in forward order.
       autodiff_tol, fd_tol: the relative-error thresholds a row must meet.
       dtype: the parameters' dtype (the tolerances depend on it).
+      fd_floor: the rounding noise of a finite-difference quotient (units of ``∂R/∂θ``):
+        ``FD_NOISE_ULPS · eps_dtype · max(1, |R|) / ε``. An error within it passes whatever the
+        gradient's size, so a gradient well below ``fd_floor / fd_tol`` is not judged by
+        finite differences (only by ``jax.grad``).
     """
 
     rows: tuple[GradcheckRow, ...]
     autodiff_tol: float
     fd_tol: float
     dtype: str
+    fd_floor: float = 0.0
 
     def failed_columns(self, row: GradcheckRow) -> tuple[str, ...]:
         """The comparisons ``row`` fails: ``"vs jax.grad"``, ``"vs finite differences"``, both or none."""
@@ -144,7 +160,8 @@ class GradcheckReport:
     def __str__(self) -> str:
         lines = [
             f"gradcheck ({self.dtype}): manual backward vs jax.grad (tol {self.autodiff_tol:.0e}) "
-            f"and finite differences (tol {self.fd_tol:.0e}, leaving out examples at a kink)",
+            f"and finite differences (tol {self.fd_tol:.0e}, noise floor {self.fd_floor:.0e}, "
+            "leaving out examples at a kink)",
             f"{'layer':>5} {'param':>5} {'|grad|':>10} {'vs jax.grad':>12} {'vs fin.diff':>12} "
             f"{'at kinks':>8}  status",
         ]
@@ -155,14 +172,16 @@ class GradcheckReport:
         return "\n".join(lines)
 
 
-def _fd_error(fd: np.ndarray, directional: np.ndarray, norms: np.ndarray, skipped: np.ndarray) -> float:
+def _fd_error(fd: np.ndarray, directional: np.ndarray, norms: np.ndarray, skipped: np.ndarray,
+              least: float = 0.0) -> float:
     # Per direction, the error relative to the gradient's norm over the same examples (a
-    # directional derivative can be near zero by chance even when the gradient is not);
-    # directions along which every example met a kink compare nothing.
+    # directional derivative can be near zero by chance even when the gradient is not), and
+    # never to less than ``least`` (the noise floor over the tolerance); directions along
+    # which every example met a kink compare nothing.
     compared = skipped < 1
     if not compared.any():
         return float("nan")
-    scale = np.maximum(norms, np.abs(fd))[compared]
+    scale = np.maximum(np.maximum(norms, np.abs(fd)), least)[compared]
     err = np.abs(fd - directional)[compared]
     return float(np.max(np.where(scale > 0, err / np.where(scale > 0, scale, 1), 0.0)))
 
@@ -189,7 +208,7 @@ def gradcheck(
 
     The finite differences leave out, per direction, the examples for which a pre-activation
     or the loss meets a kink within the step (relu, leaky_relu and step at 0; mae, mape and
-    huber at theirs; see :mod:`fnn.kinks`): there a difference quotient mixes two slopes and
+    huber at theirs; see :mod:`fnn.core.kinks`): there a difference quotient mixes two slopes and
     would fail a correct backward. The hand-written gradient is recomputed over the same
     examples, so both sides of the comparison see one risk. The report names the column that
     fails: ``"vs jax.grad"`` (the hand-written rules disagree with autodiff of the forward
@@ -230,7 +249,9 @@ def gradcheck(
     fd_tol = fd_tol if fd_tol is not None else (1e-6 if f64 else 1e-2)
     key = jax.random.key(0) if key is None else key
 
-    manual, auto, sizes, fd, directional, norms, skipped = _compute(net, loss, params, x, v, key, directions, eps)
+    value, manual, auto, sizes, fd, directional, norms, skipped = _compute(net, loss, params, x, v, key,
+                                                                          directions, eps)
+    floor = FD_NOISE_ULPS * float(jnp.finfo(dtype).eps) * max(1.0, abs(float(value))) / eps
     rows = []
     for l in range(net.num_layers):
         for name in ("W", "b"):
@@ -238,9 +259,9 @@ def gradcheck(
             rows.append(GradcheckRow(l + 1, name, float(np.linalg.norm(g)),
                                      _rel(g, np.asarray(auto[l][name]), np.asarray(sizes[l][name])),
                                      _fd_error(*(np.asarray(a[l][name]) for a in (fd, directional, norms,
-                                                                                   skipped))),
+                                                                                   skipped)), floor / fd_tol),
                                      float(np.mean(np.asarray(skipped[l][name])))))
-    return GradcheckReport(tuple(rows), autodiff_tol, fd_tol, str(dtype))
+    return GradcheckReport(tuple(rows), autodiff_tol, fd_tol, str(dtype), floor)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 6, 7))
@@ -271,7 +292,7 @@ def _compute(net, loss, params, x, v, key, directions, eps):
 
     per_direction = jax.lax.map(one, jnp.arange(len(leaves) * directions))
     split = lambda a: treedef.unflatten(list(a.reshape(len(leaves), directions)))
-    return manual, auto, sizes, *(split(a) for a in per_direction)
+    return mid[0], manual, auto, sizes, *(split(a) for a in per_direction)
 
 
 def _magnitudes(net, params, cache, dout):

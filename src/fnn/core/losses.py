@@ -9,7 +9,7 @@ empirical risk is the (optionally weighted) batch mean,
 
 computed once for every loss by :func:`risk` and :func:`risk_grad`. The
 weights default to one; zero weights mark padding examples that must not
-change the gradient (see :mod:`fnn.parallel`).
+change the gradient (see :mod:`fnn.training.parallel`).
 
 Regression losses sum over output units. Cross-entropies take logits: the
 sigmoid or softmax is fused into the loss, so its gradient is
@@ -262,7 +262,7 @@ def risk(loss: str | Loss, y: Array, v: Array, weights: Array | None = None) -> 
     Args:
       loss: a loss name or :class:`Loss`.
       y: network outputs ``(B, d_L)`` (any leading batch axes).
-      v: targets that fit ``loss`` (see :func:`fnn.validation.check_targets`).
+      v: targets that fit ``loss`` (see :func:`fnn.core.validation.check_targets`).
       weights: optional per-example weights ``(B,)``; default all ones.
     """
     loss = get_loss(loss)

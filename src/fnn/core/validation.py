@@ -8,8 +8,8 @@ arrays, since under a transformation they are not known.
 
 The checks are duck-typed on the network (``sizes``, ``num_layers``,
 ``in_dim``, ``out_dim``) and the loss (``name``, ``kind``,
-``nonzero_targets``), so this module sits below :mod:`fnn.network` and
-:mod:`fnn.losses` and imports neither.
+``nonzero_targets``), so this module sits below :mod:`fnn.core.network` and
+:mod:`fnn.core.losses` and imports neither.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ class Dataset:
     """A train/test split, optionally with a validation split carved from the training part.
 
     ``y`` holds int labels (classification), float 0/1 targets of shape ``(N, 1)`` (binary,
-    see :func:`fnn.tables.as_binary`) or float targets ``(N, k)`` (regression). Every split is
+    see :func:`fnn.data.tables.as_binary`) or float targets ``(N, k)`` (regression). Every split is
     standardised with the statistics of ``x_train`` (and ``y_train`` for a regression whose
     targets are standardised) alone.
 

@@ -34,7 +34,7 @@ def compile_cache(disabled: bool, command: str = "fnn") -> str | None:
 
 
 def quiet_compile_cache(command: str = "fnn") -> str | None:
-    """Turns on JAX's persistent compilation cache (:func:`fnn.programs.enable_compile_cache`, in
+    """Turns on JAX's persistent compilation cache (:func:`fnn.core.programs.enable_compile_cache`, in
     its default folder) for a command line run, quietly: a folder that cannot be used (a file,
     not writable) gets one line on stderr, starting with ``command``, and the run compiles
     without the cache; entries JAX cannot read or write (damaged, read-only) get one line in

@@ -52,7 +52,7 @@ def save(
     meta: dict | None = None,
     batch: int = 0,
 ) -> Path:
-    """Writes a checkpoint atomically (see :func:`fnn.files.atomic_write`).
+    """Writes a checkpoint atomically (see :func:`fnn.io.files.atomic_write`).
 
     ``step`` is the number of completed epochs (or steps: the caller's unit);
     ``batch`` the batches of the next epoch already applied (non-zero only for a

@@ -69,7 +69,7 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
     replay that recovers the last good state of a diverged epoch. A batch whose
     loss is non-finite is not applied either, nor is any batch after it.
 
-    With a ``mesh`` (see :mod:`fnn.parallel`) each batch is split over its
+    With a ``mesh`` (see :mod:`fnn.training.parallel`) each batch is split over its
     devices, padded with zero-weight examples to a multiple of their number.
     ``donate`` donates ``params`` and ``opt_state`` to the call. ``clip_norm`` and
     ``noise_multiplier`` make every step DP-SGD (see :func:`fnn.make_update_fn`); batch ``i``
@@ -77,7 +77,7 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
 
     Built once per configuration: equal arguments (an equal network, loss and settings, the
     same optimizer object) return the same jitted function, so its compiled program is reused
-    (see :mod:`fnn.programs`). The number of epochs is not part of it.
+    (see :mod:`fnn.core.programs`). The number of epochs is not part of it.
     """
     update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
                             noise_multiplier=noise_multiplier)

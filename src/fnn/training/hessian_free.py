@@ -2,7 +2,7 @@
 Newton, as optax transformations fed by fnn's hand-written curvature products.
 
 Both are ``optax.GradientTransformationExtraArgs`` whose ``update.curvature`` names what the
-update step passes (see :mod:`fnn.curvature`): :func:`gauss_newton` takes ``ggn_vp``, ``value``
+update step passes (see :mod:`fnn.analysis.curvature`): :func:`gauss_newton` takes ``ggn_vp``, ``value``
 and ``value_fn`` (the names optax's line searches use for the last two), :func:`newton` takes
 ``hvp``. The risk is the mean loss over the batch, so ``damping`` is in the units of its
 curvature and does not depend on the batch size.

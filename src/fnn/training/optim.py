@@ -132,7 +132,7 @@ def get_optimizer(
     Equal arguments give the same optimizer object. Optax transformations compare by identity,
     so this is what lets a second ``fit``/``make_update_step`` with equal settings reuse the
     first one's compiled program; ``optax.adam(1e-3)`` built anew is a new optimizer, and
-    compiles anew (see :mod:`fnn.programs`)."""
+    compiles anew (see :mod:`fnn.core.programs`)."""
     if isinstance(spec, optax.GradientTransformation):
         return spec
     build = OPTIMIZERS.lookup(spec)
@@ -169,12 +169,12 @@ def make_update_fn(
 
     ``x``: ``(B, d_0)``; ``weights``: ``(B,)``; ``R`` is the risk before the update.
     With ``clip_norm=C`` the step is DP-SGD: ``g`` is the clipped, noised gradient of
-    :func:`fnn.privacy.clipped_value_and_grad` (each example's gradient clipped to norm
+    :func:`fnn.analysis.privacy.clipped_value_and_grad` (each example's gradient clipped to norm
     ``C``, noise ``σ C`` added to the sum, ``σ = noise_multiplier``; one backward pass, no
     per-example gradients), and the metrics add ``"clipped"``, the fraction of examples
     whose gradient norm exceeded ``C``. ``key`` is needed for dropout and for noise.
     It is the body that :func:`make_update_step` jits, that the training loops
-    scan over, and that :mod:`fnn.parallel` shards.
+    scan over, and that :mod:`fnn.training.parallel` shards.
     """
     objective = Objective(net, loss, l2, dropout)
     check_optimizer(optimizer)
@@ -250,7 +250,7 @@ def make_update_step(net: MLP, loss: str | Loss, optimizer: optax.GradientTransf
     so those inputs are deleted by the call; pass ``donate=False`` to keep them.
     Shapes are checked when the step is traced (once per input shape). The same
     code runs on CPU, GPU and TPU. Equal arguments (the same optimizer object) return the same
-    jitted step, compiled once per input shape (see :mod:`fnn.programs`).
+    jitted step, compiled once per input shape (see :mod:`fnn.core.programs`).
     """
     return jax.jit(
         make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,

@@ -121,7 +121,7 @@ def make_parallel_update_step(
 
     The batch is padded to a multiple of the device count with zero-weight
     examples and split over the devices; params and state stay replicated. Equal arguments
-    (the same optimizer object, an equal mesh) return the same step (see :mod:`fnn.programs`).
+    (the same optimizer object, an equal mesh) return the same step (see :mod:`fnn.core.programs`).
     """
     update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
                             noise_multiplier=noise_multiplier)

@@ -62,7 +62,7 @@ def make_schedule(name: str, learning_rate: float, total_steps: int, warmup_step
 
     Raises ``ValueError`` for an unknown name, a non-positive total, or a warmup that is
     negative or not shorter than the run. Equal arguments give the same schedule object (so the
-    optimizers and programs built on it are reused, see :mod:`fnn.programs`).
+    optimizers and programs built on it are reused, see :mod:`fnn.core.programs`).
     """
     build = SCHEDULES.lookup(name)
     if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:

@@ -1,7 +1,7 @@
 """K-FAC, EKFAC and a diagonal-GGN preconditioner as optax transformations.
 
 Each is an ``optax.GradientTransformationExtraArgs``: ``update(grads, state, params, **curvature)``
-with the curvature keyword its ``update.curvature`` names (:mod:`fnn.curvature`), which
+with the curvature keyword its ``update.curvature`` names (:mod:`fnn.analysis.curvature`), which
 :func:`fnn.make_update_fn` (so :func:`fnn.fit`, ``fnn train``, ``fnn sweep``) computes in the same
 forward and backward pass as the gradient. In your own ``jit`` step::
 

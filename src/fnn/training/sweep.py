@@ -67,7 +67,7 @@ class SweepResult:
       best: the summary row with the best mean of ``select`` among points none of whose runs
         diverged (``None`` without validation or test data, or when every point diverged). When
         a second such point exists, ``best["runner_up"]`` compares it with the best, paired over
-        their shared seeds (:func:`fnn.stats.runner_up`): ``difference`` (best − runner-up),
+        their shared seeds (:func:`fnn.analysis.stats.runner_up`): ``difference`` (best − runner-up),
         ``ci95``, ``p_value``, ``wins``/``ties``/``losses``, ``sign_p`` and ``distinguishable``
         (paired t-test at 5%; never with one seed).
     """
@@ -108,7 +108,7 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
         history will not have.
       progress: show a progress bar over epochs.
       clip_norm, noise_multiplier: DP-SGD for every run (see :func:`fnn.make_update_fn`).
-      mesh: a 1-D ``jax.sharding.Mesh`` (:func:`fnn.parallel.make_mesh`) to split the runs over:
+      mesh: a 1-D ``jax.sharding.Mesh`` (:func:`fnn.training.parallel.make_mesh`) to split the runs over:
         each program's grid points (or, when they do not divide evenly, its seeds) are sharded
         over the devices, which then train their runs without talking to each other. The
         results are those of one device.

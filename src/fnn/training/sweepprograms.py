@@ -4,7 +4,7 @@ A group's epoch program depends on the network, the loss, the settings its grid 
 and which settings vary over them, never on the data's values, the seeds or the values of the
 varying settings (those are traced arrays). :class:`Recipe` holds exactly that as one
 hashable value, and :func:`epoch_program` and :func:`metrics_program` are memoised on it
-(:func:`fnn.programs.program_cache`): a second sweep with an equal configuration, in the same
+(:func:`fnn.core.programs.program_cache`): a second sweep with an equal configuration, in the same
 process, compiles nothing.
 """
 

@@ -1,9 +1,9 @@
-"""Minibatch training (``fit``): epochs of :mod:`fnn.epoch`, evaluation after each, and the
+"""Minibatch training (``fit``): epochs of :mod:`fnn.training.epoch`, evaluation after each, and the
 last good state kept when the loss becomes non-finite.
 
-``fnn.train`` also re-exports the loops' building blocks for earlier users:
-:func:`~fnn.descent.gradient_descent`, :func:`~fnn.epoch.make_epoch_fn`,
-:func:`~fnn.epoch.permutation` and :func:`~fnn.metrics.evaluate`.
+``fnn.training.train`` also re-exports the loops' building blocks for earlier users:
+:func:`~fnn.training.descent.gradient_descent`, :func:`~fnn.training.epoch.make_epoch_fn`,
+:func:`~fnn.training.epoch.permutation` and :func:`~fnn.core.metrics.evaluate`.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def fit(
         ``dp-accounting`` (sampling rate ``batch_size / N``, steps ``epochs × N // batch_size``).
       diagnostics: also record, after every epoch and per layer, the gradient norm, the
         gradient signal-to-noise ratio, the spread of per-example gradient norms and the GGN
-        trace (:func:`fnn.quantities.diagnostics`) on the first 256 training examples, under
+        trace (:func:`fnn.analysis.quantities.diagnostics`) on the first 256 training examples, under
         history keys ``diag_grad_norm_l1``, ``diag_snr_l1``, ... (without dropout).
       early_stopping: a patience in epochs (monitoring ``val_loss``, or ``test_loss`` when only
         ``test`` is given), or an :class:`EarlyStopping` (any history key, e.g.
