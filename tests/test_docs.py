@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[1]
 REFERENCE = ROOT / "docs" / "reference"
 SRC = ROOT / "src"
 # Key public functions whose docstrings carry an example (more may be added anywhere).
-KEY_EXAMPLES = {"fnn.activations", "fnn.losses", "fnn.quantities", "fnn.gradcheck"}
+KEY_EXAMPLES = {"fnn.core.activations", "fnn.core.losses", "fnn.analysis.quantities", "fnn.core.gradcheck"}
 
 
 def _reference_identifiers() -> set[str]:

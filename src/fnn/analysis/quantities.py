@@ -174,7 +174,7 @@ def _factor_deltas(net, loss: Loss, params, out, v, cache, mc_samples: int, key)
         keys = jax.random.split(key, mc_samples)
         douts = jax.vmap(lambda k: loss.grad(out, loss.sample(k, out)), out_axes=1)(keys) / jnp.sqrt(mc_samples).astype(
             out.dtype)
-    return column_deltas(net, params, cache, douts)  # example-major: see fnn.columns
+    return column_deltas(net, params, cache, douts)  # example-major: see fnn.analysis.columns
 
 
 def _check_mc(mc_samples) -> int:
