@@ -23,20 +23,33 @@ def pyplot():
 
 
 def new_figure(**kwargs):
-    """A matplotlib ``Figure`` outside pyplot's list of open figures: returned by a plotting
-    function, it is shown once in a notebook (as the cell's value), not also by pyplot at the
+    """A matplotlib ``Figure`` made through pyplot (so that a notebook's inline backend is loaded
+    and registers its PNG formatter), laid out by matplotlib's constrained layout (no label cut
+    at an edge). A plotting function hands it to :func:`released` before returning it."""
+    return pyplot().figure(layout="constrained", **kwargs)
+
+
+def released(fig):
+    """``fig``, taken out of pyplot's list of open figures: returned by a plotting function, it is
+    shown once in a notebook (as the cell's value or by ``display``), not also by pyplot at the
     end of the cell, and it is freed with its last reference. Save it with ``fig.savefig``."""
-    pyplot()  # the backend choice and the clear error without matplotlib
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
+    pyplot().close(fig)
+    return fig
 
 
-def epoch_ticks(ax) -> None:
-    """Whole-number epoch ticks on ``ax``'s x axis."""
+def epoch_ticks(ax, epochs) -> None:
+    """Whole-number epoch ticks on ``ax``'s x axis; one epoch alone gets the axis 0.5 .. 1.5
+    around it (a single tick, not the fractional ones of a zero-width range)."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if len(epochs) == 1:
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+
+
+def _marker(epochs) -> str | None:
+    """A dot per point when a curve has too few points to show a line (one epoch)."""
+    return "o" if len(epochs) <= 1 else None
 
 
 def plot_history(history: dict, title: str | None = None, split_names: tuple[str, str] = ("train", "test")):
@@ -51,7 +64,7 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
         validation split) are labelled ``validation``.
 
     Returns:
-      The matplotlib ``Figure``, not left open in pyplot (see :func:`new_figure`): a notebook
+      The matplotlib ``Figure``, not left open in pyplot (see :func:`released`): a notebook
       shows it once.
     """
     second = "accuracy" if "train_accuracy" in history else "r2"
@@ -59,32 +72,31 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
     fig = new_figure(figsize=(5 * panels, 4))
     axes = fig.subplots(1, panels)
     epochs = history["epoch"]
+    dot = _marker(epochs)
     if "batch_loss" in history:
-        axes[0].plot(epochs, history["batch_loss"], ":", color="grey", label="minibatch mean (running)")
+        axes[0].plot(epochs, history["batch_loss"], ":", color="grey", marker=dot, label="minibatch mean (running)")
     for split, label in (("train", split_names[0]), ("val", "validation"), ("test", split_names[1])):
         if f"{split}_loss" in history:
-            axes[0].plot(epochs, history[f"{split}_loss"], label=f"{label} (full set)")
+            axes[0].plot(epochs, history[f"{split}_loss"], marker=dot, label=f"{label} (full set)")
         if f"{split}_{second}" in history:
-            axes[1].plot(epochs, history[f"{split}_{second}"], label=label)
+            axes[1].plot(epochs, history[f"{split}_{second}"], marker=dot, label=label)
     axes[0].set(xlabel="epoch", ylabel="loss (risk R)", yscale="log", title="loss")
     axes[1].set(xlabel="epoch", ylabel=second, title=second)
     if panels == 3:
-        axes[2].plot(epochs, history["lr"], color="black", label="lr at the epoch's last step")
+        axes[2].plot(epochs, history["lr"], color="black", marker=dot, label="lr at the epoch's last step")
         axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedule")
-    return _finish(fig, axes, title, 8, left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.28)
+    return _finish(fig, axes, title, 8, epochs)
 
 
-def _finish(fig, axes, title: str | None, legend_size: int, **margins):
-    """Legend and grid on every panel, the title, and fixed margins (tight_layout measures every
-    text box, which costs more than the drawing)."""
+def _finish(fig, axes, title: str | None, legend_size: int, epochs):
+    """Legend, grid and whole-epoch ticks on every panel, the title; ``fig`` :func:`released`."""
     for ax in axes:
         ax.legend(fontsize=legend_size)
         ax.grid(alpha=0.3)
-        epoch_ticks(ax)
+        epoch_ticks(ax, epochs)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(**margins)
-    return fig
+    return released(fig)
 
 
 def figure_png(fig) -> bytes:
@@ -100,7 +112,7 @@ def plot_diagnostics(history: dict, title: str | None = None):
     """The ``diag_*`` curves :func:`fnn.fit` records with ``diagnostics=True``: gradient norm,
     gradient signal-to-noise ratio, spread of per-example norms and GGN trace, one line per
     layer (numbered from 1), against the epoch. Returns the matplotlib ``Figure`` (not left open
-    in pyplot: :func:`new_figure`)."""
+    in pyplot: :func:`released`)."""
     panels = [("grad_norm", "‖∇R‖ per layer", "log"), ("snr", "gradient SNR (mean² / variance)", "log"),
               ("norm_spread", "per-example norm spread (std / mean)", "linear"),
               ("ggn_trace", "GGN trace (curvature)", "log")]
@@ -109,9 +121,9 @@ def plot_diagnostics(history: dict, title: str | None = None):
     for ax, (key, label, scale) in zip(axes, panels):
         layers = sorted((k for k in history if k.startswith(f"diag_{key}_l")), key=lambda k: int(k.rsplit("l", 1)[1]))
         for k in layers:
-            ax.plot(history["epoch"], history[k], label=f"layer {k.rsplit('l', 1)[1]}")
+            ax.plot(history["epoch"], history[k], marker=_marker(history["epoch"]), label=f"layer {k.rsplit('l', 1)[1]}")
         ax.set(xlabel="epoch", title=label, yscale=scale)
-    return _finish(fig, axes, title, 7, left=0.05, right=0.99, bottom=0.15, top=0.84, wspace=0.25)
+    return _finish(fig, axes, title, 7, history["epoch"])
 
 
 def plot_sweep(results, grid: dict, split: str = "test"):
@@ -119,8 +131,9 @@ def plot_sweep(results, grid: dict, split: str = "test"):
     accuracy (or R²) on the validation split (``val_*``, when the sweep has one) or else the
     test split, against the epoch. ``results``: ``[(label, SweepResult), ...]`` (one per program
     group, e.g. per activation); the legend names the swept settings. ``split``: the name shown
-    for ``test_*`` curves. Bands are clipped to the metric's range (:func:`band`). Returns the
-    matplotlib ``Figure`` (not left open in pyplot: :func:`new_figure`)."""
+    for ``test_*`` curves. Bands are clipped to the metric's range (:func:`band`); a one-epoch sweep gets
+    dots with error bars. Returns the
+    matplotlib ``Figure`` (not left open in pyplot: :func:`released`)."""
     plt = pyplot()
     first = results[0][1].history
     held = "val" if "val_loss" in first else "test"
@@ -140,21 +153,23 @@ def plot_sweep(results, grid: dict, split: str = "test"):
                 curves = result.history[key][point_of == g]
                 stats = np.array([mean_ci(curves[:, e])[:3] for e in range(curves.shape[1])])
                 epochs = np.arange(1, curves.shape[1] + 1)
-                ax.plot(epochs, stats[:, 0], color=colour, label=name)
-                ax.fill_between(epochs, *band(key, curves, stats[:, 0], stats[:, 2]), color=colour,
-                                alpha=0.2, linewidth=0)
+                ax.plot(epochs, stats[:, 0], color=colour, marker=_marker(epochs), label=name)
+                low, high = band(key, curves, stats[:, 0], stats[:, 2])
+                if len(epochs) == 1:  # a band of zero width: the interval as an error bar
+                    ax.errorbar(epochs, stats[:, 0], fmt="none", capsize=4, color=colour,
+                                yerr=np.clip([stats[:, 0] - low, high - stats[:, 0]], 0, None))
+                ax.fill_between(epochs, low, high, color=colour, alpha=0.2, linewidth=0)
     for ax, key in zip(axes[0], panels):
         name = key.replace("val_", "validation ").replace("test_", f"{split} ")
         ax.set(xlabel="epoch", ylabel=name, title=name)
         if key.endswith("loss"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        epoch_ticks(ax)
+        epoch_ticks(ax, np.arange(1, first[panels[0]].shape[1] + 1))
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"mean over seeds with 95% bands (n = {len(set(c['seed'] for c in results[0][1].configs))})",
                  fontsize=9)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.25)
-    return fig
+    return released(fig)
 
 
 def band(key: str, curves, mean, half):
