@@ -77,3 +77,40 @@ def test_sweep_best_says_whether_the_runner_up_is_distinguishable():
     assert "runner_up" not in alone  # the other point has a diverged run: not a candidate
     assert by_seed([{"seed": 5, "point": 0}, {"seed": 6, "point": 0}], np.array([[1.0], [2.0]]),
                    np.array([0, 1]), 0) == {5: 1.0, 6: pytest.approx(math.nan, nan_ok=True)}
+
+
+# Three seeds of two grid points: point 1 is better on every seed, whichever way the metric points.
+DIRECTIONS = {"test_loss": (np.array([0.5, 0.6, 0.4]), np.array([0.2, 0.32, 0.08])),  # lower is better
+              "test_accuracy": (np.array([0.6, 0.5, 0.55]), np.array([0.9, 0.78, 0.87]))}  # higher is better
+
+
+@pytest.mark.parametrize("metric", list(DIRECTIONS))
+def test_the_runner_up_lead_is_oriented_by_the_metric_direction(metric):
+    worse, better = DIRECTIONS[metric]
+    configs = [{"seed": s, "point": g} for g in (0, 1) for s in range(3)]
+    history = {metric: np.concatenate([worse, better])[:, None]}
+    _, best = summarise(configs, history, np.zeros(6, int), [{"lr": 0.1}, {"lr": 1.0}], metric)
+    r = best["runner_up"]
+    assert best["lr"] == 1.0 and r["settings"] == {"lr": 0.1}
+    assert (r["wins"], r["ties"], r["losses"]) == (3, 0, 0)  # the best is better on every seed
+    assert r["difference"] == pytest.approx(np.abs(better - worse).mean())  # positive: the best's lead
+    assert r["higher_is_better"] == (metric == "test_accuracy")
+
+
+@pytest.mark.parametrize("metric", list(DIRECTIONS))
+def test_fnn_sweep_says_the_best_wins_for_a_loss_and_an_accuracy(metric):
+    from types import SimpleNamespace
+
+    from fnn.cli.sweeprun import best_lines
+
+    worse, better = DIRECTIONS[metric]
+    other = "test_accuracy" if metric == "test_loss" else "test_loss"
+    result = SimpleNamespace(
+        configs=[{"seed": s, "point": g} for g in (0, 1) for s in range(3)], diverged=np.zeros(6, int),
+        history={metric: np.concatenate([worse, better])[:, None], other: np.ones((6, 1))},
+        summary=[{"lr": lr, "diverged": 0, f"{metric}_mean": m.mean()} for lr, m in ((0.001, worse), (0.3, better))])
+    plan = SimpleNamespace(select=metric, grid={"lr": [0.001, 0.3]}, activations=["relu"], seeds=[0, 1, 2])
+    lines = best_lines(plan, [("relu", result)], "test")
+    assert lines[0].endswith("--lr 0.3") and "runner-up --lr 0.001 is behind it" in lines[1]
+    ahead = "best − runner-up +" if metric == "test_accuracy" else "runner-up − best (lower is better) +"
+    assert ahead in lines[1] and "3 wins, 0 ties, 0 losses" in lines[1], lines

@@ -122,6 +122,22 @@ def paired(a, b, confidence: float = 0.95) -> Paired:
     return Paired(mean, half, p, n, wins, n - wins - losses, losses, sign_p)
 
 
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better: accuracies and R² (``*_accuracy``,
+    ``*_r2``) yes; losses and errors (every other metric) no."""
+    return metric.endswith(("accuracy", "r2"))
+
+
+def lead(best_values, its_values, metric: str) -> Paired:
+    """The lead of one arm (``best_values``) over another on ``metric``, paired over shared seeds
+    and oriented by the metric's direction, so that positive means ahead: :func:`paired` of
+    ``best − other`` when higher is better (:func:`higher_is_better`), of ``other − best`` when
+    lower is better (a loss). ``wins`` are then the seeds where ``best_values`` is better."""
+    if higher_is_better(metric):
+        return paired(best_values, its_values)
+    return paired(its_values, best_values)
+
+
 def holm(p_values) -> list[float]:
     """Holm's step-down adjusted p-values: reject hypothesis ``i`` at family-wise level ``α``
     when its adjusted p is ``≤ α``; the chance of any false rejection among the ``m`` stays
@@ -155,7 +171,8 @@ def summarise(configs: list[dict], history: dict, diverged: np.ndarray, points: 
     metric ``m``: ``m_mean``, ``m_std``, ``m_ci95`` over the runs that did not diverge. Returns
     the rows and (a copy of) the best row by ``select`` among points without a diverged run;
     when a second such point exists, the copy has ``runner_up`` (:func:`runner_up`): the
-    second-best point compared with the best, paired over the seeds they share."""
+    second-best point compared with the best, paired over the seeds they share and oriented by
+    ``select``'s direction (positive difference and wins: the best is better)."""
     rows = []
     point_of = np.array([c["point"] for c in configs])
     for g, point in enumerate(points):
@@ -169,7 +186,7 @@ def summarise(configs: list[dict], history: dict, diverged: np.ndarray, points: 
         return rows, None
     if f"{select}_mean" not in rows[0]:
         raise ValueError(f"Cannot select on {select!r}: the history has {', '.join(history)}.")
-    sign = -1.0 if select.endswith(("accuracy", "r2")) else 1.0
+    sign = -1.0 if higher_is_better(select) else 1.0
     live = sorted((g for g, r in enumerate(rows) if r["diverged"] == 0 and math.isfinite(r[f"{select}_mean"])),
                   key=lambda g: sign * rows[g][f"{select}_mean"])
     if not live:
@@ -179,7 +196,7 @@ def summarise(configs: list[dict], history: dict, diverged: np.ndarray, points: 
         mine, other = (by_seed(configs, history[select], diverged, g) for g in live[:2])
         shared = sorted(set(mine) & set(other))
         best["runner_up"] = runner_up(points[live[1]], [mine[s] for s in shared],
-                                      [other[s] for s in shared])
+                                      [other[s] for s in shared], select)
     return rows, best
 
 
@@ -190,12 +207,14 @@ def by_seed(configs: list[dict], history: np.ndarray, diverged: np.ndarray, poin
     return {c["seed"]: float(final[i]) for i, c in enumerate(configs) if c["point"] == point}
 
 
-def runner_up(point: dict, best_values, its_values) -> dict:
-    """The runner-up entry of a sweep's ``best``: its settings, and the paired comparison
-    best − runner-up over their shared seeds (``difference``, ``ci95``, ``p_value``, ``wins``,
-    ``ties``, ``losses``, ``sign_p``, ``n``), with ``distinguishable`` true when the paired
-    t-test rejects equality at 5%. With one shared seed nothing is distinguishable."""
-    c = paired(best_values, its_values)
+def runner_up(point: dict, best_values, its_values, metric: str = "accuracy") -> dict:
+    """The runner-up entry of a sweep's ``best``: its settings, and the best's :func:`lead` over
+    it on ``metric`` across their shared seeds: ``difference`` (units of the metric; positive
+    when the best is ahead: best − runner-up when higher is better, runner-up − best for a loss
+    or error), ``ci95``, ``p_value``, ``wins`` / ``losses`` (seeds where the best is better /
+    worse), ``ties``, ``sign_p``, ``n``, ``higher_is_better``, and ``distinguishable``, true when
+    the paired t-test rejects equality at 5%. With one shared seed nothing is distinguishable."""
+    c = lead(best_values, its_values, metric)
     return {"settings": dict(point), "difference": c.mean, "ci95": c.half_width, "p_value": c.p_value,
             "n": c.n, "wins": c.wins, "ties": c.ties, "losses": c.losses, "sign_p": c.sign_p,
-            "distinguishable": c.significant()}
+            "higher_is_better": higher_is_better(metric), "distinguishable": c.significant()}

@@ -26,7 +26,7 @@ from fnn.training.parallel import make_mesh
 from fnn.io.plots import figure_png, plot_sweep
 from fnn.cli.records import data_record, resolve_dataset
 from fnn.cli.runs import _provenance, build
-from fnn.analysis.stats import by_seed, paired
+from fnn.analysis.stats import by_seed, higher_is_better, lead
 from fnn.training.sweep import check_select, sweep
 from fnn.cli.sweepfolder import SweepFolder
 from fnn.data.tables import is_data_file
@@ -220,7 +220,7 @@ def best_lines(plan: SweepPlan, results, split: str) -> list[str]:
     (across activations too) is distinguishable from it, paired over the seeds they share."""
     held = "val" if "val_loss" in results[0][1].history else "test"
     metric = plan.select or (f"{held}_accuracy" if f"{held}_accuracy" in results[0][1].history else f"{held}_loss")
-    sign = -1.0 if metric.endswith(("accuracy", "r2")) else 1.0
+    sign = -1.0 if higher_is_better(metric) else 1.0
     live = [(sign * row[f"{metric}_mean"], a, r, g) for a, r in results for g, row in enumerate(r.summary)
             if row["diverged"] == 0 and np.isfinite(row[f"{metric}_mean"])]
     if not live:
@@ -234,9 +234,9 @@ def best_lines(plan: SweepPlan, results, split: str) -> list[str]:
         (_, a, r, g), (_, a2, r2, g2) = live[:2]
         first, second = by_seed(r.configs, r.history[metric], r.diverged, g), \
             by_seed(r2.configs, r2.history[metric], r2.diverged, g2)
-        c = paired([first[s] for s in plan.seeds], [second[s] for s in plan.seeds])
+        c = lead([first[s] for s in plan.seeds], [second[s] for s in plan.seeds], metric)
         verdict = "is behind it" if c.significant() else "is not distinguishable from it"
-        lines.append(f"runner-up {name(a2, r2, g2)} {verdict}: best − runner-up {c.text(digits=4)}, "
-                     f"over {c.n} seeds")
+        ahead = "best − runner-up" if sign < 0 else "runner-up − best (lower is better)"
+        lines.append(f"runner-up {name(a2, r2, g2)} {verdict}: {ahead} {c.text(digits=4)}, over {c.n} seeds")
     return lines
 

@@ -67,9 +67,11 @@ class SweepResult:
       best: the summary row with the best mean of ``select`` among points none of whose runs
         diverged (``None`` without validation or test data, or when every point diverged). When
         a second such point exists, ``best["runner_up"]`` compares it with the best, paired over
-        their shared seeds (:func:`fnn.analysis.stats.runner_up`): ``difference`` (best − runner-up),
-        ``ci95``, ``p_value``, ``wins``/``ties``/``losses``, ``sign_p`` and ``distinguishable``
-        (paired t-test at 5%; never with one seed).
+        their shared seeds (:func:`fnn.analysis.stats.runner_up`): ``difference`` (the best's
+        lead: best − runner-up for accuracy/R², runner-up − best for a loss; positive when the
+        best is ahead), ``ci95``, ``p_value``, ``wins``/``ties``/``losses`` (seeds where the best
+        is better/equal/worse), ``sign_p`` and ``distinguishable`` (paired t-test at 5%; never
+        with one seed).
     """
 
     configs: list[dict]
