@@ -175,11 +175,61 @@ def test_every_kinked_loss_passes_on_its_kinks(loss, offset, use_x64):
         assert max(r.fd_skipped for r in report.rows) > 0
 
 
-@pytest.mark.parametrize("loss", [fnn.Loss("mae_wrong", fnn.losses.mae.value, lambda y, v: -fnn.losses.mae.grad(y, v),
-                                           kinks=fnn.losses.mae.kinks), _abs_loss(-1.0)], ids=["declared", "undeclared"])
+@pytest.mark.parametrize("loss", [fnn.Loss("mae_wrong", fnn.core.losses.mae.value, lambda y, v: -fnn.core.losses.mae.grad(y, v),
+                                           kinks=fnn.core.losses.mae.kinks), _abs_loss(-1.0)], ids=["declared", "undeclared"])
 def test_a_wrong_loss_gradient_is_caught_by_both_columns(loss, x64):
     net = fnn.MLP((4, 6, 2), ("tanh", "identity"))
     params, x, _ = _problem(net, jnp.float64)
     v = fnn.forward(net, params, x) + jnp.linspace(-1, 1, 12).reshape(6, 2)  # off the kinks
     report = fnn.gradcheck(net, loss, params, x, v)
     assert report.columns == ("vs jax.grad", "vs finite differences"), str(report)
+
+
+# --- the finite-difference noise floor: a converged float32 network is not a mismatch ----------------
+
+import fnn.core.gradcheck as gradcheck_module  # noqa: E402
+
+
+def _converged(steps=1500):
+    # A tiny net trained with Adam on 16 examples until its loss is ~1e-5 and |grad| ~1e-6.
+    import optax
+
+    net = fnn.MLP((4, 8, 3), ("tanh", "identity"))
+    params, x, v = _problem(net, batch=16)
+    opt = optax.adam(0.05)
+
+    @jax.jit
+    def step(p, s):
+        _, g = fnn.value_and_grad(net, "softmax_cross_entropy", p, x, v)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    state = opt.init(params)
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int and float
+        for _ in range(steps):
+            params, state = step(params, state)
+    return net, params, x, v
+
+
+def test_a_converged_float32_network_passes_the_finite_differences(monkeypatch):
+    # Before: |grad| ~1e-6 against float32 quotient noise ~1e-5 gave MISMATCH on every row
+    # (errors 0.3-1.3 relative) although jax.grad agreed to 2e-8.
+    net, params, x, v = _converged()
+    value, grads = fnn.value_and_grad(net, "softmax_cross_entropy", params, x, v)
+    assert value < 1e-3 and max(float(jnp.linalg.norm(g["W"])) for g in grads) < 1e-3
+    report = fnn.gradcheck(net, "softmax_cross_entropy", params, x, v)
+    assert report.ok, str(report)
+    assert 0 < report.fd_floor < 1e-4 and "noise floor" in str(report)
+    # The floor decided it: without it the same quotients are far over the tolerance.
+    monkeypatch.setattr(gradcheck_module, "FD_NOISE_ULPS", 0.0)
+    bare = fnn.gradcheck(net, "softmax_cross_entropy", params, x, v)
+    assert bare.fd_floor == 0 and bare.autodiff_ok and not bare.ok
+
+
+def test_the_floor_does_not_hide_a_wrong_float32_derivative_before_training():
+    wrong = fnn.Activation("tanh_wrong", jnp.tanh, lambda z, y: 1 - y * y + 0.1)
+    net = fnn.MLP((4, 8, 3), (wrong, "identity"))
+    params, x, v = _problem(fnn.MLP((4, 8, 3), ("tanh", "identity")), batch=16)
+    report = fnn.gradcheck(net, "softmax_cross_entropy", params, x, v)
+    assert report.fd_floor > 0 and not report.ok and report.suspect_layer == 1
+    assert any(r.fd_error > report.fd_tol for r in report.rows if r.layer == 1)
