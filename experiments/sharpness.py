@@ -167,7 +167,7 @@ def report(results: dict):
     lines = [__doc__.strip().splitlines()[0], "", __doc__.strip().split("\n", 2)[2], "",
              f"Digits subset of {cfg['examples']} examples, {cfg['steps']} steps, λ_max every {cfg['every']} steps "
              f"({cfg['iters']} Lanczos steps), seeds {list(cfg['seeds'])}; mean ± 95% t-interval over seeds.", ""]
-    rows = [[name, f"{a['edge']:.3g}", f"{g} {a[g]['n']}/{len(a['per_seed'])}", pm(*a[g]["initial"], 2),
+    rows = [[name, f"{a['edge']:.3g}", f"{g.replace('_', ' ')} {a[g]['n']}/{len(a['per_seed'])}", pm(*a[g]["initial"], 2),
              pm(*a[g]["trough"], 2), pm(*a[g]["hover_mean"], 3), pm(*a[g]["hover_min"], 2), pm(*a[g]["hover_max"], 2),
              pm(*a[g]["end"], 3), pm(*a[g]["risk_rise_share"], 2)]
             for name, a in arms.items() for g in ("reached", "not_reached") if a[g]["n"]]

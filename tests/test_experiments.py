@@ -127,7 +127,6 @@ def test_gradient_noise_and_privacy(tmp_path):
         assert len(arm["test_accuracy"]) == len(r["seeds"]) and arm["lr"] in r["lr_grid"]
 
 
-
 def test_sharpness(tmp_path):
     r = _run("sharpness", tmp_path)
     arms = r["arms"]
@@ -144,6 +143,7 @@ def test_sharpness(tmp_path):
     assert stable["not_reached"]["n"] == len(r["config"]["seeds"]) and stable["not_reached"]["end"][0] < 0.8
     assert all(s["risk_rise_share"] == 0 for s in stable["per_seed"])
     assert arms["cross-entropy, η=0.5"]["all"]["end"][0] < 0.1  # no sharpening: λ_max falls as the risk → 0
+
 
 # --- the rules every experiment follows: grid edges, plateaus, provenance --------------------------
 
