@@ -20,6 +20,7 @@ import jax  # noqa: E402
 
 from fnn.bench import run as run_bench  # noqa: E402
 from fnn.cli.args import build_parser  # noqa: E402
+import fnn.cli.process as process  # noqa: E402
 from fnn.core.gradcheck import gradcheck  # noqa: E402
 from fnn.training.parallel import make_mesh  # noqa: E402
 from fnn.io.cache import compile_cache  # noqa: E402
@@ -29,16 +30,16 @@ from fnn.cli.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
 from fnn.cli.sweeprun import SweepPlan, best_lines, configurations, summary_markdown  # noqa: E402
 from fnn.cli.sweeprun import run as sweeprun  # noqa: E402
 from fnn.cli.sweeprun import write as write_sweep  # noqa: E402
-from fnn.training.train import NonFiniteLossError, fit  # noqa: E402
-from fnn.training.train import evaluate as evaluate_metrics  # noqa: E402
+from fnn.training.train import NonFiniteLossError, fit, evaluate as evaluate_metrics  # noqa: E402
 from fnn.core.validation import check_params_finite  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     """The ``fnn`` command. Returns the exit status: 0 done, 1 the run failed (gradient check,
     divergence, non-finite checkpoint), 2 bad input or a file problem, 130 interrupted."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    console, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in config.json
+    sigint = process.handler()
     try:
         if args.command == "train":
             explicit = vars(build_parser(explicit_only=True).parse_args(argv))
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             return sweep_command(args)
         return run_bench(args)  # no cache: the benchmark measures compilation
     except KeyboardInterrupt:
+        process.ignore()  # a second Ctrl-C must not break what is left into a traceback
         print(f"fnn {args.command}: interrupted.", file=sys.stderr)
         return 130
     except (ValueError, OSError, ImportError) as err:
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fnn {args.command}: internal error: {type(err).__name__}: {err} "
               "(set FNN_DEBUG=1 to see the traceback, and please report it)", file=sys.stderr)
         return 1
+    finally:  # the fnn command itself keeps ignoring Ctrl-C through JAX's exit handlers
+        process.restore(None if console else sigint)
 
 
 def _describe(err: Exception) -> str:
@@ -85,19 +89,6 @@ def _say(*a, **kw) -> None:
         print(*a, **kw)
 
 
-def _init_distributed(args) -> None:
-    if args.coordinator is None:
-        if args.num_processes is not None or args.process_id is not None:
-            raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT.")
-        return
-    if args.num_processes is None or args.process_id is None:
-        raise ValueError("--coordinator needs --num-processes N and --process-id I (0 on the coordinator).")
-    if not 0 <= args.process_id < args.num_processes:
-        raise ValueError(f"--process-id must lie in [0, {args.num_processes}), got {args.process_id}.")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-
-
 class Stopwatch:
     """Contiguous phases since the process began running fnn: they sum to the total."""
 
@@ -118,7 +109,7 @@ def train(args, explicit: dict) -> int:
     """``fnn train``: prepare (every check, nothing written), gradient check, then train."""
     clock = Stopwatch()
     clock.lap("import")
-    _init_distributed(args)
+    process.init_distributed(args)
     given = _given(args, explicit)
     plan = prepare(given, out=args.out, resume=args.resume, allow_changed_data=args.allow_changed_data)
     config, data, net, loss = plan.config, plan.data, plan.net, plan.loss
@@ -152,6 +143,9 @@ def train(args, explicit: dict) -> int:
     clock.lap("gradcheck")
     try:
         return _train(plan, args, report, clock)
+    except KeyboardInterrupt:
+        process.ignore()  # the cleanup below runs to its end
+        raise
     finally:
         plan.folder.close()  # a run that wrote no checkpoint is removed again
 
@@ -198,19 +192,22 @@ def _train(plan: Plan, args, report, clock: Stopwatch) -> int:
     def on_epoch(state, metrics):
         clock.lap("train (other epochs)" if epochs_seen else "compile + first epoch")
         epochs_seen.append(metrics["epoch"])
-        for k, a in metrics.items():
-            history.setdefault(k, []).append(a)
-        # History first: a kill between the two writes leaves a history one epoch ahead of the
-        # checkpoint, which --resume trims, never a checkpoint ahead of its history.
-        folder.write_history(history, title, split)
-        folder.save(net, loss, state)
-        if plan.stopping is not None and plan.stopping.improved:
-            folder.save(net, loss, state, best=True)
+        with process.deferred():  # a Ctrl-C waits until the epoch's files are all written
+            for k, a in metrics.items():
+                history.setdefault(k, []).append(a)
+            # History first: a kill between the two writes leaves a history one epoch ahead of the
+            # checkpoint, which --resume (and an interrupt) trims, never a checkpoint ahead of it.
+            folder.write_history(history, title, split)
+            folder.save(net, loss, state)
+            if plan.stopping is not None and plan.stopping.improved:
+                folder.save(net, loss, state, best=True)
         shown = "  ".join(f"{k} {a:.4g}" if k == "lr" else f"{k} {a:.4f}" for k, a in metrics.items()
                           if k != "epoch" and not k.startswith("diag_"))
         _echo(f"epoch {metrics['epoch']:>3}  {shown}", args.no_progress)
 
     status = _fit(plan, on_epoch, history, progress=not args.no_progress and folder.writer)
+    if not folder.worth_keeping() and folder.writer:
+        return status  # interrupted before the first checkpoint: close() removes the folder
     clock.lap("train (other epochs)" if epochs_seen else "compile + first epoch")
     folder.write_history(history, title, split, final=True)
     clock.lap("write")
@@ -259,7 +256,11 @@ def _fit(plan: Plan, on_epoch, history: dict, progress: bool) -> int:
         print(f"fnn train: {err} The last good checkpoint is {folder.checkpoint_path}.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        done = history["epoch"][-1] if history.get("epoch") else 0
+        process.ignore()  # a second Ctrl-C must not break the cleanup into a traceback
+        done = folder.saved_epoch if folder.saved_epoch is not None else plan.state.epoch if plan.state else 0
+        kept = sum(e <= done for e in history.get("epoch", []))
+        for a in history.values():  # the metrics end where the checkpoint does
+            del a[kept:]
         print(f"fnn train: interrupted. {folder} holds the checkpoint and metrics of epoch {done}: continue with "
               f"fnn train --resume {folder}" if folder.checkpoint_path.exists() else  # else close() removes it
               "fnn train: interrupted before the first epoch ended: nothing was kept.", file=sys.stderr)

@@ -210,6 +210,7 @@ class RunFolder(HeldFolder):
     def __init__(self, path: str | os.PathLike):
         super().__init__(path)
         self._curves_at = time.monotonic()  # curves every CURVES_EVERY_S of training, and at the end
+        self.saved_epoch: int | None = None  # the epoch of the last checkpoint.npz this process saved
 
     def worth_keeping(self) -> bool:
         """Whether a checkpoint exists: until then, the folder is not a run."""
@@ -320,6 +321,8 @@ class RunFolder(HeldFolder):
         if self.writer:
             ckpt_io.save(self.best_path if best else self.checkpoint_path, net=net, params=state.params, opt_state=state.opt_state,
                          step=state.epoch, key=state.key, meta={"loss": loss.name}, batch=state.batch)
+        if not best:
+            self.saved_epoch = state.epoch
 
     def write_history(self, history: dict, title: str, split: str, *, final: bool = False) -> None:
         """``metrics.json`` and ``metrics.csv`` now; ``curves.png`` when ``final`` or every few seconds."""

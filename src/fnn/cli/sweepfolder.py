@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+import fnn.cli.process as process
 from fnn.io.files import atomic_write, check_writable_folder
 from fnn.io.folders import HeldFolder
 from fnn.training.sweep import SweepResult
@@ -115,6 +116,8 @@ class SweepFolder(HeldFolder):
     def failed(self, err: BaseException, total: int, describe) -> int:
         """One line on stderr for an interrupted (``KeyboardInterrupt``: returns 130) or failed
         (``OSError``, worded by ``describe``: returns 2) sweep, saying what is kept."""
+        if isinstance(err, KeyboardInterrupt):
+            process.ignore()  # a second Ctrl-C must not break the cleanup into a traceback
         what = "interrupted;" if isinstance(err, KeyboardInterrupt) else f"error: {describe(err)}"
         print(f"fnn sweep: {what} {self.kept(total)}", file=sys.stderr)
         return 130 if isinstance(err, KeyboardInterrupt) else 2
