@@ -157,6 +157,30 @@ def test_quantities_jit_and_vmap():
     np.testing.assert_allclose(both[1], fnn.per_example_grad_norms(net, loss, params, xs[1], vs[1]), rtol=1e-6)
 
 
+
+def test_under_plain_jit_every_quantity_takes_a_loss_object_and_says_so(x64):
+    """jax.jit(f) cannot take the loss's name (a str argument is JAX's TypeError): a Loss object
+    (fnn.get_loss) or the name bound by functools.partial gives the eager values, and every
+    docstring says so."""
+    import functools
+
+    net, loss, params, x, v = _setup("softmax_cross_entropy", 3, out_dim=3)
+    vector = jax.tree.map(jnp.ones_like, params)
+    calls = {fnn.per_example_grads: (), fnn.per_example_grad_norms: (), fnn.gradient_moments: (),
+             fnn.ggn_diagonal: (), fnn.kfac_factors: (), fnn.ggn_vp: (vector,), fnn.hvp: (vector,),
+             fnn.quantities.diagnostics: ()}
+    for f, extra in calls.items():
+        eager = f(net, "softmax_cross_entropy", params, x, v, *extra)
+        jitted = jax.jit(f)(net, fnn.get_loss("softmax_cross_entropy"), params, x, v, *extra)
+        for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-12)
+        assert "jax.jit" in f.__doc__ and "fnn.get_loss(name)" in f.__doc__, f.__name__
+    bound = jax.jit(functools.partial(fnn.per_example_grad_norms, net, "softmax_cross_entropy"))(params, x, v)
+    np.testing.assert_allclose(bound, fnn.per_example_grad_norms(net, loss, params, x, v), rtol=1e-12)
+    with pytest.raises(TypeError):  # the limitation the docstrings name
+        jax.jit(fnn.per_example_grad_norms)(net, "softmax_cross_entropy", params, x, v)
+
+
 # --- DP-SGD: clipping from one backward pass -----------------------------------------------------
 
 def _dp_setup(loss_name="softmax_cross_entropy", batch=8):

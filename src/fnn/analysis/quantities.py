@@ -23,6 +23,10 @@ The weight part of ``g_b`` is the outer product ``y_{l−1,b} ⊗ δz_{l,b}`` of
 input and its per-example output gradient, so norms and moments come from ``y`` and ``δz``
 without forming ``g_b``: ``‖y ⊗ δz‖² = ‖y‖² ‖δz‖²`` and ``Σ_b (y_b ⊗ δz_b)² = (y²)ᵀ (δz²)``.
 Nothing here calls ``jax.grad``, ``jax.jvp`` or ``jax.vjp``.
+
+Under ``jax.jit`` the loss must be a ``Loss`` object, ``fnn.get_loss(name)``, not its name: a
+``str`` is no valid argument of a jitted function (JAX's ``TypeError``), while ``MLP`` and
+``Loss`` are static. Or bind the name first: ``jax.jit(functools.partial(f, net, "mse"))``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from fnn.analysis.columns import column_deltas
 from fnn.core.layers import affine_forward
 from fnn.core.losses import Loss, get_loss
 from fnn.core.network import MLP, Cache, Params, forward_with_cache
-from fnn.core.validation import check_key, check_params, validate
+from fnn.core.validation import check_key, check_mc_samples, check_vector, validate
 
 Array = jax.Array
 
@@ -78,7 +82,8 @@ def per_example_grads(net: MLP, loss: str | Loss, params: Params, x: Array, v: A
 
         ∂ℓ_b/∂W_l = y_{l−1,b} ⊗ δz_{l,b},   ∂ℓ_b/∂b_l = δz_{l,b}
 
-    This is what ``jax.vmap(jax.grad(ℓ))`` gives, from one forward and one backward.
+    This is what ``jax.vmap(jax.grad(ℓ))`` gives, from one forward and one backward. Under
+    ``jax.jit``, ``loss`` must be a ``Loss`` (``fnn.get_loss(name)``; see the module docstring).
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))
@@ -91,7 +96,8 @@ def per_example_grad_norms(net: MLP, loss: str | Loss, params: Params, x: Array,
 
         ‖∂ℓ_b/∂W_l‖² = ‖y_{l−1,b}‖² ‖δz_{l,b}‖²,   ‖∂ℓ_b/∂b_l‖² = ‖δz_{l,b}‖²
 
-    With ``per_layer``, a list with one ``{"W": (B,), "b": (B,)}`` of norms per layer.
+    With ``per_layer``, a list with one ``{"W": (B,), "b": (B,)}`` of norms per layer. Under
+    ``jax.jit``, ``loss`` must be a ``Loss`` (``fnn.get_loss(name)``; see the module docstring).
 
     Example:
       >>> import jax, jax.numpy as jnp, fnn
@@ -105,6 +111,9 @@ def per_example_grad_norms(net: MLP, loss: str | Loss, params: Params, x: Array,
       >>> formed = jnp.sqrt(sum(jnp.sum(leaf.reshape(5, -1) ** 2, axis=1) for leaf in jax.tree.leaves(g)))
       >>> bool(jnp.allclose(norms, formed, rtol=1e-5))
       True
+      >>> jitted = jax.jit(fnn.per_example_grad_norms)(net, fnn.get_loss("softmax_cross_entropy"), params, x, labels)
+      >>> bool(jnp.allclose(jitted, norms, rtol=1e-5))
+      True
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     norms = _layer_norms(cache, deltas(net, params, cache, loss.grad(out, v)))
@@ -113,8 +122,7 @@ def per_example_grad_norms(net: MLP, loss: str | Loss, params: Params, x: Array,
 
 
 def _norm(a: Array) -> Array:
-    # ‖a‖ over the last axis without squaring overflow (float32 squares overflow above ~1.8e19):
-    # the largest |entry| is taken out first.
+    # ‖a‖ over the last axis without squaring overflow (float32 above ~1.8e19): max |entry| out first.
     top = jnp.max(jnp.abs(a), axis=-1)
     safe = jnp.where(top > 0, top, 1)
     return top * jnp.sqrt(jnp.sum(jnp.square(a / safe[..., None]), axis=-1))
@@ -140,7 +148,8 @@ def gradient_moments(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
         "variance":         (1/B) Σ_b g_b² − ((1/B) Σ_b g_b)²   (population variance)
 
     element-wise. BackPACK's ``SumGradSquared`` and ``Variance`` (mean reduction) are
-    ``sum_grad_squared / B²`` and ``variance / B²``.
+    ``sum_grad_squared / B²`` and ``variance / B²``. Under ``jax.jit``, ``loss`` must be a ``Loss``
+    (``fnn.get_loss(name)``; see the module docstring).
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))
@@ -166,21 +175,13 @@ def _factor_deltas(net, loss: Loss, params, out, v, cache, mc_samples: int, key)
         douts = jnp.swapaxes(loss.hessian_factor(out, v), -1, -2)
     else:
         if loss.sample is None:
-            raise ValueError(
-                f"Loss {loss.name} is not a negative log-likelihood with a sampler, so the Monte-Carlo "
-                "GGN is not defined for it: use mc_samples=0 (exact)."
-            )
+            raise ValueError(f"Loss {loss.name} is not a negative log-likelihood with a sampler, so the Monte-Carlo "
+                             "GGN is not defined for it: use mc_samples=0 (exact).")
         check_key(key)
         keys = jax.random.split(key, mc_samples)
         douts = jax.vmap(lambda k: loss.grad(out, loss.sample(k, out)), out_axes=1)(keys) / jnp.sqrt(mc_samples).astype(
             out.dtype)
     return column_deltas(net, params, cache, douts)  # example-major: see fnn.analysis.columns
-
-
-def _check_mc(mc_samples) -> int:
-    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 0:
-        raise ValueError(f"mc_samples must be a non-negative integer (0: exact), got {mc_samples!r}.")
-    return mc_samples
 
 
 def ggn_diagonal(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, *, mc_samples: int = 0,
@@ -193,10 +194,11 @@ def ggn_diagonal(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
     ``δz^{(s)}_l``, and ``diag G`` for ``W_l`` is ``(1/B) (y_{l−1}²)ᵀ Σ_s (δz^{(s)}_l)²``.
     Monte Carlo (``mc_samples=M``, needs ``key``): the columns are ``∂ℓ(y_b, v̂)/∂y`` for ``M``
     targets ``v̂`` drawn from the model's predictive distribution, scaled by ``1/√M``, an
-    unbiased estimate (BackPACK's ``DiagGGNMC``).
+    unbiased estimate (BackPACK's ``DiagGGNMC``). Under ``jax.jit``, ``loss`` must be a ``Loss``
+    (``fnn.get_loss(name)``; see the module docstring).
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
-    return _ggn_diagonal(net, loss, params, out, v, cache, _check_mc(mc_samples), key)
+    return _ggn_diagonal(net, loss, params, out, v, cache, check_mc_samples(mc_samples), key)
 
 
 def _ggn_diagonal(net, loss: Loss, params, out, v, cache, mc_samples: int, key) -> Params:
@@ -216,10 +218,11 @@ def kfac_factors(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array,
     so that the block for ``vec(W_l)`` (row-major, ``W_l`` of shape ``(d_{l−1}, d_l)``) is
     approximately ``A_l ⊗ G_l`` (exactly, for one example), and ``G_l`` is the bias block.
     The ``δz^{(s)}`` are as in :func:`ggn_diagonal`: exact factor columns (``mc_samples=0``,
-    BackPACK's ``KFLR``) or sampled ones (BackPACK's ``KFAC``).
+    BackPACK's ``KFLR``) or sampled ones (BackPACK's ``KFAC``). Under ``jax.jit``, ``loss`` must
+    be a ``Loss`` (``fnn.get_loss(name)``; see the module docstring).
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
-    dz = _factor_deltas(net, loss, params, out, v, cache, _check_mc(mc_samples), key)
+    dz = _factor_deltas(net, loss, params, out, v, cache, check_mc_samples(mc_samples), key)
     n = x.shape[0]
     return [{"A": y.T @ y / n, "G": jnp.einsum("bsi,bsj->ij", d, d) / n} for y, d in zip(cache.inputs, dz)]
 
@@ -247,9 +250,10 @@ def _r_forward(net: MLP, params: Params, vector: Params, cache: Cache) -> tuple[
 def ggn_vp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vector: Params) -> Params:
     """``G u`` for the GGN ``G = (1/B) Σ_b J_bᵀ H_b J_b`` of ``R`` and a direction ``u`` shaped like
     ``params``: ``J u`` by the forward R-operator, ``H`` by the loss's hand-written Hessian-vector
-    product, ``Jᵀ`` by the ordinary backward pass."""
+    product, ``Jᵀ`` by the ordinary backward pass. Under ``jax.jit``, ``loss`` must be a ``Loss``
+    (``fnn.get_loss(name)``; see the module docstring)."""
     loss, out, cache = _prepare(net, loss, params, x, v)
-    _check_vector(net, params, vector)
+    check_vector(net, params, vector)
     return ggn_vp_cached(net, loss, params, out, v, cache, vector)
 
 
@@ -269,10 +273,11 @@ def hvp(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, vector: 
         R{δy_{l−1}} = R{δz_l} W_lᵀ + δz_l V_{W_l}ᵀ
 
     starting from ``R{δy_L} = H_b R{y_L} / B``. Needs each activation's second derivative
-    (``Activation.grad2``).
+    (``Activation.grad2``). Under ``jax.jit``, ``loss`` must be a ``Loss`` (``fnn.get_loss(name)``;
+    see the module docstring).
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
-    _check_vector(net, params, vector)
+    check_vector(net, params, vector)
     check_grad2(net)
     return hvp_cached(net, loss, params, out, v, cache, vector)
 
@@ -312,13 +317,6 @@ def _loss_hvp(loss: Loss, out: Array, v: Array, u: Array) -> Array:
     return loss.hessian_vp(out, v, u)
 
 
-def _check_vector(net: MLP, params: Params, vector) -> None:
-    try:
-        check_params(net, vector)
-    except ValueError as err:
-        raise ValueError(f"vector must be shaped like params: {err}") from None
-
-
 def diagnostics(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array) -> dict[str, Array]:
     """Per-layer training diagnostics on a batch, from one forward, one backward and the GGN pass:
 
@@ -327,7 +325,8 @@ def diagnostics(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array) 
         norm_spread_l{k}: std_b ‖g_{k,b}‖ / mean_b ‖g_{k,b}‖ (how unequal the examples' pulls are)
         ggn_trace_l{k}:   Σ diag G over layer k's parameters (curvature)
 
-    with layers numbered from 1 as in the lectures. Returns scalars keyed as above.
+    with layers numbered from 1 as in the lectures. Returns scalars keyed as above. Under
+    ``jax.jit``, ``loss`` must be a ``Loss`` (``fnn.get_loss(name)``; see the module docstring).
     """
     loss, out, cache = _prepare(net, loss, params, x, v)
     dz = deltas(net, params, cache, loss.grad(out, v))

@@ -64,6 +64,23 @@ def check_params(net, params) -> None:
                 )
 
 
+def check_vector(net, params, vector) -> None:
+    """Raises one ``ValueError`` unless ``vector``, the direction of a Hessian- or GGN-vector
+    product, is shaped like ``params`` (:func:`check_params`)."""
+    try:
+        check_params(net, vector)
+    except ValueError as err:
+        raise ValueError(f"vector must be shaped like params: {err}") from None
+
+
+def check_mc_samples(mc_samples) -> int:
+    """``mc_samples`` (Monte-Carlo samples; 0: exact), or one ``ValueError`` unless it is a
+    non-negative integer."""
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 0:
+        raise ValueError(f"mc_samples must be a non-negative integer (0: exact), got {mc_samples!r}.")
+    return mc_samples
+
+
 def check_params_finite(params) -> None:
     """Raises if any concrete parameter is NaN or Inf (e.g. params saved from a diverged run)."""
     for l, layer in enumerate(params, 1):
