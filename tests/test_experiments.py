@@ -79,6 +79,11 @@ def test_pytorch_example(tmp_path):
     r = _run("pytorch_example", tmp_path)
     losses = list(r["fnn"].values())
     assert len(losses) == 21 and losses[-1] < losses[0]
+    # The slide's final print line (a cubic's coefficients) cannot run on Linear(2, 3): every value fails.
+    slide = r["slide_print_line"]["expressions"]
+    assert len(slide) == 4 and not any(e["runs"] for e in slide.values())
+    if r["torch"] is not None:
+        assert slide["bias.item()"]["error"].startswith("RuntimeError") and "IndexError" in slide["weight[:, 2].item()"]["error"]
     if r["torch"] is not None:
         torch_losses = list(r["torch"].values())
         # Same float64 computation, different summation order: the initial loss agrees to
@@ -104,6 +109,23 @@ def test_activations_steps(tmp_path):
     assert all(np.isnan(arms["step"]["steps_to"][t]).all() for t in ("0.25", "0.05"))  # the step net never gets there
     assert all(np.isfinite(arms["tanh"]["steps_to"]["0.25"]))
     assert len(r["speedups"]) == 8 and all(s["p_value"] <= s["p_holm"] or np.isnan(s["p_holm"]) for s in r["speedups"])
+
+
+def test_mechanisms(tmp_path):
+    r = _run("mechanisms", tmp_path)
+    dead = r["dead"]["arms"]
+    # Standard settings kill no unit; lr 1.0 kills ReLU units on every seed, within 60 steps.
+    assert all(d == 0 for act in ("relu", "leaky_relu") for d in dead[f"standard/{act}"]["dead_share_final"])
+    assert min(dead["lr 1.0/relu"]["dead_share_final"]) > 0.01
+    # Sigmoid's positive outputs: every unit's per-example weight-gradient column has one sign,
+    # for tanh and the centred sigmoid (same derivative) none does; the minibatch gradient keeps some of it.
+    arms = r["centring"]["arms"]
+    assert np.array_equal(arms["sigmoid"]["per_example_same_sign"], np.ones((2, 2)))
+    for name in ("centred_sigmoid", "tanh"):
+        assert np.max(arms[name]["per_example_same_sign"]) < 0.01
+        assert np.all(np.mean(arms["sigmoid"]["batch_same_sign"], 1) > np.mean(arms[name]["batch_same_sign"], 1) + 0.2)
+    rows = r["dead"]["comparisons"] + r["centring"]["comparisons"]
+    assert all(c["p_value"] <= c["p_holm"] or np.isnan(c["p_value"]) for c in rows)
 
 
 def test_paired_reanalysis(tmp_path):

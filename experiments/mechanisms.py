@@ -1,0 +1,366 @@
+"""Experiment 2c: two cons the lecture lists for activations, provoked and measured.
+
+Deck 001 lists "dead neurons when x ≤ 0" as a con of ReLU (leaky ReLU as the fix) and "not
+zero-centred" as a con of the sigmoid (tanh as the zero-centred alternative). Neither is
+visible in ``activations``, whose small, tuned settings never provoke them. Here both are
+provoked and measured on digits (64-64-64-10, SGD batch 32, a fresh shuffle per epoch; seed
+s: split s, initial weights from key s, batch order from s; the arms of a seed share all three).
+
+A. **Dead ReLUs.** A hidden unit is *dead* when its pre-activation is ≤ 0 on every example of
+   the training split: a ReLU unit then gets exactly zero gradient on its incoming weights and
+   bias from every example (only changes in the layers below it can bring it back; a unit of
+   the first hidden layer, whose inputs are the fixed data, stays dead for good). The share of
+   dead hidden units is measured after every step, for relu and leaky_relu (slope 0.01, same
+   criterion; its units keep a gradient α δ) under the same settings: a standard one (He init,
+   zero bias, lr 0.1), a large learning rate and a negative bias init. relu − leaky_relu is
+   compared paired over seeds (dead share and test accuracy at the end, Holm over the rows).
+
+B. **Non-zero-centred sigmoid outputs.** The consequence (LeCun et al. 1998, "Efficient
+   BackProp", §4.3; the lecture names only the con): a unit whose inputs are all positive has
+   ∂ℓ/∂W[:, j] = δ_j · y_{l−1}, so every entry of its incoming weights' gradient has the sign
+   of δ_j, per example; the weights can then only all grow or all shrink together in one
+   example's step, and a mixed target direction is reached by zig-zagging. Measured for the
+   layers whose inputs are activations (hidden layer 2 and the output layer), from
+   ``fnn.per_example_grads``: the share of (example, unit) pairs whose gradient column has one
+   sign, and the same share for the minibatch gradient the step uses. Three arms: sigmoid,
+   tanh, and the *centred sigmoid* σ(z) − ½ (= ½ tanh(z/2)), which has exactly the sigmoid's
+   derivative and only differs in its mean, so sigmoid vs centred sigmoid isolates centring
+   from the derivative's size. Each arm's learning rate is chosen on separate tuning seeds
+   (the mean training error over the steps, grid extended off its edge) and its steps to 25%
+   and 5% training error are then compared paired over the measurement seeds on log steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fnn
+from common import figure, interior_choice, main, pm, table
+from fnn.analysis.stats import holm, mean_ci, paired
+
+SIZES, BATCH = (64, 64, 64, 10), 32
+LOSS = "softmax_cross_entropy"
+CENTRED_SIGMOID = fnn.Activation("centred_sigmoid", lambda z: jax.nn.sigmoid(z) - 0.5,
+                                 lambda z, y: (y + 0.5) * (0.5 - y), None, ())
+THRESHOLDS = (0.25, 0.05)
+DEAD_SETTINGS = {"standard": {"lr": 0.1, "bias": 0.0}, "lr 0.7": {"lr": 0.7, "bias": 0.0},
+                 "lr 1.0": {"lr": 1.0, "bias": 0.0}, "bias -2": {"lr": 0.1, "bias": -2.0}}
+DEAD_EVERY = 10  # steps between two dead-unit counts (each count is a forward pass over the training split)
+
+
+def _data(seeds):
+    splits = [fnn.data.digits(seed=s) for s in seeds]
+    stack = lambda name: jnp.stack([getattr(d, name) for d in splits])
+    return stack("x_train"), stack("y_train"), stack("x_test"), stack("y_test")
+
+
+def _train(net, lr, seeds, steps, probe, *, scheme="glorot", bias=0.0, every=1):
+    """SGD on every seed at once (one vmapped scan). ``probe(params, x, v, xb, vb)`` is recorded
+    after steps ``t = 0, every, 2 every, .. steps`` (``xb, vb``: the batch the next step uses).
+    Returns the probes with axes ``(seeds, steps // every + 1, ...)``, the final test error per
+    seed and whether each seed's parameters stayed finite. Hidden biases start at ``bias``."""
+    x, v, xt, vt = _data(seeds)
+    program = _program(net, probe, steps, every, scheme, x.shape[1])
+    probes, test_error, finite = program(jnp.asarray(seeds), x, v, xt, vt, jnp.asarray(lr, x.dtype),
+                                         jnp.asarray(bias, x.dtype))
+    return jax.tree.map(np.asarray, probes), np.asarray(test_error), np.asarray(finite)
+
+
+@functools.lru_cache(maxsize=None)
+def _program(net, probe, steps, every, scheme, n):
+    """The compiled training program; the rate and the bias are traced, so a grid reuses it."""
+    per_epoch = n // BATCH
+
+    def one(seed, x, v, xt, vt, lr, bias):
+        opt = optax.sgd(lr)
+        update = fnn.make_update_fn(net, LOSS, opt)
+        k_init, k_run, _ = jax.random.split(jax.random.key(seed), 3)
+        params = fnn.init(k_init, net, scheme)
+        params = [dict(p, b=p["b"] + (bias if l < net.num_layers - 1 else 0.0)) for l, p in enumerate(params)]
+        batch = lambda t: jax.lax.dynamic_slice(jax.random.permutation(
+            jax.random.fold_in(k_run, t // per_epoch), n), ((t % per_epoch) * BATCH,), (BATCH,))
+
+        def step(carry, t):
+            i = batch(t)
+            return update(*carry, x[i], v[i])[:2], None
+
+        def chunk(carry, c):
+            i = batch(c * every)
+            out = probe(carry[0], x, v, x[i], v[i])
+            return jax.lax.scan(step, carry, c * every + jnp.arange(every))[0], out
+
+        carry, probes = jax.lax.scan(chunk, (params, opt.init(params)), jnp.arange(steps // every))
+        p = carry[0]
+        last = jax.tree.map(lambda a: a[None], probe(p, x, v, x[:BATCH], v[:BATCH]))
+        probes = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), probes, last)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(p)]))
+        return probes, jnp.mean(jnp.argmax(fnn.forward(net, p, xt), -1) != vt), finite
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None)))
+
+
+def _error(net, p, x, v):
+    return jnp.mean(jnp.argmax(fnn.forward(net, p, x), -1) != v)
+
+
+@functools.lru_cache(maxsize=None)
+def _dead_probe(net):
+    def probe(p, x, v, xb, vb):
+        out, cache = fnn.forward_with_cache(net, p, x)
+        dead = [jnp.all(z <= 0, axis=0) for z in cache.pre_activations[:-1]]
+        return {"error": jnp.mean(jnp.argmax(out, -1) != v), "dead": jnp.concatenate(dead)}
+    return probe
+
+
+@functools.lru_cache(maxsize=None)
+def _sign_probe(net):
+    def probe(p, x, v, xb, vb):
+        g = fnn.per_example_grads(net, LOSS, p, xb, vb)
+        one_sign = lambda G, axis: jnp.all(G > 0, axis) | jnp.all(G < 0, axis)
+        per_example = [jnp.mean(one_sign(layer["W"], 1)) for layer in g[1:]]  # (B, d_in, d_out): column j
+        batch = [jnp.mean(one_sign(layer["W"].mean(0), 0)) for layer in g[1:]]
+        return {"error": _error(net, p, x, v), "per_example": jnp.stack(per_example), "batch": jnp.stack(batch)}
+    return probe
+
+
+def _first(curve, threshold):
+    hit = np.flatnonzero(curve <= threshold)
+    return float(hit[0]) if len(hit) else np.nan
+
+
+def _row(name, a, b, **extra):
+    c = paired(a, b)
+    return {"comparison": name, **extra, "difference": c.mean, "ci95": c.half_width, "p_value": c.p_value,
+            "n": c.n, "wins": c.wins, "ties": c.ties, "losses": c.losses}
+
+
+def _with_holm(rows):
+    for row, p in zip(rows, holm([r["p_value"] for r in rows])):
+        row["p_holm"] = p
+    return rows
+
+
+def _dead_arm(act, setting, seeds, steps) -> dict:
+    s = DEAD_SETTINGS[setting]
+    net = fnn.MLP(SIZES, act)
+    probes, test_error, finite = _train(net, s["lr"], seeds, steps, _dead_probe(net), scheme="he",
+                                        bias=s["bias"], every=DEAD_EVERY)
+    dead = probes["dead"]  # (seeds, counts, hidden units): never positive on the training split
+    layers = np.split(dead, np.cumsum(SIZES[1:-2]), axis=-1)
+    share = np.where(finite[:, None], dead.mean(-1), np.nan)
+    ever = dead.any(1)
+    revived = np.where(ever.any(-1), (ever & ~dead[:, -1]).sum(-1) / np.maximum(ever.sum(-1), 1), np.nan)
+    collapsed = finite & np.any([d[:, -1].all(-1) for d in layers], axis=0)
+    return {"setting": setting, "activation": act, **s, "dead_share_mean": np.nanmean(share, 0).tolist(),
+            "dead_share_final": share[:, -1].tolist(), "dead_share_max": np.nanmax(share, 1).tolist(),
+            "dead_share_final_by_layer": np.stack([np.where(finite, d[:, -1].mean(-1), np.nan) for d in layers],
+                                                  1).tolist(),
+            "revived_share": np.where(finite, revived, np.nan).tolist(),
+            "collapsed": int(collapsed.sum()), "diverged": int((~finite).sum()),
+            "train_error_final": np.where(finite, probes["error"][:, -1], np.nan).tolist(),
+            "test_accuracy": np.where(finite, 1 - test_error, np.nan).tolist()}
+
+
+def dead_units(seeds, steps) -> dict:
+    """Part A: dead-unit share every ``DEAD_EVERY`` steps and test accuracy, relu and leaky_relu
+    per setting; relu − leaky_relu paired over the seeds where both stayed finite."""
+    arms, rows = {}, []
+    for setting in DEAD_SETTINGS:
+        for act in ("relu", "leaky_relu"):
+            arms[f"{setting}/{act}"] = _dead_arm(act, setting, seeds, steps)
+        r, k = arms[f"{setting}/relu"], arms[f"{setting}/leaky_relu"]
+        rows.append(_row("dead share at the end: relu − leaky_relu", r["dead_share_final"], k["dead_share_final"],
+                         setting=setting))
+        rows.append(_row("test accuracy: relu − leaky_relu", r["test_accuracy"], k["test_accuracy"], setting=setting))
+    return {"every": DEAD_EVERY, "arms": arms, "comparisons": _with_holm(rows)}
+
+
+def _tune(net, seeds, steps, grid, extend):
+    """The rate with the lowest mean training error over the steps, on the tuning ``seeds``."""
+    def score(values):
+        out = []
+        for lr in values:
+            probes, _, finite = _train(net, lr, seeds, steps, _sign_probe(net))  # the measuring program, reused
+            out.append((np.where(finite, probes["error"].mean(1), np.nan), int((~finite).sum())))
+        return out
+    return interior_choice(score, grid, larger_is_better=False, extend=extend)
+
+
+def centring(seeds, tune_seeds, steps, grid, extend) -> dict:
+    """Part B: same-sign shares of the weight gradients and steps to a training error."""
+    arms = {}
+    for act in ("sigmoid", CENTRED_SIGMOID, "tanh"):
+        net = fnn.MLP(SIZES, act)
+        name = net.activations[0].name
+        choice = _tune(net, tune_seeds, steps, grid, extend)
+        probes, test_error, finite = _train(net, choice["value"], seeds, steps, _sign_probe(net))
+        arms[name] = {"lr": choice["value"], "lr_grid": choice["grid"], "tuning_score": choice["mean"],
+                      "lr_at_grid_edge": choice["at_edge"], "grid_note": choice["note"],
+                      "runner_up": choice["runner_up"], "error_mean": probes["error"].mean(0).tolist(),
+                      "per_example_same_sign": probes["per_example"].mean(1).tolist(),  # (seeds, layers)
+                      "per_example_same_sign_init": probes["per_example"][:, 0].tolist(),
+                      "batch_same_sign": probes["batch"].mean(1).tolist(),
+                      "batch_same_sign_curve": probes["batch"].mean(0).tolist(),
+                      "steps_to": {str(t): [_first(c, t) for c in probes["error"]] for t in THRESHOLDS},
+                      "test_accuracy": np.where(finite, 1 - test_error, np.nan).tolist()}
+    rows = []
+    for a, b in (("sigmoid", "centred_sigmoid"), ("sigmoid", "tanh"), ("centred_sigmoid", "tanh")):
+        for t in THRESHOLDS:  # log10(steps of a / steps of b): > 0 when a is slower
+            rows.append(_row(f"log10 steps: {a} / {b}", np.log10(arms[a]["steps_to"][str(t)]),
+                             np.log10(arms[b]["steps_to"][str(t)]), threshold=t))
+        rows.append(_row(f"batch same-sign share: {a} − {b}", np.mean(arms[a]["batch_same_sign"], 1),
+                         np.mean(arms[b]["batch_same_sign"], 1)))
+    return {"arms": arms, "comparisons": _with_holm(rows)}
+
+
+def run(quick: bool = False) -> dict:
+    seeds = [0, 1] if quick else list(range(10))
+    tune_seeds = [100, 101] if quick else list(range(100, 105))
+    steps = (60, 40) if quick else (1000, 600)
+    grid = [0.3, 1.0, 3.0] if quick else [0.1, 0.3, 1.0, 3.0, 10.0]
+    return {"seeds": seeds, "tune_seeds": tune_seeds, "steps": {"dead": steps[0], "centring": steps[1]},
+            "thresholds": list(THRESHOLDS), "dead": dead_units(seeds, steps[0]),
+            "centring": centring(seeds, tune_seeds, steps[1], grid, extend=0 if quick else 3)}
+
+
+def _stat(values, digits=3):
+    m = mean_ci([a for a in values if a == a])
+    return pm(m[0], m[2], digits) if m[3] else "n/a"
+
+
+def _steps(a, steps):
+    a = np.asarray(a, float)
+    return f"{np.nanmedian(a):.0f} [{np.nanmin(a):.0f}–{np.nanmax(a):.0f}]" if np.isfinite(a).any() else f"> {steps}"
+
+
+def _compare_table(rows, scale=1.0, unit=""):
+    body = [[r.get("setting", f"{r['threshold']:.0%}" if "threshold" in r else ""), r["comparison"],
+             pm(r["difference"] * scale, r["ci95"] * scale, 3) + unit, f"{r['wins']}/{r['ties']}/{r['losses']}",
+             r["n"], f"{r['p_holm']:.2g}"] for r in rows]
+    return table(["setting / threshold", "comparison (a − b)", "paired mean ± 95%", "W/T/L (a > b)", "n", "p (Holm)"],
+                 body)
+
+
+def _report_dead(res):
+    d, n = res["dead"], len(res["seeds"])
+    rows = [[a["setting"], a["activation"], f"{a['lr']:g}", f"{a['bias']:g}", _stat(a["dead_share_final"]),
+             _stat(np.asarray(a["dead_share_final_by_layer"])[:, 1]), _stat(a["dead_share_max"]),
+             _stat(a["revived_share"]), f"{a['collapsed']}/{a['diverged']}", _stat(a["test_accuracy"])]
+            for a in d["arms"].values()]
+    return ["## A. Dead ReLUs", "",
+            f"64-64-64-10 on digits, He init, SGD batch 32, {res['steps']['dead']} steps (one epoch is 44), "
+            f"{n} seeds. Dead = pre-activation ≤ 0 on every one of the training split's examples, counted every "
+            f"{d['every']} steps over both hidden layers (128 units). The provoking settings were picked in a "
+            "pilot on seeds 0–6 (lr 0.1 kills nothing; the onset lies between lr 0.7 and 1.0). Mean ± 95% t-interval "
+            "over the seeds that stayed finite; revived = share of the units dead at some count that were alive "
+            "at the end; collapsed = a whole hidden layer dead at the end (the output is then constant).", "",
+            table(["setting", "activation", "lr", "hidden bias at init", "dead share, end", "layer 2 dead, end",
+                   "dead share, max over training", "revived", "collapsed/diverged seeds", "test accuracy"], rows), "",
+            "relu − leaky_relu, paired over the seeds where both stayed finite (a diverged run drops its pair):", "",
+            _compare_table(d["comparisons"])]
+
+
+def _report_centring(res):
+    c, n = res["centring"], len(res["seeds"])
+    first = lambda a, l: _stat(np.asarray(a)[:, l])
+    rows = [[name, f"{a['lr']:g}" + (" (grid edge)" if a["lr_at_grid_edge"] else ""),
+             first(a["per_example_same_sign_init"], 0), first(a["per_example_same_sign"], 0),
+             first(a["per_example_same_sign"], 1), first(a["batch_same_sign"], 0), first(a["batch_same_sign"], 1),
+             *(_steps(a["steps_to"][str(t)], res["steps"]["centring"]) for t in res["thresholds"]),
+             _stat(a["test_accuracy"])] for name, a in c["arms"].items()]
+    notes = [f"{k}: {a['grid_note']}" for k, a in c["arms"].items() if a["grid_note"]]
+    return ["## B. Sigmoid's non-zero-centred outputs", "",
+            f"64-64-64-10 on digits, Glorot init, SGD batch 32, {res['steps']['centring']} steps, {n} seeds; each "
+            f"arm's rate chosen on tuning seeds {res['tune_seeds']} (lowest mean training error over the steps, "
+            "grid extended off its edge). Same-sign share: of the (example, unit) pairs, the share whose gradient "
+            "column ∂ℓ/∂W[:, j] (unit j's incoming weights) has one sign, from `fnn.per_example_grads` on each "
+            "step's batch; 'batch' is the same share for the minibatch gradient the step applies. Shares are means "
+            "over the steps (init: before the first step); layer 2 = the second hidden layer, out = the output "
+            "layer (both receive activations). Steps: median [min–max] over seeds.", "",
+            table(["activation", "lr", "per-example same-sign, layer 2, init", "per-example, layer 2",
+                   "per-example, out", "batch, layer 2", "batch, out",
+                   *(f"steps to {t:.0%} train error" for t in res["thresholds"]), "test accuracy"], rows), "",
+            "Paired over seeds: log10 steps of a / steps of b (> 0: a is slower; 10^x is the ratio), and the "
+            "difference of the batch same-sign share (mean of both layers):", "",
+            _compare_table(c["comparisons"]), *([""] + ["Grid notes: " + "; ".join(notes)] if notes else [])]
+
+
+def _points(ax, groups, ylabel, title):
+    """Per-seed points, one column per (setting, activation), jittered so no point hides another."""
+    rng = np.random.default_rng(0)
+    for i, (label, values, colour) in enumerate(groups):
+        v = np.asarray(values, float)
+        ax.scatter(i + rng.uniform(-0.25, 0.25, len(v)), v, s=22, color=colour, alpha=0.75, edgecolors="none")
+    ax.set_xticks(range(len(groups)), [g[0] for g in groups], fontsize=9)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, axis="y")
+
+
+COLOUR = {"relu": "tab:red", "leaky_relu": "tab:blue", "sigmoid": "tab:orange", "centred_sigmoid": "tab:green",
+          "tanh": "tab:purple"}
+SHORT = {"leaky_relu": "leaky", "centred_sigmoid": "centred σ"}
+
+
+def _figure_dead(ax, res):
+    arms = res["dead"]["arms"]
+    groups = lambda key: [(f"{a['setting']}\n{SHORT.get(a['activation'], a['activation'])}", a[key],
+                           COLOUR[a["activation"]]) for a in arms.values()]
+    _points(ax[0], groups("dead_share_final"), "dead share of hidden units, end", "A. dead units per seed")
+    _points(ax[1], groups("test_accuracy"), "test accuracy", "A. test accuracy per seed (diverged: absent)")
+    steps = np.arange(len(arms["lr 1.0/relu"]["dead_share_mean"])) * res["dead"]["every"]
+    for act, ls in (("relu", "-"), ("leaky_relu", "--")):  # the other settings' curves are in the table
+        ax[2].plot(steps, arms[f"lr 1.0/{act}"]["dead_share_mean"], ls, color=COLOUR[act], label=f"{act}, lr 1.0")
+    ax[2].set(xlabel="SGD step", ylabel="dead share (mean over finite seeds)",
+              title="A. dead share during training at lr 1.0")
+
+
+def _figure_centring(ax, res):
+    c = res["centring"]["arms"]
+    zero = [k for k, a in c.items() if k != "sigmoid" and not np.asarray(a["batch_same_sign_curve"]).any()]
+    for name, a in c.items():
+        ax[0].plot(np.arange(len(a["error_mean"])), a["error_mean"], color=COLOUR[name], label=f"{name} (lr {a['lr']:g})")
+        if name not in zero:  # all-zero curves coincide: drawn once below
+            for layer, ls, where in ((0, "-", "layer 2"), (1, ":", "output")):
+                ax[1].plot(np.asarray(a["batch_same_sign_curve"])[:, layer], ls, color=COLOUR[name],
+                           label=f"{name}, {where}")
+    if zero:
+        ax[1].axhline(0, color="gray", lw=2, label=" and ".join(zero) + ": 0 at every step, both layers")
+    for t in res["thresholds"]:
+        ax[0].axhline(t, color="gray", ls=":", lw=1)
+    ax[0].set(xscale="symlog", yscale="log", xlabel="SGD step (symlog)", ylabel="training error (mean over seeds)",
+              title="B. training error after every step")
+    ax[1].set(xscale="symlog", xlabel="SGD step (symlog)", ylabel="share of units (mean over seeds)", ylim=(-0.05, 1.35),
+              title="B. minibatch gradient columns of one sign")
+    _points(ax[2], [(f"{SHORT.get(k, k)}\n{t:.0%}", a["steps_to"][str(t)], COLOUR[k]) for t in res["thresholds"]
+                    for k, a in c.items()], "steps (log)", "B. steps to 25% / 5% train error (never: absent)")
+    ax[2].set_yscale("log")
+
+
+def _figure(res):
+    plt = figure()
+    fig, ax = plt.subplots(2, 3, figsize=(17, 9.5))
+    _figure_dead(ax[0], res)
+    _figure_centring(ax[1], res)
+    ax[1, 2].yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax[1, 2].yaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
+    for a, where in ((ax[0, 2], "best"), (ax[1, 0], "best"), (ax[1, 1], "upper right")):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=9.5, loc=where)
+    fig.tight_layout()
+    return fig
+
+
+def report(res):
+    md = ["# Mechanisms: dead ReLUs and sigmoid's non-zero-centred outputs, provoked and measured", "",
+          *_report_dead(res), "", *_report_centring(res)]
+    return "\n".join(md), _figure(res)
+
+
+if __name__ == "__main__":
+    main(sys.modules[__name__])
