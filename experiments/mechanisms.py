@@ -236,7 +236,8 @@ def _stat(values, digits=3):
 
 def _steps(a, steps):
     a = np.asarray(a, float)
-    return f"{np.nanmedian(a):.0f} [{np.nanmin(a):.0f}–{np.nanmax(a):.0f}]" if np.isfinite(a).any() else f"> {steps}"
+    never = f" ({np.isnan(a).sum()} never)" if np.isnan(a).any() else ""
+    return f"{np.nanmedian(a):.0f} [{np.nanmin(a):.0f}–{np.nanmax(a):.0f}]{never}" if np.isfinite(a).any() else f"> {steps}"
 
 
 def _compare_table(rows, scale=1.0, unit=""):
