@@ -31,7 +31,10 @@ def _snapshot(folder: Path) -> dict:
 
 
 def _run(args, capsys):
-    status = main(args)
+    try:
+        status = main(args)
+    except SystemExit as exit_:  # argparse's one-line errors (--activation rleu) exit with 2
+        status = exit_.code
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     return status, captured.out, captured.err

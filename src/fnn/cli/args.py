@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import math
 import re
@@ -27,6 +28,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {_did_you_mean(message)} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but a flag no command knows is named with the command given (``fnn train:
+        error: unrecognized arguments: --bogus (see fnn train --help)``) and its closest flag."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            sub = self._subparsers._group_actions[0].choices.get(getattr(parsed, "command", None), self) \
+                if self._subparsers else self
+            close = difflib.get_close_matches(extra[0].split("=")[0], list(sub._option_string_actions), n=1, cutoff=0.8)
+            sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f": did you mean {close[0]}?" if close else ""))
+        return parsed
+
 
 def _did_you_mean(message: str) -> str:
     found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message) or \
@@ -41,12 +53,32 @@ def _did_you_mean(message: str) -> str:
 
 
 class _OneValueFormatter(argparse.HelpFormatter):
-    """Shows ``--dataset NAME|PATH``, not list syntax, for the ``fnn sweep`` flags that take one value."""
+    """Shows ``--dataset NAME|PATH``, not list syntax, for the ``fnn sweep`` flags that take one value,
+    and a one-element default as its value: ``(default: digits)``, not ``(default: ['digits'])``."""
+
+    def _expand_help(self, action):
+        if action.nargs == "+" and isinstance(action.default, list) and len(action.default) == 1:
+            action = copy.copy(action)
+            action.default = action.default[0]
+        return super()._expand_help(action)
 
     def _format_args(self, action, default_metavar):
         if getattr(action, "one_value", False):
             return self._metavar_formatter(action, default_metavar)(1)[0]
         return super()._format_args(action, default_metavar)
+
+
+def _registered(registry, *also: str):
+    """An argparse type: a name ``registry`` knows (or one of ``also``), kept as given; the message
+    names the closest one (:meth:`fnn.core.registry.Registry.lookup`)."""
+    def parse(text: str):
+        if text not in also:
+            try:
+                registry.lookup(text)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
+        return text
+    return parse
 
 
 def _number(kind, test, requirement):
@@ -91,9 +123,9 @@ def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False, swe
                    help="for a .csv dataset: the target column, by name or 0-based index (default: the last)")
     add("--hidden", type=_positive_int, nargs="*", default=d["hidden"], metavar="N",
                    help="hidden layer sizes (default: %(default)s); none for a linear model")
-    add("--activation", default=d["activation"],
+    add("--activation", default=d["activation"], type=_registered(ACTIVATIONS),
                    help=f"hidden activation: {', '.join(ACTIVATIONS)} or leaky_relu(ALPHA) (default: %(default)s)")
-    add("--loss", default=d["loss"],
+    add("--loss", default=d["loss"], type=_registered(LOSSES, "auto"),
                    help=f"loss: auto (softmax_cross_entropy, binary_cross_entropy for two classes, or mse), {', '.join(LOSSES)} (default: %(default)s)")
     add("--init", default=d["init"], choices=[*SCHEMES, "normal"],
                    help="weight init scheme (default: %(default)s)")

@@ -118,3 +118,20 @@ def provenance(command: list[str] | None) -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "devices": [str(d) for d in jax.devices()], "processes": jax.process_count(),
     }
+
+
+def not_a_run(path: str | Path) -> str:
+    """One line on why ``path`` is no run folder (missing, a file, a sweep or benchmark folder,
+    or no ``config.json``) and what to give instead: for ``fnn evaluate``, ``--resume``, ``--config``."""
+    path, give = Path(path), "give a run folder written by fnn train, or the config.json in one"
+    if not path.exists():
+        return f"{path} is not a folder: it does not exist; {give}."
+    if not path.is_dir():
+        return f"{path} is not a folder but a file; {give} (a copied configuration must be named config.json)."
+    if (path / "sweep.json").exists() or any(path.glob("group-*.npz")):
+        return (f"{path} is a sweep folder (fnn sweep), not a run: its results are in summary.md and sweep.json, "
+                f"its runs' final parameters in params.npz. To evaluate one configuration, train it with "
+                f"fnn train and the same flags; {give}.")
+    if any(path.glob("benchmark*.json")):
+        return f"{path} is a benchmark folder (fnn bench), not a run: its results are in benchmark*.json; {give}."
+    return f"{path} holds no config.json, so it is not a run folder; {give}."

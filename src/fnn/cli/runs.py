@@ -39,7 +39,8 @@ from fnn.io.plots import figure_png, plot_diagnostics, plot_history
 from fnn.training.train import EarlyStopping, TrainState, check_batch_size
 from fnn.core.validation import check_params_finite, validate
 from fnn.cli.config import DEFAULTS, LATER_KEYS, SECOND_ORDER_KEYS, check_config, resume_config
-from fnn.cli.records import check_data_file, data_record, named_validation, read_data_record, resolve_dataset
+from fnn.cli.records import check_data_file, data_record, named_validation, not_a_run, read_data_record
+from fnn.cli.records import resolve_dataset
 from fnn.cli.records import provenance as _provenance  # (sweeprun imports it from here too)
 
 CURVES_EVERY_S = 5.0
@@ -245,8 +246,8 @@ class RunFolder(HeldFolder):
 
     def read_config(self) -> dict:
         """The run's configuration from ``config.json``, checked key by key (:func:`check_config`)."""
-        if not self.path.is_dir():
-            raise FileNotFoundError(f"{self.path} is not a folder: give a run folder written by fnn train.")
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(not_a_run(self.path))
         doc = read_json(self.path / "config.json", "run configuration")
         config = doc.get("config") if isinstance(doc, dict) else None
         config = {**LATER_KEYS, **config} if isinstance(config, dict) else {}
@@ -282,7 +283,8 @@ class RunFolder(HeldFolder):
     def create(self, config: dict, net: MLP, loss: Loss, command: list[str] | None = None) -> None:
         """Makes and holds the folder (a new run; a resumed one is held already), removes temp files a
         killed write left, and writes ``config.json``: the configuration, the network and loss, and
-        each command that ran in this folder with the versions and devices it ran on.
+        each command that ran in this folder with the versions and devices it ran on (and, for a data
+        file, its path and sha256 then: a resume with --allow-changed-data keeps the earlier one).
 
         Raises:
           fnn.io.files.FolderBusyError: another process holds the folder; nothing was touched.
@@ -299,10 +301,10 @@ class RunFolder(HeldFolder):
             remove_stale_temps(self.path)
             doc = read_json(self.path / "config.json", "run configuration")
             commands = doc.get("commands", []) if isinstance(doc, dict) else []
-        commands.append(_provenance(command))
+        record = data_record(config["dataset"])  # also per command: a resume may read a changed file
+        commands.append({**_provenance(command), **({"data": record} if record else {})})
         write_json(self.path / "config.json",
-                   {"config": config, "data": data_record(config["dataset"]), "net": net.to_dict(), "loss": loss.name,
-                    "commands": commands})
+                   {"config": config, "data": record, "net": net.to_dict(), "loss": loss.name, "commands": commands})
 
     def write_text(self, name: str, text: str) -> None:
         """``RUN/name``, atomically (process 0 only)."""

@@ -52,7 +52,9 @@ def configurations(values: dict[str, list]) -> tuple[list[int], dict, dict]:
         elif len(given) == 1:
             base[key] = given[0]
         elif key in SWEEP_FLAGS:
-            grid[key] = list(dict.fromkeys(given))
+            if len(set(map(str, given))) != len(given):
+                raise ValueError(f"{flag(key)} gives each grid value once, got {' '.join(map(str, given))}.")
+            grid[key] = list(given)
         else:
             raise ValueError(f"{flag(key)} takes one value in a sweep (got {len(given)}): the flags that may "
                              f"take several are {', '.join(flag(k) for k in SWEEP_FLAGS)}.")

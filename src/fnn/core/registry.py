@@ -9,6 +9,7 @@ through. An unknown name raises one ``ValueError`` that lists the known ones.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -57,8 +58,11 @@ class Registry(Mapping, Generic[T]):
             if built is not None:
                 return built
         forms = [f"'{name}(X)'" for name in self.factories]
+        close = difflib.get_close_matches(str(spec).lower(), list(self._entries), n=1, cutoff=0.6)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        plural = self.kind + ("es" if self.kind.endswith("s") else "s")
         raise ValueError(
-            f"Unknown {self.kind} {spec!r}. Known {self.kind}s: {', '.join(sorted(self._entries))}"
+            f"Unknown {self.kind} {spec!r}{guess}. Known {plural}: {', '.join(sorted(self._entries))}"
             + (f" (or {', '.join(forms)})" if forms else "") + (f"; {self.hint}" if self.hint else "") + "."
         )
 

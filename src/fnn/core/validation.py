@@ -153,6 +153,10 @@ def check_targets(loss, v, out_dim: int, batch: int | tuple[int, ...] | None = N
                 )
             if loss.kind == "multiclass":
                 fix = "give integer labels of shape (B,) (flatten (B, 1) labels with v.ravel()) or one-hot rows"
+            elif loss.kind == "binary":
+                fix = (f"{loss.name} takes float 0/1 targets, one per output; a two-class dataset from "
+                       "fnn.data has integer labels for two outputs: convert it with fnn.data.as_binary(data) "
+                       "(targets (N, 1)) and give the network data.out_dim == 1 output")
             else:
                 fix = f"{loss.name} needs {out_dim} target value(s) per example"
             raise ValueError(

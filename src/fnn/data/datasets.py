@@ -59,7 +59,10 @@ def diabetes(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 
 def breast_cancer(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's Wisconsin breast-cancer set: 569 tumours, 30 features, 2 classes
-    (0 malignant, 1 benign): a binary task for ``binary_cross_entropy``."""
+    (0 malignant, 1 benign), as integer labels ``(N,)`` for two outputs (``out_dim == 2``,
+    ``softmax_cross_entropy``). For ``binary_cross_entropy`` and one sigmoid output, convert it:
+    ``fnn.data.as_binary(breast_cancer())`` gives float 0/1 targets ``(N, 1)`` and ``out_dim == 1``
+    (``fnn train`` does this itself for a binary loss)."""
     from sklearn.datasets import load_breast_cancer
 
     d = load_breast_cancer()
@@ -111,7 +114,9 @@ def xor(seed: int = 0, n: int = 512, test_fraction: float = 0.25) -> Dataset:
 
 
 def moons(seed: int = 0, n: int = 512, test_fraction: float = 0.25, noise: float = 0.15) -> Dataset:
-    """scikit-learn's two interleaving half circles: ``n`` points ``(n, 2)``, labels 0/1."""
+    """scikit-learn's two interleaving half circles: ``n`` points ``(n, 2)``, integer labels 0/1
+    for two outputs (``out_dim == 2``); ``fnn.data.as_binary`` makes it a one-output task for
+    ``binary_cross_entropy``."""
     from sklearn.datasets import make_moons
 
     x, y = make_moons(n, noise=noise, random_state=seed)

@@ -91,7 +91,8 @@ def is_data_file(name: str) -> bool:
 
 def as_binary(data: Dataset) -> Dataset:
     """A two-class dataset with float 0/1 targets of shape ``(N, 1)``, for a single sigmoid
-    output and ``binary_cross_entropy``; raises ``ValueError`` for other datasets."""
+    output and ``binary_cross_entropy`` (also ``fnn.data.as_binary``); raises ``ValueError``
+    for other datasets."""
     if data.task == "binary":
         return data
     if data.task != "classification" or data.num_classes != 2:

@@ -4,13 +4,17 @@ instead of a warning per program when it cannot be used.
 JAX warns once per compiled program when a cache entry cannot be read or written (a cache
 path that is a file, a read-only folder, damaged entries): 2 to 50 warnings in one run.
 :func:`quiet_compile_cache` checks the folder first (unusable: one line, and the run trains without
-the cache), and folds JAX's cache warnings and log records into one line per process.
+the cache), and folds JAX's cache warnings and log records into one line per process. An
+entry JAX cannot read is removed (JAX never rewrites an entry that exists, so a damaged one
+would fail, and be reported, on every later run): the program is compiled anew and stored.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -65,13 +69,24 @@ class _OneLine(logging.Filter):
 
     def say(self, text: str, whole: bool = False) -> None:
         """One line: the cache cannot be used at all (``whole``), or some entries cannot."""
+        self.remove_damaged(text)
         if not self.said:
             self.said = True
             reason = text.split("': ", 1)[-1] if "': " in text else text
             what = ("cannot be used ({}); compiling without it" if whole else
-                    "has entries that cannot be read or written ({}); compiling those anew").format(reason)
+                    "has entries that cannot be read or written ({}); compiling those anew and "
+                    "replacing the unreadable ones").format(reason)
             print(f"{self.command}: note: the compile cache {self.folder} {what} (delete or fix the folder, "
                   "or give --no-compile-cache).", file=sys.stderr)
+
+    def remove_damaged(self, text: str) -> None:
+        """Deletes the entries a read error names: ``'KEY'`` (one entry) or ``'PROGRAM'`` (its
+        entries for every shape, which are compiled anew once)."""
+        found = re.search(r"Error reading persistent compilation cache entry for '([^'/\\]+)'", text)
+        if found:
+            for path in Path(self.folder).glob(glob.escape(found.group(1)) + "-*"):
+                if path.name.endswith(("-cache", "-atime")):
+                    path.unlink(missing_ok=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
