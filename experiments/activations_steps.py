@@ -22,7 +22,7 @@ import optax
 
 import fnn
 from common import RESULTS, figure, main, table
-from fnn.analysis.stats import holm, paired
+from fnn.stats import holm, paired
 
 INPUTS = ["activations"]
 THRESHOLDS = (0.25, 0.05)

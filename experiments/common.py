@@ -107,7 +107,7 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
     """
     import numpy as np
 
-    from fnn.training import sweep
+    from fnn import sweep
     from fnn.analysis.stats import mean_ci
 
     sign = 1.0 if metric.endswith(("accuracy", "r2")) else -1.0

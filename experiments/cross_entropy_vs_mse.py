@@ -28,8 +28,8 @@ import optax
 
 import fnn
 from common import band, figure, main, pm, table, tune_and_test
-from fnn.analysis.stats import holm, mean_ci, paired
-from fnn.data.tables import as_binary
+from fnn.stats import holm, mean_ci, paired
+from fnn.tables import as_binary
 
 
 def _softmax_mse_value(z, v):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, figure, main, table
-from fnn.analysis.stats import holm, paired
+from fnn.stats import holm, paired
 
 INPUTS = ["activations", "vanishing_gradients", "universal_approximation", "gradient_noise_and_privacy"]
 

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from fnn.data.datasets import load
-from fnn.data.splits import validation_split
+from fnn.data import load
+from fnn.splits import validation_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import figure, main, table  # noqa: E402

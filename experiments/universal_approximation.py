@@ -21,7 +21,7 @@ import optax
 
 import fnn
 from common import figure, interior_choice, main, pm, table
-from fnn.analysis.stats import mean_ci
+from fnn.stats import mean_ci
 
 
 def target(x):

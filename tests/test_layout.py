@@ -140,3 +140,16 @@ def test_small_modules_and_functions():
         too_long += [f"{path.relative_to(SRC)}:{name}: {n} lines" for name, n in _function_lengths(path)
                      if n > MAX_FUNCTION_LINES]
     assert not too_long, too_long
+
+
+def test_old_module_attributes_still_resolve():
+    # In a fresh process: once any test has imported an old path, the attribute is set for good.
+    code = ("import warnings, fnn\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    assert fnn.optim.__name__ == 'fnn.training.optim'\n"
+            "assert any('fnn.training.optim' in str(x.message) for x in w)\n"
+            "try:\n    fnn.nosuch\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "nosuch" in out.stdout

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fnn
+import fnn.cli.records
 from fnn.cli.main import main
 from fnn.cli.runs import RunFolder, build
 
@@ -37,7 +38,7 @@ def test_a_run_records_the_absolute_path_and_hash_and_replays_from_elsewhere(csv
     doc = json.loads((csv_run / "work/run/config.json").read_text())
     data = csv_run / "data" / "t.csv"
     assert doc["config"]["dataset"] == str(data.resolve())
-    assert doc["data"] == {"path": str(data.resolve()), "sha256": fnn.records.file_sha256(data),
+    assert doc["data"] == {"path": str(data.resolve()), "sha256": fnn.cli.records.file_sha256(data),
                            "bytes": data.stat().st_size}
     assert main(["evaluate", "work/run"]) == 0  # from another folder
     assert main(["train", "--resume", "work/run", "--epochs", "2", *FAST[2:]]) == 0
@@ -57,7 +58,7 @@ def test_a_changed_data_file_is_refused_on_evaluate_and_resume_unless_allowed(cs
     assert main(["train", "--config", "work/run", "--out", "new", *FAST]) == 0  # a new run: warns, records anew
     assert "changed since the run" in capsys.readouterr().err
     record = json.loads((csv_run / "new/config.json").read_text())["data"]
-    assert record["sha256"] == fnn.records.file_sha256(csv_run / "data" / "t.csv")
+    assert record["sha256"] == fnn.cli.records.file_sha256(csv_run / "data" / "t.csv")
 
 
 def test_a_moved_data_file_is_one_clear_line(csv_run, capsys):

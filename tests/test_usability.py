@@ -80,7 +80,7 @@ def test_batch_loss_is_the_running_mean_and_train_loss_the_full_set():
     opt = fnn.plain_gd(0.1)
     _, history = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train,
                          key=jax.random.key(1), optimizer=opt, epochs=1, batch_size=32)
-    epoch = fnn.train.make_epoch_fn(net, fnn.get_loss("softmax_cross_entropy"), opt, batch_size=32, donate=False)
+    epoch = fnn.training.train.make_epoch_fn(net, fnn.get_loss("softmax_cross_entropy"), opt, batch_size=32, donate=False)
     _, _, losses = epoch(params, opt.init(params), data.x_train, data.y_train, jax.random.fold_in(jax.random.key(1), 0))
     assert history["batch_loss"][0] == pytest.approx(float(np.mean(losses)), rel=1e-6)
     p, _ = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train,
@@ -97,7 +97,7 @@ def test_long_epochs_run_in_chunks_with_the_same_numbers(monkeypatch):
     kwargs = dict(key=jax.random.key(3), optimizer=optax.adam(1e-2), epochs=2, batch_size=8, dropout=0.2,
                   test=(data.x_test, data.y_test))
     whole = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train, **kwargs)
-    monkeypatch.setattr(fnn.trainer, "CHUNK_BATCHES", 7)  # 48 batches: 7 chunks, the last one partial
+    monkeypatch.setattr(fnn.training.trainer, "CHUNK_BATCHES", 7)  # 48 batches: 7 chunks, the last one partial
     chunked = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train, **kwargs)
     for a, b in zip(jax.tree.leaves(whole[0]), jax.tree.leaves(chunked[0])):
         np.testing.assert_array_equal(a, b)

@@ -160,6 +160,16 @@ class _MovedModules(_importlib_abc.MetaPathFinder, _importlib_abc.Loader):
 _sys.meta_path.insert(0, _MovedModules())
 
 
+def __getattr__(name):
+    # ``fnn.optim`` and the like, reached as attributes after ``import fnn`` in earlier versions
+    # (where importing fnn imported them as a side effect): the module at its new place.
+    if name in _MOVED:
+        new = f"fnn.{_MOVED[name]}"
+        _warnings.warn(f"fnn.{name} is now {new}; import it from there", DeprecationWarning, stacklevel=2)
+        return _importlib.import_module(new)
+    raise AttributeError(f"module 'fnn' has no attribute {name!r}")
+
+
 class _Package(_types.ModuleType):
     """fnn itself: importing an old path such as fnn.gradcheck must not replace the function
     fnn.gradcheck (or fnn.trace, fnn.sweep) with the module of the same old name."""
