@@ -248,8 +248,8 @@ def test_provenance_names_the_script_version_that_wrote_a_result(tmp_path):
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # Results written before provenance was recorded; each leaves this list when its script is rerun
 # (the test below fails if a listed result has provenance, or an unlisted one lacks it).
-WITHOUT_PROVENANCE = {"activations", "gradient_noise_and_privacy", "linear_vs_nonlinear",
-                      "manual_vs_autodiff", "progress_chunks", "pytorch_example", "sweep_benchmark"}
+WITHOUT_PROVENANCE = {"activations", "gradient_noise_and_privacy", "manual_vs_autodiff", "progress_chunks",
+                      "sweep_benchmark"}
 
 
 def test_every_committed_result_was_written_by_its_script_as_committed():
