@@ -137,6 +137,8 @@ def run(quick: bool) -> dict:
         if any(r["diverged_at"] is not None for r in runs):
             raise RuntimeError(f"{name}: a run diverged (seeds {[r['diverged_at'] for r in runs]}): lower η.")
         seeds = [_seed_summary(r, lr) for r in runs]
+        for r in runs:  # the json keeps the risk at steps 0, every, 2·every, ... (the summary read every step)
+            r["risk"] = r["risk"][::cfg["every"]]
         arms[name] = {"loss": loss, "lr": lr, "edge": 2 / lr, "runs": runs, "per_seed": seeds, "all": _stats(seeds),
                       "reached": _stats([s for s in seeds if s["reached_at"] is not None]),
                       "not_reached": _stats([s for s in seeds if s["reached_at"] is None])}
