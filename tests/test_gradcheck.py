@@ -233,3 +233,17 @@ def test_the_floor_does_not_hide_a_wrong_float32_derivative_before_training():
     report = fnn.gradcheck(net, "softmax_cross_entropy", params, x, v)
     assert report.fd_floor > 0 and not report.ok and report.suspect_layer == 1
     assert any(r.fd_error > report.fd_tol for r in report.rows if r.layer == 1)
+
+
+def test_a_confident_float32_binary_network_passes_the_jax_grad_column():
+    # At a confident, correct output, 1 − σ(z) loses its digits in float32, in jax.grad more than
+    # in the hand-written pass; the jax.grad column's noise floor must not call that a mismatch.
+    import jax.numpy as jnp
+    net = fnn.MLP((2, 16, 1), "tanh")
+    params = fnn.init(jax.random.key(3), net)
+    params[-1]["W"] = params[-1]["W"] * 40.0
+    x = jax.random.normal(jax.random.key(4), (256, 2), jnp.float32)
+    logits = fnn.forward(net, params, x)
+    v = (logits > 0).astype(jnp.float32)
+    report = fnn.gradcheck(net, "binary_cross_entropy", params, x, v)
+    assert report.autodiff_ok, report

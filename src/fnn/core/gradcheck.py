@@ -41,6 +41,10 @@ AUTODIFF = "vs jax.grad"
 # Rounding errors, in units of the dtype's eps × max(1, |R|), that one evaluation of the risk may
 # carry: a few operations' worth (the output layer's sums, the loss, the mean over examples).
 FD_NOISE_ULPS = 4.0
+# The jax.grad column's floor: an output gradient is rounded to about this many ulps of 1/B per
+# entry (1 − σ(z) near a confident output loses its digits in either pass), which the
+# backward pass in absolute values carries to each parameter; an error within it passes.
+AD_NOISE_ULPS = 16.0
 FINITE_DIFFERENCES = "vs finite differences"
 
 
@@ -186,8 +190,8 @@ def _fd_error(fd: np.ndarray, directional: np.ndarray, norms: np.ndarray, skippe
     return float(np.max(np.where(scale > 0, err / np.where(scale > 0, scale, 1), 0.0)))
 
 
-def _rel(a: np.ndarray, b: np.ndarray, size: np.ndarray) -> float:
-    scale = max(np.linalg.norm(a), np.linalg.norm(b), np.linalg.norm(size))
+def _rel(a: np.ndarray, b: np.ndarray, size: np.ndarray, least: float = 0.0) -> float:
+    scale = max(np.linalg.norm(a), np.linalg.norm(b), np.linalg.norm(size), least)
     return 0.0 if scale == 0 else float(np.linalg.norm(a - b) / scale)
 
 
@@ -249,15 +253,17 @@ def gradcheck(
     fd_tol = fd_tol if fd_tol is not None else (1e-6 if f64 else 1e-2)
     key = jax.random.key(0) if key is None else key
 
-    value, manual, auto, sizes, fd, directional, norms, skipped = _compute(net, loss, params, x, v, key,
-                                                                          directions, eps)
+    value, manual, auto, sizes, noise, fd, directional, norms, skipped = _compute(net, loss, params, x, v, key,
+                                                                                 directions, eps)
+    ad_floor = AD_NOISE_ULPS * float(jnp.finfo(dtype).eps) / autodiff_tol
     floor = FD_NOISE_ULPS * float(jnp.finfo(dtype).eps) * max(1.0, abs(float(value))) / eps
     rows = []
     for l in range(net.num_layers):
         for name in ("W", "b"):
             g = np.asarray(manual[l][name])
             rows.append(GradcheckRow(l + 1, name, float(np.linalg.norm(g)),
-                                     _rel(g, np.asarray(auto[l][name]), np.asarray(sizes[l][name])),
+                                     _rel(g, np.asarray(auto[l][name]), np.asarray(sizes[l][name]),
+                                          ad_floor * float(np.linalg.norm(np.asarray(noise[l][name])))),
                                      _fd_error(*(np.asarray(a[l][name]) for a in (fd, directional, norms,
                                                                                    skipped)), floor / fd_tol),
                                      float(np.mean(np.asarray(skipped[l][name])))))
@@ -275,7 +281,9 @@ def _compute(net, loss, params, x, v, key, directions, eps):
     leaves, treedef = jax.tree.flatten(params)
     units = _directions(leaves, key, directions)
     mid = objective.evaluate(params, x, v)
-    sizes = _magnitudes(net, params, mid[2], risk_grad(loss, mid[1], v))
+    dout = risk_grad(loss, mid[1], v)
+    sizes = _magnitudes(net, params, mid[2], dout)
+    noise = _magnitudes(net, params, mid[2], jnp.full_like(dout, 1.0 / dout.reshape(-1, dout.shape[-1]).shape[0]))
 
     def one(k):
         i, r = k // directions, k % directions  # move tensor i along its r-th direction only
@@ -292,7 +300,7 @@ def _compute(net, loss, params, x, v, key, directions, eps):
 
     per_direction = jax.lax.map(one, jnp.arange(len(leaves) * directions))
     split = lambda a: treedef.unflatten(list(a.reshape(len(leaves), directions)))
-    return mid[0], manual, auto, sizes, *(split(a) for a in per_direction)
+    return mid[0], manual, auto, sizes, noise, *(split(a) for a in per_direction)
 
 
 def _magnitudes(net, params, cache, dout):
