@@ -9,10 +9,11 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_five_notebooks_exist():
+def test_the_six_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == [
         "01_forward_and_backward.ipynb", "02_training.ipynb", "03_what_makes_deep_nets_train.ipynb",
-        "04_more_from_the_backward_pass.ipynb", "05_the_calculus_under_backprop.ipynb"]
+        "04_more_from_the_backward_pass.ipynb", "05_the_calculus_under_backprop.ipynb",
+        "06_second_order_and_spectra.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -47,4 +48,4 @@ def test_notebook_runs(path):
     assert not errors
     # Every plotting cell produced a figure.
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= {"01": 0, "02": 2, "03": 3, "04": 2, "05": 2}[path.name[:2]]
+    assert len(images) >= {"01": 0, "02": 2, "03": 3, "04": 2, "05": 2, "06": 4}[path.name[:2]]
