@@ -46,10 +46,6 @@ def _activations(r):
     for a, b in (("relu", "tanh"), ("relu", "sigmoid"), ("tanh", "sigmoid"), ("leaky_relu", "relu")):
         rows.append(_row("activations", f"{a} − {b}, final test accuracy", final[a], final[b]))
         rows.append(_row("activations", f"{a} − {b}, mean test accuracy over epochs", auc[a], auc[b]))
-    to = {k: np.asarray(a["epochs_to_target"], float) for k, a in runs.items()}
-    for a, b in (("relu", "tanh"), ("relu", "sigmoid")):
-        rows.append(_row("activations", f"{a} − {b}, epochs to {r['target_accuracy']:.0%} test accuracy",
-                         to[a], to[b], scale=1.0, unit=" epochs", lower_is_better=True))
     return rows
 
 

@@ -39,6 +39,12 @@ def test_activations(tmp_path):
     for arm in r.values():  # each arm chose its own rate from the grid, and ran every seed
         assert arm["lr"] in arm["lr_grid"] and len(arm["history"]["test_accuracy"]) == len(arm["seeds"]) == 2
     assert r["relu"]["final_accuracy"][0] > r["step"]["final_accuracy"][0] + 0.1
+    # Paired over the shared seeds, Holm over every row; sigmoid beats step on both seeds.
+    rows = {(c["a"], c["b"], c["metric"]): c for c in res["comparisons"]}
+    assert len(rows) == 10 and all(c["p_value"] <= c["p_holm"] <= 1 for c in rows.values())
+    assert rows[("sigmoid", "step", "final_test_accuracy")]["wins"] == 2
+    sat = res["saturation"]  # per-seed accuracies; scaling the init by 16 saturates most first-layer units
+    assert [len(a) for a in sat["test_accuracy"]] == [2, 2] and sat["saturated_fraction_at_init"][1][0] > 0.5
 
 
 def test_cross_entropy_vs_mse(tmp_path):
