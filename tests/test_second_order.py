@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.extend.core import Jaxpr
 from jax.flatten_util import ravel_pytree
 
 import fnn
 from fnn.analysis.curvature import curvature_of
+from fnn.training.second_order import with_shared_step
 from helpers import assert_rel_close, targets_for
 
 CASES = [  # (hidden activations, loss): every activation meets a loss with curvature
@@ -343,3 +345,75 @@ def test_step_cost_experiment_quick(tmp_path):
                                           if importlib.util.find_spec("kfac_jax") else set())
     assert set(cost["seconds"]) == expected and all(cost["params_finite"].values())
     assert cost["ratio_to_adam"]["adam"] == 1.0 and all(s > 0 for s in cost["seconds"].values())
+
+
+def _eigh_places(jaxpr, in_cond=False) -> list[bool]:
+    """For every eigh in ``jaxpr``, nested jaxprs included: whether it sits in a branch of a cond."""
+    places = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "eigh":
+            places.append(in_cond)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                sub = getattr(sub, "jaxpr", sub)
+                if isinstance(sub, Jaxpr):
+                    places += _eigh_places(sub, in_cond or eqn.primitive.name == "cond")
+    return places
+
+
+def test_kfac_refresh_stays_a_cond_under_vmap_given_the_shared_step(x64):
+    """With the runs' states batched, the refresh predicate from state.count is batched and the cond
+    becomes a select (eigh outside any cond: it would run every step); given the unbatched step
+    (fnn.training.second_order.with_shared_step) every eigh is inside the cond's branches."""
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy")
+    opt = fnn.kfac(0.5, 0.1, inverse_update_period=3)
+    _, grads, extra = fnn.curvature_pass(opt, net, loss, params, x, v)
+    lanes = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), (grads, opt.init(params), extra["factors"]))
+
+    def places(step):
+        def one(g, s, f):
+            return with_shared_step(opt, step).update(g, s, params, factors=f) \
+                if step is not None else opt.update(g, s, params, factors=f)
+        return _eigh_places(jax.make_jaxpr(jax.vmap(one))(*lanes).jaxpr)
+
+    assert places(None) and not any(places(None))  # the failure this guards against
+    shared = places(jnp.int32(4))
+    assert len(shared) == 2 * len(params) and all(shared)
+
+
+def _kfac_sweep_program_places(net, loss, x, v):
+    """The eigh places in the jaxpr of fnn.sweep's epoch program for K-FAC over 2 seeds × 2 damping values."""
+    from fnn.training.sweep import DEFAULTS
+    from fnn.training.sweepprograms import Recipe, epoch_program
+
+    point = {**DEFAULTS, "optimizer": "kfac", "lr": 0.3, "batch_size": 8, "damping": 0.1}
+    recipe = Recipe.of(net, loss, point, ("damping",), None, 0.0, x.shape[0] // 8)
+    hyper = {"damping": jnp.asarray([0.1, 1.0])}
+    params = jax.tree.map(lambda a: jnp.broadcast_to(a, (2, 2, *a.shape)), fnn.init(jax.random.key(0), net, "glorot"))
+    states = jax.vmap(jax.vmap(lambda p, d: recipe.optimizer({"damping": d}).init(p)), in_axes=(0, None))(
+        params, hyper["damping"])
+    keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+    return _eigh_places(jax.make_jaxpr(epoch_program(recipe, None))(params, states, hyper, x, v, keys, 0).jaxpr)
+
+
+def test_sweep_runs_kfac_over_seeds_and_damping_as_one_program_equal_to_fit(x64):
+    """fnn.sweep over 2 seeds × 2 damping values: each run equals its own fnn.fit (float64), and in the
+    one program the refresh (every eigh) is inside a cond, so it runs every T steps, not every step."""
+    from fnn.training.sweep import sweep
+
+    net = fnn.MLP((4, 6, 3), ("tanh", "identity"))
+    x = np.asarray(jax.random.normal(jax.random.key(0), (48, 4), jnp.float64))
+    v = np.asarray(jnp.argmax(x[:, :3] + 0.5 * x[:, 3:], axis=1))
+    places = _kfac_sweep_program_places(net, fnn.get_loss("softmax_cross_entropy"), x, v)
+    assert len(places) == 2 * 2 and all(places), places
+    result = sweep(net, "softmax_cross_entropy", x, v, seeds=[0, 3], grid={"damping": [0.1, 1.0]},
+                   optimizer="kfac", lr=0.3, epochs=2, batch_size=16, inverse_update_period=4, init="glorot")
+    assert [(c["seed"], c["damping"]) for c in result.configs] == [(0, 0.1), (3, 0.1), (0, 1.0), (3, 1.0)]
+    for i, c in enumerate(result.configs):
+        k_init, k_run, _ = jax.random.split(jax.random.key(c["seed"]), 3)
+        opt = fnn.get_optimizer("kfac", 0.3, damping=c["damping"], inverse_update_period=4)
+        params, history = fnn.fit(net, "softmax_cross_entropy", fnn.init(k_init, net, "glorot"), x, v, key=k_run,
+                                  optimizer=opt, epochs=2, batch_size=16)
+        assert_rel_close(result.run_params(i), params, 1e-12)
+        np.testing.assert_allclose(result.history["train_loss"][i], history["train_loss"], rtol=1e-12)
+    assert result.history["train_loss"][0, -1] != result.history["train_loss"][2, -1]  # damping matters

@@ -17,8 +17,11 @@ size, and ``damping`` is in the units of that mean-risk curvature. ``l2_reg`` ad
 decay given to the update step (``l2``) is in the gradient but not in the factors. Running
 averages are exponential with weight ``curvature_ema`` on the old value, the first step taking
 the batch's factors as they are. The preconditioner (inverses or eigendecompositions) is
-refreshed when ``count % inverse_update_period == 0`` (``lax.cond`` inside ``jit``; under
-``vmap`` with a batched period both branches run). Each layer's weights and bias form one
+refreshed when ``count % inverse_update_period == 0``, by ``lax.cond`` inside ``jit``. Under
+``vmap`` the state's ``count`` is batched, and a ``lax.cond`` on a batched predicate becomes a
+select that runs both branches, the eigendecompositions every step; so ``update`` takes
+``step=``, the step count every run shares, unbatched (:func:`with_shared_step`), and
+:func:`fnn.sweep` passes it: the refresh stays conditional and runs every ``T`` steps. Each layer's weights and bias form one
 block ``[W; bᵀ]`` ``(d_{l−1}+1, d_l)`` with ``vec`` row-major, so its curvature is ``A ⊗ G``.
 """
 
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn.analysis.curvature import Curvature, attach
+from fnn.analysis.curvature import Curvature, attach, curvature_of
 
 Array = jax.Array
 DAMPING_MODES = ("exact", "pi")
@@ -163,9 +166,9 @@ def _averaged(state: KFACState, factors: list, curvature_ema) -> list:
     return [{k: old[k] + new * (f[k] - old[k]) for k in ("A", "G")} for old, f in zip(state.factors, factors)]
 
 
-def _new_precond(state, factors, averaged, hyper: dict) -> list:
+def _new_precond(state, factors, averaged, hyper: dict, step=None) -> list:
     damping, mode, ekfac = hyper["damping"], hyper["damping_mode"], hyper["ekfac"]
-    refresh = state.count % hyper["inverse_update_period"] == 0
+    refresh = (state.count if step is None else step) % hyper["inverse_update_period"] == 0
     fresh = lambda: _refresh(averaged, damping, mode)  # noqa: E731
     stale = lambda: [{k: p[k] for k in p if k != "scale"} for p in state.precond]  # noqa: E731
     precond = jax.lax.cond(refresh, fresh, stale)
@@ -177,7 +180,7 @@ def _new_precond(state, factors, averaged, hyper: dict) -> list:
     return precond
 
 
-def _kfac_update(grads, state: KFACState, params, factors, hyper: dict):
+def _kfac_update(grads, state: KFACState, params, factors, hyper: dict, step=None):
     ekfac, mode, l2_reg = hyper["ekfac"], hyper["damping_mode"], hyper["l2_reg"]
     factors = _check_factors(factors, grads, ekfac)
     damping = hyper["damping"] + l2_reg
@@ -188,7 +191,7 @@ def _kfac_update(grads, state: KFACState, params, factors, hyper: dict):
     else:
         grads = jax.tree.map(lambda g, p: g + l2_reg * p, grads, params)
     averaged = _averaged(state, factors, hyper["curvature_ema"])
-    precond = _new_precond(state, factors, averaged, dict(hyper, damping=damping))
+    precond = _new_precond(state, factors, averaged, dict(hyper, damping=damping), step)
     rate = _learning_rate(hyper["learning_rate"], state.count)
     steps = []
     for g, pre in zip(grads, precond):
@@ -212,7 +215,10 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
          ) -> optax.GradientTransformationExtraArgs:
     """K-FAC (Martens & Grosse 2015) and EKFAC (George et al. 2018) as an optax transformation.
 
-        update(grads, state, params=None, *, factors) -> (updates, state)
+        update(grads, state, params=None, *, factors, step=None) -> (updates, state)
+
+    ``step`` (an unbatched integer scalar, equal to ``state.count``) decides the refresh in
+    place of ``state.count``: give it under ``vmap`` (see :func:`with_shared_step`).
 
     Per layer, with ``Ḡ = [∂W; ∂bᵀ]`` ``(d_{l−1}+1, d_l)`` and averaged factors ``A``, ``G``:
 
@@ -259,11 +265,32 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
                  inverse_update_period=inverse_update_period, damping_mode=damping_mode, ekfac=ekfac,
                  momentum=momentum, norm_constraint=norm_constraint)
 
-    def update(grads, state, params=None, *, factors=None, **extra):
-        return _kfac_update(grads, state, params, factors, hyper)
+    def update(grads, state, params=None, *, factors=None, step=None, **extra):
+        return _kfac_update(grads, state, params, factors, hyper, step)
 
     transformation = optax.GradientTransformationExtraArgs(lambda p: _init(p, damping_mode, ekfac), update)
     return attach(transformation, Curvature("kronecker", mc_samples, eigen_stats=ekfac))
+
+
+def with_shared_step(optimizer: optax.GradientTransformation, step) -> optax.GradientTransformationExtraArgs:
+    """``optimizer`` whose ``update`` is also given ``step=step``, with its curvature kept.
+
+    ``step`` is the number of steps every run has taken, an integer scalar that is *not*
+    batched under ``vmap`` (a loop index of the surrounding ``scan``, not a state's ``count``),
+    so :func:`kfac`'s refresh every ``inverse_update_period`` steps stays a ``lax.cond``: the
+    eigendecompositions run on refresh steps only, for all runs at once. It must equal each
+    run's own ``count``, as in :func:`fnn.sweep`, whose runs step together. Raises
+    ``ValueError`` for an optimizer that takes no curvature (first-order optax ones take no
+    extra keywords).
+    """
+    curvature = curvature_of(optimizer)
+    if curvature is None:
+        raise ValueError("with_shared_step is for fnn's second-order optimizers (their update takes step=).")
+
+    def update(grads, state, params=None, **extra):
+        return optimizer.update(grads, state, params, step=step, **extra)
+
+    return attach(optax.GradientTransformationExtraArgs(optimizer.init, update), curvature)
 
 
 class GGNDiagState(NamedTuple):

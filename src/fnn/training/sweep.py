@@ -2,10 +2,13 @@
 
 :func:`sweep` trains every combination of ``seeds`` and a ``grid`` of settings. Settings
 that can be traced (:data:`SWEEPABLE`: learning rate, momentum, L2, dropout rate, init
-scale) become arrays with a run axis, and the whole training step is ``vmap``-ped over the
-runs inside the ``lax.scan`` of an epoch. Settings that change the program
-(:data:`GROUPED`: optimizer, batch size, schedule, warmup, gradient method, init scheme,
-epochs) split the grid into groups, one program each.
+scale, a second-order optimizer's damping) become arrays with a run axis, and the whole
+training step is ``vmap``-ped over the runs inside the ``lax.scan`` of an epoch (K-FAC's
+periodic refresh stays conditional: the runs share their step count, unbatched). Settings
+that change the program (:data:`GROUPED`: optimizer, batch size, schedule, warmup, gradient
+method, init scheme, epochs, and the second-order optimizers' ``inverse_update_period``,
+``curvature_ema``, ``mc_samples`` and ``cg_iterations``) split the grid into groups, one
+program each.
 
 Runs of one seed share their batches (their shuffle comes from the seed), so the first
 layer's products of all grid points of a seed are one wide matrix product; the runs of
@@ -38,17 +41,21 @@ from fnn.training.epoch import check_batch_size
 from fnn.core.losses import Loss, get_loss
 from fnn.core.metrics import _to_device
 from fnn.core.network import MLP, Params, init
-from fnn.training.optim import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER, check_learning_rate
+from fnn.training.optim import (DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER, OPTIMIZERS,
+                                check_learning_rate)
 from fnn.training.schedules import learning_rates
 from fnn.analysis.stats import summarise
-from fnn.training.sweepprograms import Recipe, epoch_program, metrics_program
+from fnn.training.sweepprograms import SECOND_ORDER, Recipe, epoch_program, metrics_program
 from fnn.core.validation import check_coefficient, validate
 
-SWEEPABLE = ("lr", "momentum", "l2", "dropout", "init_scale")
-GROUPED = ("optimizer", "batch_size", "schedule", "warmup_epochs", "method", "init", "epochs")
+SWEEPABLE = ("lr", "momentum", "l2", "dropout", "init_scale", "damping")
+GROUPED = ("optimizer", "batch_size", "schedule", "warmup_epochs", "method", "init", "epochs",
+           "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations")
+# damping and the second-order settings after it: None is the optimizer's own default.
 DEFAULTS = dict(lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM, l2=0.0, dropout=0.0, init_scale=1.0,
                 optimizer=DEFAULT_OPTIMIZER, batch_size=32,
-                schedule="constant", warmup_epochs=None, method="manual", init="he", epochs=10)
+                schedule="constant", warmup_epochs=None, method="manual", init="he", epochs=10,
+                damping=None, inverse_update_period=None, curvature_ema=None, mc_samples=None, cg_iterations=None)
 
 
 @dataclasses.dataclass
@@ -185,6 +192,12 @@ def _check_point(point: dict) -> None:
         raise ValueError(f"init_scale must be a positive finite number, got {point['init_scale']!r}.")
     if isinstance(point["epochs"], bool) or not isinstance(point["epochs"], int) or point["epochs"] < 1:
         raise ValueError(f"epochs must be a positive integer, got {point['epochs']!r}.")
+    own = [k for k in SECOND_ORDER if point[k] is not None]
+    if own and not getattr(OPTIMIZERS.lookup(point["optimizer"]), "takes_settings", False):
+        raise ValueError(f"{', '.join(own)} is a setting of the second-order optimizers (kfac, ekfac, ggn_diag, "
+                         f"gauss_newton, newton), not of {point['optimizer']!r}: leave it out or choose one.")
+    if point["damping"] is not None:
+        check_coefficient(point["damping"], "damping")
 
 
 def check_select(select: str, loss: Loss, held: list[str]) -> None:
@@ -286,7 +299,7 @@ class _Group:
         bar = _bar(epochs, f"{S}×{G} runs") if progress else None
         for e in range(epochs):
             epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
-            params, opt_state, losses = epoch_fn(params, opt_state, hyper, *train, epoch_keys)
+            params, opt_state, losses = epoch_fn(params, opt_state, hyper, *train, epoch_keys, e * self.batches)
             losses = np.asarray(losses)
             metrics = {f"train_{k}": a for k, a in metrics_fn(params, *train).items()}
             for name, arrays in held.items():

@@ -11,6 +11,7 @@ process, compiles nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +20,14 @@ from fnn.training.epoch import _guarded_step, epoch_order
 from fnn.core.losses import Loss
 from fnn.core.metrics import _metrics
 from fnn.core.network import MLP
+from fnn.analysis.curvature import attach, curvature_of
 from fnn.training.optim import OPTIMIZERS, get_optimizer, make_update_fn
 from fnn.core.programs import program_cache
 from fnn.training.schedules import make_schedule, with_schedule
+from fnn.training.second_order import with_shared_step
+
+# The second-order optimizers' own settings a sweep passes on (None: the optimizer's default).
+SECOND_ORDER = ("damping", "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,40 +68,54 @@ class Recipe:
     def optimizer(self, hyper: dict):
         """The optimizer of the runs whose varying settings are ``hyper``."""
         p, lr, momentum = dict(self.settings), self.value(hyper, "lr"), self.value(hyper, "momentum")
+        own = {k: self.value(hyper, k) for k in SECOND_ORDER if self.value(hyper, k) is not None}
+        build = OPTIMIZERS.lookup(p["optimizer"])
+        if own:  # the second-order optimizers' own settings (None: the optimizer's default)
+            build = functools.partial(build, **own)
         if p["schedule"] == "constant" and not p["warmup_epochs"]:
-            if isinstance(lr, jax.Array) or isinstance(momentum, jax.Array):
-                return OPTIMIZERS.lookup(p["optimizer"])(lr, momentum)
-            return get_optimizer(p["optimizer"], lr, momentum)
+            if any(isinstance(a, jax.Array) for a in (lr, momentum, *own.values())):
+                return build(lr, momentum)
+            return get_optimizer(p["optimizer"], lr, momentum, **own)
         warmup = None if p["warmup_epochs"] is None else p["warmup_epochs"] * self.batches
         schedule = make_schedule(p["schedule"], lr, p["epochs"] * self.batches, warmup)
-        return with_schedule(OPTIMIZERS.lookup(p["optimizer"]), schedule, momentum=momentum)
+        scheduled = with_schedule(build, schedule, momentum=momentum)
+        curvature = curvature_of(build(1.0, 0.0))
+        return scheduled if curvature is None else attach(scheduled, curvature)
 
-    def update(self, hyper: dict):
-        """The update step (:func:`fnn.make_update_fn`) of the runs whose varying settings are ``hyper``."""
-        return make_update_fn(self.net, self.loss, self.optimizer(hyper), self.value(hyper, "method"),
+    def update(self, hyper: dict, step=None):
+        """The update step (:func:`fnn.make_update_fn`) of the runs whose varying settings are ``hyper``;
+        ``step`` (unbatched) is the steps every run has taken, given to a second-order optimizer
+        (:func:`fnn.training.second_order.with_shared_step`) so that K-FAC's refresh stays a
+        ``lax.cond`` under the runs' ``vmap``."""
+        optimizer = self.optimizer(hyper)
+        if step is not None and curvature_of(optimizer) is not None:
+            optimizer = with_shared_step(optimizer, step)
+        return make_update_fn(self.net, self.loss, optimizer, self.value(hyper, "method"),
                               l2=self.value(hyper, "l2"), dropout=self.value(hyper, "dropout"),
                               clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier)
 
     @property
     def needs_key(self) -> bool:
         """Whether a step draws random numbers (dropout masks or DP noise)."""
-        return "dropout" in self.varying or self.value({}, "dropout") > 0 or self.noise_multiplier > 0
+        return "dropout" in self.varying or self.value({}, "dropout") > 0 or self.noise_multiplier > 0 or (
+            (self.value({}, "mc_samples") or 0) > 0)
 
 
 @program_cache
 def epoch_program(recipe: Recipe, axis: int | None):
-    """``epoch(params, opt_state, hyper, x, v, keys) -> (params, opt_state, losses)``: one epoch of
-    every run, ``(S, G, ...)`` states, ``hyper`` ``{setting: (G,)}``, ``keys`` ``(S,)``, data
-    per seed (``axis=0``) or shared (``None``); ``losses`` ``(S, G, batches)``. One jitted
-    function per equal ``(recipe, axis)``."""
+    """``epoch(params, opt_state, hyper, x, v, keys, start=0) -> (params, opt_state, losses)``: one
+    epoch of every run, ``(S, G, ...)`` states, ``hyper`` ``{setting: (G,)}``, ``keys`` ``(S,)``,
+    data per seed (``axis=0``) or shared (``None``), ``start`` the steps taken before the epoch
+    (an integer, the same for every run); ``losses`` ``(S, G, batches)``. One jitted function
+    per equal ``(recipe, axis)``."""
     batch_size, needs_key = recipe.value({}, "batch_size"), recipe.needs_key
 
-    def one_seed(params, opt_state, hyper, x, v, key):
+    def one_seed(params, opt_state, hyper, x, v, key, start):
         batches, dropout_key = epoch_order(key, x.shape[0], batch_size)
 
         def step(carry, inputs):
             def one_run(params, opt_state, ok, hyper):
-                update = recipe.update(hyper)
+                update = recipe.update(hyper, start + inputs[1].astype(jnp.int32))  # unbatched: the runs share it
                 update.needs_key = needs_key
                 guarded = _guarded_step(update, None, x, v, dropout_key, 0, batches.shape[0])
                 (params, opt_state, ok), loss = guarded((params, opt_state, ok), inputs)
@@ -109,7 +129,11 @@ def epoch_program(recipe: Recipe, axis: int | None):
                                                       (batches, jnp.arange(batches.shape[0])))
         return params, opt_state, losses.T
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, axis, axis, 0)))
+    program = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, axis, axis, 0, None)))
+
+    def epoch(params, opt_state, hyper, x, v, keys, start=0):
+        return program(params, opt_state, hyper, x, v, keys, jnp.asarray(start, jnp.int32))
+    return epoch
 
 
 @program_cache
