@@ -57,6 +57,7 @@ from fnn.analysis.spectrum import Eigenpairs, LanczosResult, SpectralDensity, la
 from fnn.training.sweep import SweepResult, sweep
 from fnn.core.trace import BackpropTrace, trace
 from fnn.analysis.traces import hutchinson_trace, hutchpp_trace
+from fnn.training.config import TrainConfig
 from fnn.training.train import EarlyStopping, NonFiniteLossError, TrainState, evaluate, fit, fit_parallel, gradient_descent
 from fnn.core.validation import check_inputs, check_params, check_targets, check_weights
 from fnn import data
@@ -74,7 +75,7 @@ from fnn.analysis import traces
 
 __all__ = [
     "ACTIVATIONS", "Activation", "BackpropTrace", "Cache", "GradcheckReport", "LOSSES", "LayerBackward", "Loss", "MLP",
-    "EarlyStopping", "NonFiniteLossError", "Objective", "SCHEDULES", "SweepResult", "TrainState",
+    "EarlyStopping", "NonFiniteLossError", "Objective", "SCHEDULES", "SweepResult", "TrainConfig", "TrainState",
     "backward", "backward_step", "backward_with_input_grad", "bridge", "bridged_loss", "check_inputs",
     "check_params", "check_targets", "check_weights", "clear_programs", "enable_compile_cache", "evaluate",
     "fit", "fit_parallel", "forward",

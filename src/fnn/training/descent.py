@@ -14,6 +14,7 @@ from fnn.core.backprop import Objective, get_method, l2_penalty
 from fnn.core.losses import Loss
 from fnn.core.metrics import _to_device
 from fnn.core.network import MLP, Params
+from fnn.training.config import unknown_setting
 from fnn.training.optim import check_learning_rate
 from fnn.core.validation import check_coefficient, check_optimizer, check_params_finite, validate
 
@@ -29,8 +30,7 @@ def gradient_descent(
     optimizer: optax.GradientTransformation | None = None,
     eps: float = 1e-6,
     max_steps: int = 1000,
-    method: str = "manual",
-    l2: float = 0.0,
+    **settings,
 ) -> tuple[Params, dict]:
     """Full-batch descent until ``|R(θ_t) − R(θ_{t−1})| < ε`` or ``max_steps`` steps.
 
@@ -50,7 +50,9 @@ def gradient_descent(
       max_steps: the most steps taken (default 1000), a budget: a run that stops there
         has ``history["stopped"] == "max_steps"``, and warns when ``eps > 0`` (raise
         ``max_steps`` or ``eps`` to converge).
-      method, l2: as in :func:`fnn.value_and_grad`.
+      **settings: the objective's settings by keyword: ``method`` (``"manual"`` or ``"autodiff"``,
+        default ``"manual"``) and ``l2`` (λ ≥ 0, default 0), as in :func:`fnn.value_and_grad` and
+        :class:`fnn.TrainConfig`. Any other keyword is a ``TypeError`` naming the closest one.
 
     Returns:
       ``(params, history)``, ``history`` in :func:`fnn.fit`'s convention (per-step lists of
@@ -72,12 +74,12 @@ def gradient_descent(
     Raises:
       ValueError: bad inputs (checked before anything runs).
     """
-    objective = _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, method, l2)
+    objective, method = _check(net, loss, params, (x, v), learning_rate, optimizer, eps, max_steps, settings)
     opt_state = optimizer.init(params) if optimizer is not None else optax.EmptyState()
     capacity = 1 << int(max_steps).bit_length()  # > max_steps: one program serves max_steps up to it
     params, losses, penalties, steps, code = _gd_loop(
-        objective, method, capacity, optimizer, params, opt_state, *_to_device(params, x, v),
-        learning_rate or 0.0, float(eps), int(max_steps))
+        objective, method, capacity, optimizer, params, opt_state, _to_device(params, x, v),
+        (learning_rate or 0.0, float(eps), int(max_steps)))
     steps = int(steps)
     stopped = ("converged", "max_steps", "non_finite")[int(code)]
     if stopped == "max_steps" and eps > 0:
@@ -89,8 +91,13 @@ def gradient_descent(
                     "loss": [float(a) for a in losses], "steps": steps, "stopped": stopped}
 
 
-def _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, method, l2) -> Objective:
-    """Every check of :func:`gradient_descent`'s arguments, before anything runs; the objective."""
+def _check(net, loss, params, data, learning_rate, optimizer, eps, max_steps, settings) -> tuple[Objective, str]:
+    """Every check of :func:`gradient_descent`'s arguments, before anything runs; the objective
+    and the gradient method."""
+    for name in settings:
+        if name not in _SETTINGS:
+            raise unknown_setting("gradient_descent", name, _SETTINGS, "objective's method and l2")
+    method, l2 = settings.get("method", "manual"), settings.get("l2", 0.0)
     if (learning_rate is None) == (optimizer is None):
         raise ValueError("Give gradient_descent exactly one of learning_rate and optimizer.")
     if optimizer is None:
@@ -101,15 +108,19 @@ def _check(net, loss, params, x, v, learning_rate, optimizer, eps, max_steps, me
     check_coefficient(eps, "eps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
-    validate(net, objective.loss, params, x, v)
+    validate(net, objective.loss, params, *data)
     check_params_finite(params)
     get_method(method)
-    return objective
+    return objective, method
+
+
+_SETTINGS = ("method", "l2")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _gd_loop(objective, method, capacity, optimizer, params, opt_state, x, v, learning_rate, eps, max_steps):
-    grad_fn = get_method(method)
+def _gd_loop(objective, method, capacity, optimizer, params, opt_state, data, rule):
+    """The loop; ``data`` is ``(x, v)``, ``rule`` the traced ``(learning_rate, eps, max_steps)``."""
+    (x, v), (learning_rate, eps, max_steps), grad_fn = data, rule, get_method(method)
     value_and_grad = lambda p: grad_fn(objective, p, x, v)
     penalty = lambda p: l2_penalty(p, objective.l2) if objective.l2 else jnp.zeros((), value0.dtype)
     value0, grads0 = value_and_grad(params)

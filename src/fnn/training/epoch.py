@@ -8,11 +8,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fnn.core.losses import Loss
 from fnn.core.network import MLP
+from fnn.training.config import TrainConfig, check_positive_batch_size, with_settings
 from fnn.training.optim import make_update_fn
 from fnn.training.parallel import pad_batch, replicated, shard_batch
 from fnn.core.programs import program_cache
@@ -51,10 +51,8 @@ def permutation(key: Array, n: int) -> Array:
     return perm.astype(jnp.int32)
 
 
-@program_cache
-def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
-                  method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None,
-                  donate: bool = True, clip_norm: float | None = None, noise_multiplier: float = 0.0) -> Callable:
+def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, config: TrainConfig | None = None,
+                  *, donate: bool = True, **settings) -> Callable:
     """``epoch(params, opt_state, x, v, key, first=0, limit=None) -> (params, opt_state, losses)``,
     one compiled call.
 
@@ -69,33 +67,24 @@ def make_epoch_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
     replay that recovers the last good state of a diverged epoch. A batch whose
     loss is non-finite is not applied either, nor is any batch after it.
 
-    With a ``mesh`` (see :mod:`fnn.training.parallel`) each batch is split over its
-    devices, padded with zero-weight examples to a multiple of their number.
-    ``donate`` donates ``params`` and ``opt_state`` to the call. ``clip_norm`` and
-    ``noise_multiplier`` make every step DP-SGD (see :func:`fnn.make_update_fn`); batch ``i``
-    draws its dropout masks and noise from ``fold_in(key, i)``.
+    ``config`` (a :class:`fnn.TrainConfig`) holds the settings: ``batch_size``, ``method``,
+    ``l2``, ``dropout``, ``clip_norm``, ``noise_multiplier`` and ``mesh``; each may also be
+    given by keyword (``batch_size=64``), overriding ``config``'s. An unknown keyword is a
+    ``TypeError`` naming the closest field. With a ``mesh`` (see :mod:`fnn.training.parallel`)
+    each batch is split over its devices, padded with zero-weight examples to a multiple of
+    their number. ``donate`` donates ``params`` and ``opt_state`` to the call. ``clip_norm``
+    and ``noise_multiplier`` make every step DP-SGD (see :func:`fnn.make_update_fn`); batch
+    ``i`` draws its dropout masks and noise from ``fold_in(key, i)``.
 
-    Built once per configuration: equal arguments (an equal network, loss and settings, the
-    same optimizer object) return the same jitted function, so its compiled program is reused
-    (see :mod:`fnn.core.programs`). The number of epochs is not part of it.
+    Built once per configuration: an equal network, loss and config (however it was given)
+    and the same optimizer object return the same jitted function, so its compiled program is
+    reused (see :mod:`fnn.core.programs`). The number of epochs is not part of it.
     """
-    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
-                            noise_multiplier=noise_multiplier)
-
-    def epoch(params, opt_state, x, v, key, first=0, limit=None):
-        batches, dropout_key = epoch_order(key, x.shape[0], batch_size)
-        limit = batches.shape[0] if limit is None else limit
-        return _scan(update, mesh, params, opt_state, x, v, batches, dropout_key,
-                     jnp.arange(batches.shape[0]), first, limit)
-
-    return _jit(epoch, mesh, donate)
+    return _epoch_program(net, loss, optimizer, with_settings(config, settings, "make_epoch_fn"), donate)
 
 
-@program_cache
-def make_chunk_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, *, batch_size: int,
-                  chunk: int, method: str = "manual", l2: float = 0.0, dropout: float = 0.0, mesh=None,
-                  donate: bool = True, clip_norm: float | None = None, noise_multiplier: float = 0.0
-                  ) -> tuple[Callable, Callable]:
+def make_chunk_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation, config: TrainConfig | None = None,
+                  *, chunk: int, donate: bool = True, **settings) -> tuple[Callable, Callable]:
     """An epoch in pieces of ``chunk`` batches, for progress on long epochs: ``(order, run)``.
 
         batches, dropout_key = order(x, key)       # the epoch's shuffle, once per epoch
@@ -103,19 +92,45 @@ def make_chunk_fn(net: MLP, loss: Loss, optimizer: optax.GradientTransformation,
             -> (params, opt_state, losses)          # batches start .. start + chunk - 1
 
     Run over ``start = 0, chunk, 2·chunk, ...`` it gives the same numbers as
-    :func:`make_epoch_fn`'s whole epoch with the same key (same shuffle, same dropout and
-    noise keys, same steps); batches past the end of the epoch, or outside
-    ``first <= i < limit``, are skipped and report a loss of 0. A non-finite loss stops the
-    rest of its chunk; the caller must not run later chunks after one.
+    :func:`make_epoch_fn`'s whole epoch with the same key and settings (``config`` and
+    ``**settings`` as there: same shuffle, same dropout and noise keys, same steps); batches
+    past the end of the epoch, or outside ``first <= i < limit``, are skipped and report a
+    loss of 0. A non-finite loss stops the rest of its chunk; the caller must not run later
+    chunks after one. Built once per configuration, like :func:`make_epoch_fn`.
     """
-    update = make_update_fn(net, loss, optimizer, method, l2=l2, dropout=dropout, clip_norm=clip_norm,
-                            noise_multiplier=noise_multiplier)
+    return _chunk_program(net, loss, optimizer, with_settings(config, settings, "make_chunk_fn"), chunk, donate)
+
+
+def _update(net, loss, optimizer, config: TrainConfig):
+    return make_update_fn(net, loss, optimizer, config.method, l2=config.l2, dropout=config.dropout,
+                          clip_norm=config.clip_norm, noise_multiplier=config.noise_multiplier)
+
+
+@program_cache
+def _epoch_program(net, loss, optimizer, config: TrainConfig, donate: bool) -> Callable:
+    """:func:`make_epoch_fn`'s jitted epoch, kept per normalised config."""
+    update, mesh, batch_size = _update(net, loss, optimizer, config), config.mesh, config.batch_size
+
+    def epoch(params, opt_state, x, v, key, first=0, limit=None):
+        batches, dropout_key = epoch_order(key, x.shape[0], batch_size)
+        limit = batches.shape[0] if limit is None else limit
+        step = _guarded_step(update, mesh, x, v, dropout_key, first, limit)
+        return _scan(step, params, opt_state, batches, jnp.arange(batches.shape[0]))
+
+    return _jit(epoch, mesh, donate)
+
+
+@program_cache
+def _chunk_program(net, loss, optimizer, config: TrainConfig, chunk: int, donate: bool):
+    """:func:`make_chunk_fn`'s ``(order, run)``, kept per normalised config."""
+    update, mesh, batch_size = _update(net, loss, optimizer, config), config.mesh, config.batch_size
 
     def run(params, opt_state, x, v, batches, dropout_key, start, first, limit):
         indices = start + jnp.arange(chunk)
         rows = batches[jnp.minimum(indices, batches.shape[0] - 1)]
         limit = jnp.minimum(limit, batches.shape[0])
-        return _scan(update, mesh, params, opt_state, x, v, rows, dropout_key, indices, first, limit)
+        step = _guarded_step(update, mesh, x, v, dropout_key, first, limit)
+        return _scan(step, params, opt_state, rows, indices)
 
     def order(x, key):
         return epoch_order(key, x.shape[0], batch_size)
@@ -133,8 +148,7 @@ def epoch_order(key: Array, n: int, batch_size: int) -> tuple[Array, Array]:
     return batches.reshape(num_batches, batch_size), dropout_key
 
 
-def _scan(update, mesh, params, opt_state, x, v, batches, dropout_key, indices, first, limit):
-    step = _guarded_step(update, mesh, x, v, dropout_key, first, limit)
+def _scan(step, params, opt_state, batches, indices):
     (params, opt_state, _), losses = jax.lax.scan(step, (params, opt_state, jnp.asarray(True)), (batches, indices))
     return params, opt_state, losses
 
@@ -173,8 +187,7 @@ def _guarded_step(update, mesh, x, v, dropout_key, first, limit) -> Callable:
 
 def check_batch_size(batch_size: int, n: int) -> None:
     """Raises unless ``1 <= batch_size <= n`` (``n`` training examples)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"The batch size must be positive (an integer), got {batch_size!r}.")
+    check_positive_batch_size(batch_size)
     if batch_size > n:
         raise ValueError(
             f"The batch size {batch_size} is larger than the {n} training examples: "

@@ -8,12 +8,14 @@ last good state kept when the loss becomes non-finite.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import numpy as np
 import optax
 
+from fnn.training.config import FIELDS, TrainConfig, unknown_setting, with_settings
 from fnn.training.descent import gradient_descent
 from fnn.training.epoch import check_batch_size, make_epoch_fn, permutation
 from fnn.core.losses import Loss, get_loss
@@ -26,109 +28,87 @@ from fnn.core.validation import check_key, check_optimizer, check_params_finite,
 
 Array = jax.Array
 
-__all__ = ["EarlyStopping", "NonFiniteLossError", "TrainState", "check_batch_size", "evaluate", "fit", "fit_parallel",
-           "gradient_descent", "make_epoch_fn", "permutation"]
+__all__ = ["EarlyStopping", "NonFiniteLossError", "TrainConfig", "TrainState", "check_batch_size", "evaluate", "fit",
+           "fit_parallel", "gradient_descent", "make_epoch_fn", "permutation"]
 
 
-def fit(
-    net: MLP,
-    loss: str | Loss,
-    params: Params,
-    x,
-    v,
-    *,
-    key: Array,
-    optimizer: optax.GradientTransformation | None = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    method: str = "manual",
-    l2: float = 0.0,
-    dropout: float = 0.0,
-    test: tuple | None = None,
-    validation: tuple | None = None,
-    state: TrainState | None = None,
-    mesh=None,
-    on_epoch: Callable[[TrainState, dict], None] | None = None,
-    progress: bool = False,
-    clip_norm: float | None = None,
-    noise_multiplier: float = 0.0,
-    diagnostics: bool = False,
-    early_stopping: int | EarlyStopping | None = None,
-) -> tuple[Params, dict]:
+def fit(net: MLP, loss: str | Loss, params: Params, x, v, *, key: Array,
+        optimizer: optax.GradientTransformation | None = None, state: TrainState | None = None,
+        config: TrainConfig | None = None, **settings) -> tuple[Params, dict]:
     """Minibatch training: ``epochs`` passes over freshly shuffled batches.
 
-    Each epoch is one compiled ``lax.scan``; the shuffle and the dropout masks
-    of epoch ``e`` come from ``fold_in(key, e)``, so a run is deterministic given
-    ``key`` and a resumed run (``state=``) repeats an uninterrupted one exactly,
-    also from the mid-epoch state a diverged run leaves.
+    Each epoch is one compiled ``lax.scan``; the shuffle and the dropout masks of epoch ``e``
+    come from ``fold_in(key, e)``, so a run is deterministic given ``key`` and a resumed run
+    (``state=``) repeats an uninterrupted one exactly, also from the mid-epoch state a
+    diverged run leaves. ``fit(..., config=fnn.TrainConfig(batch_size=64))`` is ``fit(..., batch_size=64)``.
 
     Args:
-      net, loss, params: the network and loss; ``x`` ``(N, d_0)``, ``v``: training data.
+      net, loss, params: the network, loss and starting parameters; ``x`` ``(N, d_0)``, ``v``: training data.
       key: the run's PRNG key.
-      optimizer: an optax transformation; default Adam with η = 1e-3 (``fnn.get_optimizer()``,
-        the default of ``fnn train`` and :func:`fnn.sweep` too). The compiled epoch is reused
-        by a later ``fit`` with an equal configuration and the same optimizer object: build it
-        once, or by :func:`fnn.get_optimizer`/:func:`fnn.plain_gd`, which return the same object
-        for equal settings (``optax.adam(1e-3)`` built anew compiles anew).
-      epochs: total epochs (counting those already in ``state``); not part of the compiled
-        program, so a later ``fit`` that differs only in ``epochs``, ``key`` or the data's values
-        (same shapes) compiles nothing.
-      batch_size, method, l2, dropout: as in :func:`fnn.make_update_step`.
-      test: optional ``(x_test, v_test)`` evaluated after every epoch (history ``test_*``).
-      validation: optional ``(x_val, v_val)``, a validation split (e.g. from
-        :func:`fnn.data.validation_split`) evaluated after every epoch (history ``val_*``): the
-        data to choose settings and the stopping epoch on, leaving the test set for the end.
+      optimizer: an optax transformation; default Adam with η = 1e-3 (``fnn.get_optimizer()``). The compiled
+        epoch is reused by a later ``fit`` with an equal configuration and the same optimizer object
+        (:func:`fnn.get_optimizer` gives the same object for equal settings; ``optax.adam`` anew compiles anew).
       state: a :class:`TrainState` to resume from (its params replace ``params``).
-      mesh: a ``jax.sharding.Mesh`` to split every batch over (data parallelism,
-        see :func:`fnn.fit_parallel`); params stay replicated. Works
-        across processes after ``jax.distributed.initialize``.
-      on_epoch: called after every epoch with the new state and its metrics
-        (e.g. to write a checkpoint).
-      progress: show a progress bar.
-      clip_norm, noise_multiplier: DP-SGD (see :func:`fnn.make_update_fn`): each example's
-        gradient clipped to norm ``clip_norm``, Gaussian noise ``noise_multiplier × clip_norm``
-        added to each batch's sum. Privacy accounting is left to a library such as
-        ``dp-accounting`` (sampling rate ``batch_size / N``, steps ``epochs × N // batch_size``).
-      diagnostics: also record, after every epoch and per layer, the gradient norm, the
-        gradient signal-to-noise ratio, the spread of per-example gradient norms and the GGN
-        trace (:func:`fnn.analysis.quantities.diagnostics`) on the first 256 training examples, under
-        history keys ``diag_grad_norm_l1``, ``diag_snr_l1``, ... (without dropout).
-      early_stopping: a patience in epochs (monitoring ``val_loss``, or ``test_loss`` when only
-        ``test`` is given), or an :class:`EarlyStopping` (any history key, e.g.
-        ``"val_accuracy"``): training stops once the monitored metric has not improved for that
-        many epochs, and ``fit`` returns the parameters of the best epoch. Needs ``validation``
-        (or ``test``; stopping on the test set chooses the run's length on it).
+      config: a :class:`fnn.TrainConfig`, the settings of the compiled epoch (default ``TrainConfig()``).
+      **settings: the settings below by keyword; a field of ``TrainConfig`` overrides ``config``'s.
+
+    Settings:
+      - ``batch_size`` (32), ``method`` (``"manual"``), ``l2`` (0), ``dropout`` (0), ``clip_norm``
+        (``None``), ``noise_multiplier`` (0), ``mesh`` (``None``): the fields of :class:`fnn.TrainConfig`.
+      - ``epochs`` (10): total epochs, counting those in ``state``; not compiled in.
+      - ``test``, ``validation``: ``(x, v)`` pairs evaluated after every epoch (history ``test_*``,
+        ``val_*``); choose settings and the stopping epoch on ``validation``.
+      - ``on_epoch``: called as ``on_epoch(state, metrics)`` after every epoch (e.g. to save a checkpoint);
+        ``progress`` (``False``): show a progress bar.
+      - ``diagnostics`` (``False``): also record per layer the gradient norm, signal-to-noise ratio,
+        per-example norm spread and GGN trace on the first 256 examples (history ``diag_*``).
+      - ``early_stopping``: a patience in epochs (watching ``val_loss``, else ``test_loss``) or an
+        :class:`EarlyStopping`; ``fit`` then returns the best epoch's parameters. Needs ``validation`` (or ``test``).
 
     Returns:
-      ``(params, history)`` with ``history`` a dict of per-epoch lists:
-
-      - ``epoch``: epochs completed;
-      - ``batch_loss``: the mean of the epoch's minibatch losses, each taken before its
-        update (with dropout active): the running training loss;
-      - ``train_loss``, ``train_accuracy`` (or ``train_mse``, ``train_r2``): the
-        :func:`evaluate` metrics of the full training set after the epoch;
-      - ``val_*``: the same on ``validation``; ``test_*``: the same on ``test``;
-      - ``lr``: the learning rate of the epoch's last step, when the optimizer holds it
-        (an optimizer built with a schedule, see :func:`fnn.get_optimizer`).
-
-      With early stopping, ``params`` are those of the best epoch.
+      ``(params, history)``: per-epoch lists ``epoch``, ``batch_loss``, ``train_*``, ... (guide: "The history").
 
     Raises:
-      ValueError: bad inputs (checked once, before anything runs), or a
-        non-finite loss at the starting parameters.
-      NonFiniteLossError: a step made the loss NaN/Inf; names the step and
-        carries the last state with a finite loss.
+      TypeError: an unknown keyword, naming the closest one.
+      ValueError: bad inputs (checked before anything runs), or a non-finite loss at the start.
+      NonFiniteLossError: a step made the loss NaN/Inf; names the step and carries the last good state.
     """
-    loss = get_loss(loss)
+    loss, (config, loop) = get_loss(loss), _settings(config, settings)
     optimizer = optimizer if optimizer is not None else get_optimizer()
-    start = _starting_state(net, loss, params, x, v, key=key, optimizer=optimizer, epochs=epochs,
-                            batch_size=batch_size, test=test, state=state, validation=validation)
-    stopping = _stopping(early_stopping, test if validation is None else validation)
-    private = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
-    trainer = Trainer(net, loss, optimizer, x, v, test, batch_size=batch_size, method=method, l2=l2,
-                      dropout=dropout, mesh=mesh, diagnostics=diagnostics, validation=validation, **private)
-    state, history = trainer.run(start, epochs, on_epoch, progress, stopping)
+    start = _starting_state(net, loss, params, x, v, key=key, optimizer=optimizer, state=state, loop=loop,
+                            config=config)
+    stopping = _stopping(loop.early_stopping, loop.test if loop.validation is None else loop.validation)
+    trainer = Trainer(net, loss, optimizer, config, x, v, test=loop.test, validation=loop.validation,
+                      diagnostics=loop.diagnostics)
+    state, history = trainer.run(start, loop.epochs, loop.on_epoch, loop.progress, stopping)
     return (state.params if trainer.best_params is None else trainer.best_params), history
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Loop:
+    """:func:`fit`'s settings that are not compiled in: the loop around the epochs."""
+
+    epochs: int = 10
+    test: tuple | None = None
+    validation: tuple | None = None
+    on_epoch: Callable[[TrainState, dict], None] | None = None
+    progress: bool = False
+    diagnostics: bool = False
+    early_stopping: int | EarlyStopping | None = None
+
+
+_LOOP = tuple(f.name for f in dataclasses.fields(_Loop))
+
+
+def _settings(config: TrainConfig | None, settings: dict) -> tuple[TrainConfig, _Loop]:
+    """:func:`fit`'s keywords split into the compiled settings (over ``config``) and the loop's."""
+    for name in settings:
+        if name not in FIELDS and name not in _LOOP:
+            raise unknown_setting("fit", name, FIELDS + _LOOP,
+                                  "fields of fnn.TrainConfig and fit's epochs, test, validation, on_epoch, "
+                                  "progress, diagnostics, early_stopping")
+    compiled = {k: a for k, a in settings.items() if k in FIELDS}
+    return with_settings(config, compiled, "fit"), _Loop(**{k: a for k, a in settings.items() if k in _LOOP})
 
 
 def _stopping(early_stopping, test) -> EarlyStopping | None:
@@ -139,9 +119,10 @@ def _stopping(early_stopping, test) -> EarlyStopping | None:
     return early_stopping if isinstance(early_stopping, EarlyStopping) else EarlyStopping(early_stopping)
 
 
-def _starting_state(net, loss: Loss, params, x, v, *, key, optimizer, epochs, batch_size, test, state,
-                    validation=None) -> TrainState:
+def _starting_state(net, loss: Loss, params, x, v, *, key, optimizer, state, loop: _Loop,
+                    config: TrainConfig) -> TrainState:
     """Every check of :func:`fit`'s arguments, once, before anything runs; the state to start from."""
+    epochs, test, validation = loop.epochs, loop.test, loop.validation
     check_optimizer(optimizer)
     check_key(key if state is None else state.key, "key")
     held_out = [(n, s) for n, s in (("test", test), ("validation", validation)) if s is not None]
@@ -153,7 +134,7 @@ def _starting_state(net, loss: Loss, params, x, v, *, key, optimizer, epochs, ba
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}.")
     for xs, vs in [(x, v)] + [tuple(pair) for _, pair in held_out]:
         validate(net, loss, params if state is None else state.params, xs, vs)
-    check_batch_size(batch_size, len(x))
+    check_batch_size(config.batch_size, len(x))
     if state is None:
         state = TrainState(params, optimizer.init(params), 0, key)
     check_params_finite(state.params)

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import optax
 
+from fnn.training.config import TrainConfig
 from fnn.training.epoch import make_chunk_fn, make_epoch_fn
 from fnn.core.metrics import _host_metrics, _to_device
 from fnn.core.network import Params
@@ -109,22 +110,21 @@ class EarlyStopping:
 
 
 class Trainer:
-    """The state of one ``fit`` call: data on the device, the compiled epoch, the history."""
+    """The state of one ``fit`` call: data on the device, the compiled epoch (built from
+    ``config``, a :class:`fnn.TrainConfig`), the history."""
 
-    def __init__(self, net, loss, optimizer, x, v, test, *, batch_size, method, l2, dropout, mesh,
-                 diagnostics=False, validation=None, **private):
-        self.net, self.loss, self.mesh = net, loss, mesh
-        self.batches = len(x) // batch_size
-        settings = dict(batch_size=batch_size, method=method, l2=l2, dropout=dropout, mesh=mesh, **private)
+    def __init__(self, net, loss, optimizer, config: TrainConfig, x, v, *, test=None, validation=None,
+                 diagnostics=False):
+        self.net, self.loss, self.mesh = net, loss, config.mesh
+        self.batches = len(x) // config.batch_size
         # Not donated: the state an epoch starts from is kept, to recover the last good state.
         if self.batches > CHUNK_BATCHES:
             # Equal chunks of at most CHUNK_BATCHES: the last one is not padded with skipped steps
             # (a skipped step is still computed, then discarded).
             self.chunk = math.ceil(self.batches / math.ceil(self.batches / CHUNK_BATCHES))
-            self.order, self.chunk_fn = make_chunk_fn(net, loss, optimizer, chunk=self.chunk, donate=False,
-                                                      **settings)
+            self.order, self.chunk_fn = make_chunk_fn(net, loss, optimizer, config, chunk=self.chunk, donate=False)
         else:
-            self.epoch_fn = make_epoch_fn(net, loss, optimizer, donate=False, **settings)
+            self.epoch_fn = make_epoch_fn(net, loss, optimizer, config, donate=False)
         self.data, self.test = (x, v), test
         # Held-out sets by history prefix: val_* (a validation split), test_* (the test set).
         self.held_out = [(name, pair) for name, pair in (("val", validation), ("test", test)) if pair is not None]
