@@ -22,7 +22,7 @@ import optax
 
 import fnn
 from common import RESULTS, figure, main, table
-from fnn.stats import holm, paired
+from fnn.analysis.stats import holm, paired
 
 INPUTS = ["activations"]
 THRESHOLDS = (0.25, 0.05)
@@ -105,9 +105,11 @@ def report(res):
           "on digits with tuned rates: a speed-up below 1 means the first is slower."]
     edge = [f"{a} (lr {r['lr']:g}, the top of {r['lr_grid']})" for a, r in res["arms"].items() if r["lr_at_grid_edge"]]
     if edge:
-        md += ["", "Rates that `activations` chose on its grid's edge (its result predates the edge rule): "
+        md += ["", "Rates that `activations` left on its grid's edge after extending it: "
                + ", ".join(edge) + "; a larger rate might make that arm faster, so its rows are an upper bound "
                "on its steps, not a measurement at its best rate."]
+    else:
+        md += ["", "Every rate is interior to the grid `activations` chose it on (grids extended off their edge)."]
     plt = figure()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for act, r in res["arms"].items():
