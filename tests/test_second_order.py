@@ -417,3 +417,28 @@ def test_sweep_runs_kfac_over_seeds_and_damping_as_one_program_equal_to_fit(x64)
         assert_rel_close(result.run_params(i), params, 1e-12)
         np.testing.assert_allclose(result.history["train_loss"][i], history["train_loss"], rtol=1e-12)
     assert result.history["train_loss"][0, -1] != result.history["train_loss"][2, -1]  # damping matters
+
+
+def test_fnn_sweep_over_damping_equals_fnn_train_and_refuses_it_for_adam(tmp_path, capsys):
+    from fnn.cli.main import main
+    from fnn.io import checkpoint
+
+    small = ["--dataset", "moons", "--hidden", "4", "--epochs", "1", "--no-progress", "--optimizer", "kfac", "--lr",
+             "0.3", "--inverse-update-period", "3"]
+    assert main(["sweep", *small, "--damping", "0.1", "1.0", "--seeds", "2", "--no-plot", "--out",
+                 str(tmp_path / "sw")]) == 0
+    assert "4 runs (2 seeds × --damping 0.1 1.0)" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [(r["config"]["seed"], r["config"]["damping"]) for r in doc["runs"]] == [(0, 0.1), (1, 0.1), (0, 1.0),
+                                                                                    (1, 1.0)]
+    swept = np.load(tmp_path / "sw" / "params.npz")
+    assert main(["train", *small, "--damping", "1.0", "--seed", "1", "--no-gradcheck", "--no-plot", "--out",
+                 str(tmp_path / "solo")]) == 0
+    for l, layer in enumerate(checkpoint.load(tmp_path / "solo" / "checkpoint.npz").params, 1):
+        np.testing.assert_allclose(swept[f"relu/W{l}"][3], layer["W"], rtol=1e-4, atol=1e-6)
+    capsys.readouterr()
+    assert main(["sweep", "--dataset", "xor", "--epochs", "1", "--no-progress", "--damping", "0.1", "1.0",
+                 "--out", str(tmp_path / "adam")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damping is a setting of the second-order optimizers" in err[0], err
+    assert not (tmp_path / "adam").exists()

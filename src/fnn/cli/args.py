@@ -254,7 +254,7 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
         help="train seeds x a grid of settings as one compiled program per group",
         description="Train many runs: every seed (--seeds) with every combination of the values given to "
                     f"{', '.join(flag(k) for k in SWEEP_FLAGS)} (several values each). Traced settings "
-                    "(learning rate, momentum, L2, dropout, init scale) share one vmapped program; the others "
+                    "(learning rate, momentum, L2, dropout, init scale, damping) share one vmapped program; the others "
                     "make one program per value. Each run equals fnn train with the same --seed and settings. "
                     "Writes sweep.json, summary.csv, summary.md, curves.png and params.npz.")
     _add_train_args(sw, sweep=True)

@@ -22,8 +22,9 @@ DEFAULTS: dict[str, Any] = dict(
 # The second-order optimizers' own settings (None: that optimizer's default; see fnn.get_optimizer).
 SECOND_ORDER_KEYS = ("damping", "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations")
 # What `fnn sweep` may give several values: traced in one program, or one program per value.
-SWEEP_FLAGS = ("lr", "momentum", "l2", "dropout", "init_scale", "optimizer", "batch_size", "schedule",
-               "warmup_epochs", "init", "epochs", "method", "activation")
+SWEEP_FLAGS = ("lr", "momentum", "l2", "dropout", "init_scale", "damping", "optimizer", "batch_size", "schedule",
+               "warmup_epochs", "init", "epochs", "method", "activation", "inverse_update_period",
+               "curvature_ema", "mc_samples", "cg_iterations")
 # Keys added after the first release: a config.json without them gets these values.
 LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0, "diagnostics": False, "schedule": "constant",
               "warmup_epochs": None, "early_stopping": None, "target": None, "init_scale": 1.0,

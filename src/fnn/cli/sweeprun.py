@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fnn.cli.config import DEFAULTS, SWEEP_FLAGS, check_config, flag
+from fnn.cli.config import DEFAULTS, SECOND_ORDER_KEYS, SWEEP_FLAGS, check_config, flag
 from fnn.io.files import atomic_write, write_json
 from fnn.training.parallel import make_mesh
 from fnn.io.plots import figure_png, plot_sweep
@@ -136,7 +136,7 @@ def _stack(splits):
 def run(plan: SweepPlan, progress: bool) -> list[tuple[str, object]]:
     """Trains every group; ``[(activation, SweepResult), ...]``."""
     keys = ("lr", "momentum", "l2", "dropout", "init_scale", "optimizer", "batch_size", "schedule",
-            "warmup_epochs", "method", "init", "epochs")
+            "warmup_epochs", "method", "init", "epochs", *SECOND_ORDER_KEYS)
     settings = {k: plan.base[k] for k in keys}
     grid = {k: a for k, a in plan.grid.items() if k in keys}
     mesh = make_mesh(plan.base["devices"]) if plan.base["devices"] > 1 else None
