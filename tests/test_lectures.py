@@ -266,7 +266,48 @@ def test_conventions_where_fnn_departs_from_the_slides(x64):
     step = fnn.get_activation("step")
     assert step.fn(jnp.array([-1.0, 0.0, 1.0])).tolist() == [0.0, 1.0, 1.0]
     assert step.grad(jnp.array([0.5]), None).tolist() == [0.0]
-    # fnn's mse carries a ½: ℓ = ½‖y − v‖², gradient y − v (the slides' ‖y − a‖² has gradient 2(y − a)).
+    # fnn's mse is deck 001's ½‖y − a‖²₂: gradient y − v. Deck 003's (y − t)² and PyTorch's MSELoss have no ½,
+    # so their gradient is 2(y − t), twice fnn's (test_single_neuron_squared_error_without_the_half).
     y, v = jnp.array([[1.0, 2.0]]), jnp.array([[0.5, 4.0]])
     mse = fnn.get_loss("mse")
     assert float(mse.value(y, v)[0]) == 0.5 * (0.25 + 4.0) and mse.grad(y, v).tolist() == [[0.5, -2.0]]
+
+
+def test_single_neuron_squared_error_without_the_half(x64):
+    # Deck 003's single neuron y = f(v), v = Wᵀx + b, L = (y − t)²: ∂L/∂W = 2(y − t) f′(v) xᵀ (the slide's
+    # row layout; fnn's ∂/∂W is shaped like W, the column x). No ½ there, so it is 2 × fnn's mse gradient.
+    import jax
+
+    x, t = jnp.array([0.4, -1.3, 0.8]), 0.25
+    W, b = jnp.array([[0.7], [0.2], [-0.5]]), jnp.array([0.1])
+    net = fnn.MLP((3, 1), ("tanh",))
+    v = x @ W[:, 0] + b[0]
+    y = jnp.tanh(v)
+    closed_form = 2 * (y - t) * (1 - y ** 2) * x
+    L = lambda W: (fnn.forward(net, [{"W": W, "b": b}], x[None])[0, 0] - t) ** 2
+    np.testing.assert_allclose(jax.grad(L)(W)[:, 0], closed_form, rtol=1e-14)
+    half, grads = fnn.value_and_grad(net, "mse", [{"W": W, "b": b}], x[None], jnp.array([[t]]))
+    assert float(half) == pytest.approx(0.5 * float(L(W)), rel=1e-15)
+    np.testing.assert_allclose(2 * grads[0]["W"][:, 0], closed_form, rtol=1e-14)
+
+
+def test_network_2_3_2_1_against_jax_grad(x64):
+    # Deck 001's 2-3-2-1 example: scalar output, its W⁽³⁾ ∈ ℝ^{1×2} (out × in). fnn stores W as
+    # (in × out), so fnn's W3 is (2, 1), the transpose of the slide's; every W is deck 001's Wᵀ.
+    import jax
+
+    net = fnn.MLP((2, 3, 2, 1), ("sigmoid", "tanh", "identity"))
+    params = fnn.init(jax.random.key(3), net)
+    assert [p["W"].shape for p in params] == [(2, 3), (3, 2), (2, 1)]
+    x = jax.random.normal(jax.random.key(4), (5, 2), jnp.float64)
+    for loss, v in (("mse", jax.random.normal(jax.random.key(5), (5, 1), jnp.float64)),
+                    ("binary_cross_entropy", jnp.array([[0.0], [1.0], [1.0], [0.0], [1.0]]))):
+        value, grads = fnn.value_and_grad(net, loss, params, x, v)
+        auto = jax.grad(lambda p: fnn.risk(loss, fnn.forward(net, p, x), v))(params)
+        assert float(value) == pytest.approx(float(fnn.risk(loss, fnn.forward(net, params, x), v)), rel=1e-14)
+        for g, a in zip(grads, auto):
+            np.testing.assert_allclose(g["W"], a["W"], rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(g["b"], a["b"], rtol=1e-12, atol=1e-15)
+        # In deck 001's orientation ∂R/∂W⁽³⁾ = Σ_b δ⁽³⁾_b h⁽²⁾_bᵀ is 1 × 2: fnn's ∂R/∂W3 transposed.
+        top = fnn.trace(net, loss, params, x, v).layers[2]
+        np.testing.assert_allclose(top.delta_z.T @ top.y_in, grads[2]["W"].T, rtol=1e-12)

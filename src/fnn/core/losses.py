@@ -238,9 +238,10 @@ LOSSES: Registry[Loss] = Registry(
 softmax_cross_entropy (both on logits). :func:`get_loss` looks names up here; a
 :class:`Loss` of your own needs no entry.
 
-``mse`` is ``ℓ = ½‖y − v‖²`` per example (gradient ``y − v``): the lecture slides write
-``‖y − a‖²`` without the ½, which doubles the gradient and moves no minimum; a learning rate
-tuned for one convention is half (or twice) the other's."""
+``mse`` is ``ℓ = ½‖y − v‖²`` per example (gradient ``y − v``), the same as deck 001's
+``½‖y − a‖²₂``. Deck 003's single-neuron ``L = (y − t)²`` and PyTorch's ``MSELoss`` have no
+½, so their gradient is twice fnn's (the minimum does not move; a learning rate tuned for
+one is half the other's); ``MSELoss``'s default also averages over the output entries."""
 
 
 def get_loss(spec: str | Loss) -> Loss:
