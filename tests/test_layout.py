@@ -145,6 +145,34 @@ def test_small_modules_and_functions():
     assert not too_long, too_long
 
 
+MAX_PARAMETERS = 10
+
+
+def _parameter_counts(path: Path):
+    """(name, line, parameters) of every function: positional, keyword-only, ``*args`` and
+    ``**kwargs`` all count, ``self`` and ``cls`` do not."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+            yield node.name, node.lineno, len(names) + (a.vararg is not None) + (a.kwarg is not None)
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    # Settings that travel together are one value (fnn.TrainConfig) or **settings, not ten more names.
+    too_many = [f"{path.relative_to(SRC)}:{line} {name}: {n} parameters"
+                for path in sorted(SRC.rglob("*.py")) for name, line, n in _parameter_counts(path)
+                if n > MAX_PARAMETERS]
+    assert not too_many, too_many
+
+
+def test_the_parameter_count_counts_every_kind(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("class A:\n    def f(self, a, /, b, *c, d, e=1, **f): pass\n"
+                    "def g(cls, a, b, c, d, e, f, g, h, i, j): pass\n")
+    assert sorted(_parameter_counts(path)) == [("f", 2, 6), ("g", 3, 10)]
+
+
 def test_old_module_attributes_still_resolve():
     # In a fresh process: once any test has imported an old path, the attribute is set for good.
     code = ("import warnings, fnn\n"
