@@ -1,6 +1,7 @@
 """The same input checks at every public entry point, and activations and losses as values."""
 
 import gzip
+import warnings
 import json
 
 import jax
@@ -313,3 +314,26 @@ def test_keys_optimizers_and_coefficients_are_checked():
     fnn.init(jax.random.PRNGKey(0), NET)
     np.testing.assert_allclose(fnn.forward(NET, params, [[1.0, 2.0, 3.0]]),
                                fnn.forward(NET, params, jnp.array([[1.0, 2.0, 3.0]])))
+
+
+@pytest.mark.parametrize("loss,targets", [("binary_cross_entropy", [[0.0], [1.0]]), ("softmax_cross_entropy", [0, 1])])
+def test_sigmoid_output_before_a_logits_loss_warns(loss, targets):
+    # The cross-entropies take logits; a sigmoid output layer would apply the sigmoid twice.
+    out = 1 if loss == "binary_cross_entropy" else 2
+    x, v = jnp.ones((2, 3)), jnp.asarray(targets)
+    for last, warns in (("sigmoid", True), ("identity", False)):
+        net = fnn.MLP((3, 4, out), ("tanh", last))
+        params = fnn.init(jax.random.key(0), net)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fnn.value_and_grad(net, loss, params, x, v)
+        hits = [w for w in caught if "applied twice" in str(w.message)]
+        assert bool(hits) == warns, (last, [str(w.message) for w in caught])
+        if warns:
+            assert "use 'identity' for the last layer" in str(hits[0].message)
+    # Regression losses on a sigmoid output are legitimate (targets in (0, 1)): no warning.
+    net = fnn.MLP((3, 4, 1), ("tanh", "sigmoid"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fnn.value_and_grad(net, "mse", fnn.init(jax.random.key(0), net), x, jnp.full((2, 1), 0.5))
+    assert not [w for w in caught if "applied twice" in str(w.message)]

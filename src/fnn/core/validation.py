@@ -14,6 +14,8 @@ The checks are duck-typed on the network (``sizes``, ``num_layers``,
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 
@@ -217,6 +219,23 @@ def validate(net, loss, params, x, v, weights=None) -> None:
     check_targets(loss, v, net.out_dim, batch if batch else None)
     if weights is not None:
         check_weights(weights, batch)
+    check_output_activation(net, loss)
+
+
+# The cross-entropies take logits and apply the sigmoid or softmax themselves.
+_ON_LOGITS = ("binary_cross_entropy", "softmax_cross_entropy")
+
+
+def check_output_activation(net, loss) -> None:
+    """Warns (a ``UserWarning``, once per call site) when a cross-entropy on logits follows a
+    sigmoid output layer: the sigmoid would be applied twice, confining the predicted
+    probabilities to (0.5, 0.73). The lectures' "one sigmoid output unit" is, in fnn, one
+    identity output unit with the sigmoid inside ``binary_cross_entropy``."""
+    last = getattr(net.activations[-1], "name", net.activations[-1])
+    if getattr(loss, "name", loss) in _ON_LOGITS and last == "sigmoid":
+        warnings.warn(f"{loss.name} takes logits and applies the sigmoid/softmax itself, but the output "
+                      "layer's activation is sigmoid, so it is applied twice: use 'identity' for the last "
+                      "layer.", UserWarning, stacklevel=3)
 
 
 def check_key(key, what: str = "key") -> None:
