@@ -12,8 +12,10 @@ A. **Dead ReLUs.** A hidden unit is *dead* when its pre-activation is ≤ 0 on e
    the first hidden layer, whose inputs are the fixed data, stays dead for good). The share of
    dead hidden units is measured every 10 steps, for relu and leaky_relu (slope 0.01, same
    criterion; its units keep a gradient α δ) under the same settings: a usual one (He init,
-   zero bias, lr 0.1), two large learning rates and a negative bias init. relu − leaky_relu is
-   compared paired over seeds (dead share and test accuracy at the end, Holm over the rows).
+   zero bias, lr 0.1, fixed beforehand) and three that provoke dying, chosen by a stated rule
+   on separate selection seeds (:func:`select_settings`): the onset rate, the largest rate
+   below it where no unit dies, and a negative bias init. relu − leaky_relu is then compared
+   paired over the measurement seeds (dead share and test accuracy at the end, Holm over the rows).
 
 B. **Non-zero-centred sigmoid outputs.** The consequence (LeCun et al. 1998, "Efficient
    BackProp", §4.3; the lecture names only the con): a unit whose inputs are all positive has
@@ -49,8 +51,8 @@ LOSS = "softmax_cross_entropy"
 CENTRED_SIGMOID = fnn.Activation("centred_sigmoid", lambda z: jax.nn.sigmoid(z) - 0.5,
                                  lambda z, y: (y + 0.5) * (0.5 - y), None, ())
 THRESHOLDS = (0.25, 0.05)
-DEAD_SETTINGS = {"lr 0.1": {"lr": 0.1, "bias": 0.0}, "lr 0.7": {"lr": 0.7, "bias": 0.0},
-                 "lr 1.0": {"lr": 1.0, "bias": 0.0}, "bias -2": {"lr": 0.1, "bias": -2.0}}
+USUAL = {"lr": 0.1, "bias": 0.0}  # the usual setting, fixed beforehand
+PROVOKED = 0.1  # a setting provokes dying when relu's max dead share reaches this (median over selection seeds)
 DEAD_EVERY = 10  # steps between two dead-unit counts (each count is a forward pass over the training split)
 
 
@@ -143,8 +145,7 @@ def _with_holm(rows):
     return rows
 
 
-def _dead_arm(act, setting, seeds, steps) -> dict:
-    s = DEAD_SETTINGS[setting]
+def _dead_arm(act, setting, s, seeds, steps) -> dict:
     net = fnn.MLP(SIZES, act)
     probes, test_error, finite = _train(net, s["lr"], seeds, steps, _dead_probe(net), scheme="he",
                                         bias=s["bias"], every=DEAD_EVERY)
@@ -165,13 +166,47 @@ def _dead_arm(act, setting, seeds, steps) -> dict:
             "test_accuracy": np.where(finite, 1 - test_error, np.nan).tolist()}
 
 
-def dead_units(seeds, steps) -> dict:
+def select_settings(seeds, steps, lr_grid, bias_grid) -> dict:
+    """The provoking settings of part A, chosen on the selection ``seeds`` only (relu, He init).
+
+    A setting provokes dying when the median over the selection seeds of relu's largest dead
+    share during training reaches ``PROVOKED``, every seed finite. ``onset``: the smallest such
+    rate of ``lr_grid`` (zero bias); ``below onset``: the largest smaller rate at which no unit
+    is dead at any count on any selection seed; ``negative bias``: the least negative hidden
+    bias of ``bias_grid`` (at the usual rate) that provokes. Scans stop at their first hit.
+    Returns the settings and every scanned value's per-seed figures (``scan``).
+    """
+    scan, chosen = [], {"usual": dict(USUAL)}
+
+    def probe(kind, values, lr, bias):
+        for value in values:
+            a = _dead_arm("relu", kind, {"lr": lr(value), "bias": bias(value)}, seeds, steps)
+            scan.append({"scan": kind, "lr": a["lr"], "bias": a["bias"], "dead_share_max": a["dead_share_max"],
+                         "diverged": a["diverged"]})
+            if a["diverged"] == 0 and np.median(a["dead_share_max"]) >= PROVOKED:
+                return {"lr": a["lr"], "bias": a["bias"]}
+        return None
+
+    onset = probe("lr", sorted(lr_grid), lambda v: v, lambda v: 0.0)
+    if onset:
+        quiet = [r["lr"] for r in scan if r["lr"] < onset["lr"] and r["diverged"] == 0 and max(r["dead_share_max"]) == 0]
+        if quiet:
+            chosen["below onset"] = {"lr": max(quiet), "bias": 0.0}
+        chosen["onset"] = onset
+    bias = probe("bias", sorted(bias_grid, reverse=True), lambda v: USUAL["lr"], lambda v: v)
+    if bias:
+        chosen["negative bias"] = bias
+    return {"seeds": list(seeds), "rule": f"median max dead share ≥ {PROVOKED:g}, every seed finite",
+            "settings": chosen, "scan": scan}
+
+
+def dead_units(seeds, steps, settings) -> dict:
     """Part A: dead-unit share every ``DEAD_EVERY`` steps and test accuracy, relu and leaky_relu
     per setting; relu − leaky_relu paired over the seeds where both stayed finite."""
     arms, rows = {}, []
-    for setting in DEAD_SETTINGS:
+    for setting, s in settings.items():
         for act in ("relu", "leaky_relu"):
-            arms[f"{setting}/{act}"] = _dead_arm(act, setting, seeds, steps)
+            arms[f"{setting}/{act}"] = _dead_arm(act, setting, s, seeds, steps)
         r, k = arms[f"{setting}/relu"], arms[f"{setting}/leaky_relu"]
         rows.append(_row("dead share at the end: relu − leaky_relu", r["dead_share_final"], k["dead_share_final"],
                          setting=setting))
@@ -222,8 +257,12 @@ def run(quick: bool = False) -> dict:
     tune_seeds = [100, 101] if quick else list(range(100, 105))
     steps = (60, 40) if quick else (1000, 600)
     grid = [0.3, 1.0, 3.0] if quick else [0.1, 0.3, 1.0, 3.0, 10.0]
+    lr_grid = [0.5, 1.4, 2.0] if quick else [0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0]
+    bias_grid = [-1.0, -3.0] if quick else [-0.5, -1.0, -1.5, -2.0, -3.0]
+    selection = select_settings(tune_seeds, steps[0], lr_grid, bias_grid)
     return {"seeds": seeds, "tune_seeds": tune_seeds, "steps": {"dead": steps[0], "centring": steps[1]},
-            "thresholds": list(THRESHOLDS), "dead": dead_units(seeds, steps[0]),
+            "thresholds": list(THRESHOLDS), "selection": selection,
+            "dead": dead_units(seeds, steps[0], selection["settings"]),
             "centring": centring(seeds, tune_seeds, steps[1], grid, extend=0 if quick else 3)}
 
 
@@ -256,18 +295,31 @@ def _report_dead(res):
              _stat(np.asarray(a["dead_share_final_by_layer"])[:, 1]), _stat(a["dead_share_max"]),
              _stat(a["revived_share"]), f"{a['collapsed']}/{a['diverged']}", _stat(a["test_accuracy"])]
             for a in d["arms"].values()]
-    return ["## A. Dead ReLUs", "",
+    return ["## A. Dead ReLUs", "", *_report_selection(res), "",
             f"64-64-64-10 on digits, He init, SGD batch 32, {res['steps']['dead']} steps (one epoch is 44), "
             f"{n} seeds. Dead = pre-activation ≤ 0 on every one of the training split's examples, counted every "
-            f"{d['every']} steps over both hidden layers (128 units). The provoking settings were picked in a "
-            "pilot on seeds 0–6 (lr 0.1 kills nothing; the onset lies between lr 0.7 and 1.0); lr 0.1 with zero bias "
-            "is the usual setting. Mean ± 95% t-interval over the seeds that stayed finite; revived = share of the "
+            f"{d['every']} steps over both hidden layers (128 units). lr 0.1 with zero bias is the usual setting, fixed "
+            "beforehand; the provoking settings were chosen on the selection seeds (above), disjoint from the "
+            "measurement seeds. Mean ± 95% t-interval over the seeds that stayed finite; revived = share of the "
             "units dead at some count that were alive at the end; collapsed = a whole hidden layer dead at the end "
             "(the output is then constant).", "",
             table(["setting", "activation", "lr", "hidden bias at init", "dead share, end", "layer 2 dead, end",
                    "dead share, max over training", "revived", "collapsed/diverged seeds", "test accuracy"], rows), "",
             "relu − leaky_relu, paired over the seeds where both stayed finite (a diverged run drops its pair):", "",
             _compare_table(d["comparisons"])]
+
+
+def _report_selection(res):
+    sel = res["selection"]
+    rows = [[r["scan"], f"{r['lr']:g}", f"{r['bias']:g}", ", ".join(f"{a:.0%}" for a in r["dead_share_max"]),
+             f"{np.median(r['dead_share_max']):.1%}", r["diverged"]] for r in sel["scan"]]
+    chosen = "; ".join(f"{k}: lr {s['lr']:g}, bias {s['bias']:g}" for k, s in sel["settings"].items())
+    missing = [k for k in ("below onset", "onset", "negative bias") if k not in sel["settings"]]
+    return [f"Selection on seeds {sel['seeds']} (relu, He init, the measurement's steps), scans in order, each "
+            f"stopping at its first hit; provoking = {sel['rule']}; below onset = the largest smaller rate with no "
+            "dead unit at any count on any selection seed:", "",
+            table(["scan", "lr", "hidden bias", "max dead share per selection seed", "median", "diverged"], rows), "",
+            f"Chosen: {chosen}." + (f" Not found on the grids: {', '.join(missing)}." if missing else "")]
 
 
 def _report_centring(res):
@@ -313,15 +365,19 @@ SHORT = {"leaky_relu": "leaky", "centred_sigmoid": "centred σ"}
 
 def _figure_dead(ax, res):
     arms = res["dead"]["arms"]
-    groups = lambda key: [(f"{a['setting']}\n{SHORT.get(a['activation'], a['activation'])}", a[key],
+    groups = lambda key: [(f"{a['setting'].replace(' onset', '').replace('negative ', '')} {a['lr']:g}"
+                           + (f"/{a['bias']:g}" if a["bias"] else "") + f"\n{SHORT.get(a['activation'], a['activation'])}", a[key],
                            COLOUR[a["activation"]]) for a in arms.values()]
     _points(ax[0], groups("dead_share_final"), "dead share of hidden units, end", "A. dead units per seed")
     _points(ax[1], groups("test_accuracy"), "test accuracy", "A. test accuracy per seed (diverged: absent)")
-    steps = np.arange(len(arms["lr 1.0/relu"]["dead_share_mean"])) * res["dead"]["every"]
+    onset = res["selection"]["settings"].get("onset", USUAL)
+    key = "onset" if "onset" in res["selection"]["settings"] else "usual"
+    steps = np.arange(len(arms[f"{key}/relu"]["dead_share_mean"])) * res["dead"]["every"]
     for act, ls in (("relu", "-"), ("leaky_relu", "--")):  # the other settings' curves are in the table
-        ax[2].plot(steps, arms[f"lr 1.0/{act}"]["dead_share_mean"], ls, color=COLOUR[act], label=f"{act}, lr 1.0")
+        ax[2].plot(steps, arms[f"{key}/{act}"]["dead_share_mean"], ls, color=COLOUR[act],
+                   label=f"{act}, lr {onset['lr']:g}")
     ax[2].set(xlabel="SGD step", ylabel="dead share (mean over finite seeds)",
-              title="A. dead share during training at lr 1.0")
+              title=f"A. dead share during training at lr {onset['lr']:g} ({key})")
 
 
 def _figure_centring(ax, res):

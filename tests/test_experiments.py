@@ -119,10 +119,14 @@ def test_activations_steps(tmp_path):
 
 def test_mechanisms(tmp_path):
     r = _run("mechanisms", tmp_path)
-    dead = r["dead"]["arms"]
-    # The usual rate kills no unit; lr 1.0 kills ReLU units on every seed, within 60 steps.
-    assert all(d == 0 for act in ("relu", "leaky_relu") for d in dead[f"lr 0.1/{act}"]["dead_share_final"])
-    assert min(dead["lr 1.0/relu"]["dead_share_final"]) > 0.01
+    dead, sel = r["dead"]["arms"], r["selection"]
+    # The provoking rate is chosen on the selection seeds only, disjoint from the measurement seeds,
+    # as the first scanned rate at which relu units die; the usual rate (fixed) kills none.
+    assert not set(sel["seeds"]) & set(r["seeds"]) and sel["scan"][0]["lr"] < sel["settings"]["onset"]["lr"]
+    assert np.median(sel["scan"][[s["lr"] for s in sel["scan"]].index(sel["settings"]["onset"]["lr"])]
+                     ["dead_share_max"]) >= 0.1
+    assert all(d == 0 for act in ("relu", "leaky_relu") for d in dead[f"usual/{act}"]["dead_share_final"])
+    assert min(dead["onset/relu"]["dead_share_final"]) > 0.01  # and it kills on the measurement seeds too
     # Sigmoid's positive outputs: every unit's per-example weight-gradient column has one sign,
     # for tanh and the centred sigmoid (same derivative) none does; the minibatch gradient keeps some of it.
     arms = r["centring"]["arms"]
