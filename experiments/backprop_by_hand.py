@@ -1,7 +1,8 @@
 """Experiment 1: backpropagation by hand, step by step, next to jax.grad.
 
 The lectures' worked examples and a 2-3-2-2 network: every forward value and every
-backward message as a table, with jax.grad's numbers beside the hand-written ones.
+backward message as a table, with jax.grad's numbers beside the hand-written ones. Deck 001's
+exercise -log σ(w·x) node by node beside the slide's numbers, with the slide's errata.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import fnn
 from common import figure, main, table
@@ -58,6 +60,7 @@ def _run() -> dict:
     auto = jax.grad(lambda w: -jnp.log(jax.nn.sigmoid(w @ x[0])))(params[0]["W"][:, 0])
     results["logistic"] = {"loss": float(loss), "manual": [float(a) for a in grads[0]["W"][:, 0]],
                            "jax_grad": [float(a) for a in auto]}
+    results["logistic_graph"] = _logistic_graph()
     # Chain 2x -> z² -> e^z -> log at x = 0.5.
     square = fnn.Activation("square", lambda z: z * z, lambda z, y: 2 * z)
     exp = fnn.Activation("exp", jnp.exp, lambda z, y: y)
@@ -91,6 +94,68 @@ def _run() -> dict:
     return results
 
 
+# Deck 001's exercise graph for l = -log σ(w·x), node by node: μ = w·x (the products γ, ζ, κ and
+# the sums λ, μ as one 3 → 1 identity layer), ν = -μ, ξ = e^ν, π = ξ + 1, ϖ = 1/π, ρ = log ϖ, l = -ρ.
+# Each step is a width-1 layer: a weight of -1 negates, a bias of 1 adds, activations apply exp, 1/π, log.
+SLIDE_NODES = {"γ, ζ, κ": [1.0, 1.0, -1.5], "λ": 2.0, "μ": 0.5, "ν": -0.5, "ξ": 0.6065, "π": 1.6065,
+               "ϖ": 0.6225, "ρ": -0.4740, "l": 0.4740}
+SLIDE_MESSAGES = {"ρ": -1.0, "ϖ": -1.6065, "π": 0.6224, "ξ": 0.6224, "ν": 0.3775, "μ": -0.3775}
+
+
+def _logistic_graph(lr: float = 0.1) -> dict:
+    exp = fnn.Activation("exp", jnp.exp, lambda z, y: y)
+    inv = fnn.Activation("reciprocal", lambda z: 1 / z, lambda z, y: -y * y)
+    log = fnn.Activation("log", jnp.log, lambda z, y: 1 / z)
+    net = fnn.MLP((3, 1, 1, 1, 1, 1), ("identity", exp, inv, log, "identity"))
+    w = [1.0, 1.0, -1.5]
+    params = lambda w: [_layer([[a] for a in w]), _layer([[-1.0]]), {**_layer([[1.0]]), "b": jnp.ones(1)},
+                        _layer([[1.0]]), _layer([[-1.0]])]
+    x = jnp.ones((1, 3))
+    out, cache = fnn.forward_with_cache(net, params(w), x)
+    grads, dl_dx = fnn.backward_with_input_grad(net, params(w), cache, jnp.ones((1, 1)))
+    z = [float(a[0, 0]) for a in cache.pre_activations]
+    y = [float(a[0, 0]) for a in cache.outputs]
+    nodes = dict(zip(["μ", "ν", "ξ", "π", "ϖ", "ρ", "l"], [z[0], z[1], y[1], z[2], y[2], y[3], y[4]]))
+    # The message at a layer's pre-activation is ∂l/∂b of that layer; the one at its output is the
+    # message its input receives in the layer above (δz_{l+1} W_{l+1}ᵀ).
+    dz = [float(g["b"][0]) for g in grads]
+    up = [float(p["W"][0, 0]) for p in params(w)]
+    messages = {"ρ": dz[4] * up[4], "ϖ": dz[3], "π": dz[2], "ξ": dz[2] * up[2], "ν": dz[1], "μ": dz[0]}
+    # Inside the dot product: the products γ, ζ, κ = w_i x_i and the partial sum λ = γ + ζ; a sum node
+    # passes its message on unchanged, so each of them receives ∂l/∂μ.
+    products = [a * float(b) for a, b in zip(w, x[0])]
+    nodes = {"γ, ζ, κ": products, "λ": products[0] + products[1], **nodes}
+    g = [float(a) for a in grads[0]["W"][:, 0]]
+    step = optax.apply_updates(jnp.asarray(w), fnn.plain_gd(lr).update(jnp.asarray(g), None)[0])
+    loss_after = float(fnn.forward(net, params(step.tolist()), x)[0, 0])
+    auto = jax.grad(lambda w, x: -jnp.log(jax.nn.sigmoid(w @ x)), argnums=(0, 1))(jnp.asarray(w), x[0])
+    return {"nodes": nodes, "messages": messages, "slide_nodes": SLIDE_NODES, "slide_messages": SLIDE_MESSAGES,
+            "dl_dw": g, "dl_dx": [float(a) for a in dl_dx[0]], "jax_grad_dl_dw_dl_dx": [a.tolist() for a in auto],
+            "lr": lr, "w_after_step": step.tolist(), "loss_before": float(out[0, 0]), "loss_after": loss_after}
+
+
+def _logistic_md(r: dict) -> list[str]:
+    g = r["logistic_graph"]
+    val = lambda a: ", ".join(f"{b:.4f}" for b in a) if isinstance(a, list) else f"{a:.4f}"
+    rows = [[n, val(v), val(g["slide_nodes"][n]), val(g["messages"][n]) if n in g["messages"] else "",
+             val(g["slide_messages"][n]) if n in g["slide_messages"] else ""] for n, v in g["nodes"].items()]
+    return ["", "## Deck 001's exercise: l = -log σ(w·x), x = (1, 1, 1), w = (1, 1, -1.5), node by node", "",
+            "The slide's graph as width-1 fnn layers: the dot product μ = w·x is one 3 → 1 identity layer "
+            "(its products γ, ζ, κ and partial sum λ are inside it, and each receives ∂l/∂μ, since a sum "
+            "passes its message on), then ν = -μ, ξ = e^ν, π = ξ + 1, ϖ = 1/π, ρ = log ϖ, l = -ρ. Each "
+            "message ∂l/∂node comes from fnn's backward pass (∂l/∂b of the layer whose pre-activation "
+            "the node is, or the message its input receives).", "",
+            table(["node", "value (fnn)", "slide", "∂l/∂node (fnn)", "slide"], rows), "",
+            f"∂l/∂w = ({val(g['dl_dw'])}) and ∂l/∂x = ({val(g['dl_dx'])}) (`fnn.backward_with_input_grad`): "
+            "∂l/∂x3 = w3 · ∂l/∂μ, the slide's 0.5663. One gradient-descent step (`fnn.plain_gd`, η = "
+            f"{g['lr']}) gives w = ({val(g['w_after_step'])}), i.e. w1 + 0.3775η, and the loss falls from "
+            f"{g['loss_before']:.5f} to {g['loss_after']:.5f}.", "",
+            "The slide's errata: the loss is 0.47408, which rounds to 0.4741, not the slide's 0.4740; the "
+            f"message at π (and ξ) is 1/π = {g['messages']['π']:.5f}, which rounds to 0.6225, not 0.6224; and "
+            "the update reads \"w1 ← w1 + η ∂l/∂w1\", whose sign is wrong: gradient descent is w1 − η ∂l/∂w1, "
+            "which is the slide's result w1 + 0.3775η since ∂l/∂w1 = -0.3775."]
+
+
 def _finite_differences() -> dict:
     """Forward and central differences of f(x) = sin(x) e^x at x = 1 against the exact
     derivative (what jax.grad gives), as the step δ shrinks: truncation error falls (∝ δ and
@@ -119,6 +184,7 @@ def report(r: dict) -> tuple[str, object]:
           ]), "", "Backward messages of the chain y = log(exp((2x)²)) at x = 0.5, as on the slide: "
           "∂y/∂z3 = 1/z3 = {:.4f} (1/e), ∂y/∂z2 = {:.4f}, ∂y/∂z1 = {:.4f}, then dy/dx = {:.4f}.".format(
               *r["chain"]["backward"], r["chain"]["manual"]),
+          *_logistic_md(r),
           "", "## 2-3-2-2 network (sigmoid, sigmoid, softmax cross-entropy), x = (0.5, -1), label 1", ""]
     n = r["net_2322"]
     weights = [[f"W{l}", str(n["weights"][f"W{l}"]), f"b{l}", str(n["weights"][f"b{l}"])] for l in (1, 2, 3)]
