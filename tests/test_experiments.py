@@ -29,6 +29,20 @@ def test_backprop_by_hand(tmp_path):
     assert r["chain"]["manual"] == pytest.approx(4.0) == r["chain"]["jax_grad"]
     assert r["chain"]["backward"] == pytest.approx([1 / np.e, 1.0, 2.0], rel=1e-15)  # the slide's messages
     assert r["net_2322"]["max_abs_diff_vs_jax_grad"] < 1e-12 and r["net_2322"]["zero_gradient_entries"] == 0
+    # Deck 001's exercise node by node: the slide's values and messages to its 4 digits, where they are right.
+    g = r["logistic_graph"]
+    nodes = {k: np.round(v, 4).tolist() for k, v in g["nodes"].items()}
+    assert nodes == {"γ, ζ, κ": [1.0, 1.0, -1.5], "λ": 2.0, "μ": 0.5, "ν": -0.5, "ξ": 0.6065, "π": 1.6065,
+                     "ϖ": 0.6225, "ρ": -0.4741, "l": 0.4741}  # the slide: ρ = -0.4740, l = 0.4740
+    assert {k: round(v, 4) for k, v in g["messages"].items()} == {
+        "ρ": -1.0, "ϖ": -1.6065, "π": 0.6225, "ξ": 0.6225, "ν": 0.3775, "μ": -0.3775}  # the slide: 0.6224
+    assert g["messages"]["π"] == pytest.approx(1 / (1 + np.exp(-0.5)), rel=1e-15)  # 1/π = σ(0.5)
+    assert round(g["messages"]["π"], 5) == 0.62246
+    assert np.round(g["dl_dw"], 4).tolist() == [-0.3775] * 3
+    assert np.round(g["dl_dx"], 4).tolist() == [-0.3775, -0.3775, 0.5663]
+    np.testing.assert_allclose([g["dl_dw"], g["dl_dx"]], g["jax_grad_dl_dw_dl_dx"], rtol=1e-14)
+    assert g["w_after_step"][0] == pytest.approx(1 + 0.37754066879814546 * g["lr"], rel=1e-14)  # w1 + 0.3775η
+    assert g["loss_after"] < g["loss_before"] == pytest.approx(r["logistic"]["loss"], rel=1e-15)
 
 
 def test_activations(tmp_path):
