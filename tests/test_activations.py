@@ -46,3 +46,15 @@ def test_unknown_activation_lists_the_known_ones():
         fnn.get_activation("rleu")
     with pytest.raises(ValueError, match="slope"):
         fnn.leaky_relu(1.5)
+
+
+def test_tanh_is_a_shifted_scaled_sigmoid(x64):
+    # Deck 001: tanh x = 2σ(2x) − 1, so tanh′(x) = 4σ′(2x); fnn's two activations and their derivatives agree.
+    tanh, sigmoid = fnn.get_activation("tanh"), fnn.get_activation("sigmoid")
+    z = jnp.linspace(-8.0, 8.0, 161)
+    # Both sides are differences of numbers near 1 (2σ − 1, 1 − tanh², σ(1 − σ)), so they agree to a few
+    # ulps of 1, not of the result: atol in units of float64's eps.
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(tanh.fn(z), 2 * sigmoid.fn(2 * z) - 1, rtol=0, atol=4 * eps)
+    derivative = 4 * sigmoid.grad(2 * z, sigmoid.fn(2 * z))
+    np.testing.assert_allclose(tanh.grad(z, tanh.fn(z)), derivative, rtol=0, atol=8 * eps)

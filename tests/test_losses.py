@@ -69,3 +69,23 @@ def test_weights_mask_examples():
 def test_unknown_loss_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"Unknown loss 'cross_entropy'.*mse.*softmax_cross_entropy"):
         fnn.get_loss("cross_entropy")
+
+
+def test_cross_entropies_equal_the_slide_formulas_at_ordinary_values(x64):
+    # Deck 001: BCE l(a, y) = −y log σ(a) − (1 − y) log(1 − σ(a)), at y = 0 and y = 1.
+    # Two examples of one output unit, logits 0.7 (y = 0) and −0.4 (y = 1).
+    a, y = jnp.array([[0.7], [-0.4]]), jnp.array([[0.0], [1.0]])
+    s = 1 / (1 + np.exp(-np.array([0.7, -0.4])))
+    bce = -np.array([0.0, 1.0]) * np.log(s) - np.array([1.0, 0.0]) * np.log(1 - s)
+    np.testing.assert_allclose(fnn.get_loss("binary_cross_entropy").value(a, y), bce, rtol=1e-14)
+    assert float(fnn.risk("binary_cross_entropy", a, y)) == pytest.approx(bce.mean(), rel=1e-14)
+    assert round(bce.mean(), 4) == 1.0081 and round(bce[0], 4) == round(np.log1p(np.exp(0.7)), 4) == 1.1032
+    # Multi-class: l(a, y) = −a_y + log Σ_k exp a_k, with a label.
+    logits = jnp.array([[1.2, -0.3, 0.5], [0.1, 0.4, -1.0]])
+    labels = jnp.array([0, 2])
+    by_formula = -np.asarray(logits)[[0, 1], [0, 2]] + np.log(np.exp(np.asarray(logits)).sum(1))
+    np.testing.assert_allclose(fnn.get_loss("softmax_cross_entropy").value(logits, labels), by_formula, rtol=1e-14)
+    # Soft targets p: H(p, q) = −Σ_k p_k log q_k with q = softmax(a).
+    p = jnp.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    H = -(np.asarray(p) * np.log(np.asarray(jax.nn.softmax(logits)))).sum(1)
+    np.testing.assert_allclose(fnn.get_loss("softmax_cross_entropy").value(logits, p), H, rtol=1e-14)
