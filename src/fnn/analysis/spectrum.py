@@ -130,35 +130,33 @@ def curvature_matvec(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
     return matvec, theta
 
 
-_BLOCK = 8  # basis rows read per block: only the rows filled so far are read
+_SEGMENTS = 8  # the basis is kept as at most this many separate row blocks (see lanczos)
 
 
-def _project_out(basis: Array, w: Array, rows: Array) -> Array:
-    """``w − Q Qᵀ w`` for the first ``rows`` rows ``Q`` of ``basis`` (classical Gram-Schmidt),
-    reading those rows (in blocks) twice and the rest not at all. ``basis`` has a multiple of
-    ``_BLOCK`` rows, zero past the filled ones."""
-    blocks = (rows + _BLOCK - 1) // _BLOCK
-    rows_of = lambda j: jax.lax.dynamic_slice_in_dim(basis, j * _BLOCK, _BLOCK)
-    coef = jax.lax.fori_loop(0, blocks, lambda j, c: jax.lax.dynamic_update_slice_in_dim(
-        c, rows_of(j) @ w, j * _BLOCK, 0), jnp.zeros(basis.shape[0], w.dtype))
-    return jax.lax.fori_loop(
-        0, blocks, lambda j, w: w - jax.lax.dynamic_slice_in_dim(coef, j * _BLOCK, _BLOCK) @ rows_of(j), w)
+def _project_out(segments: list[Array], w: Array) -> Array:
+    """``w − Q Qᵀ w`` (one classical Gram-Schmidt pass) for the rows ``Q`` of ``segments``: one
+    GEMV pair per segment, each segment a whole array (no slice of it is copied first). Rows
+    not yet filled are zero and contribute nothing."""
+    coefs = [s @ w for s in segments]
+    for s, c in zip(segments, coefs):
+        w = w - c @ s
+    return w
 
 
-def _orthogonalise(basis: Array, w: Array, rows: Array) -> Array:
-    """One Gram-Schmidt pass against the filled rows, and a second one only where the first
-    removed most of ``w`` (the Daniel-Gragg-Kaufman-Stewart test, ``‖w'‖ < ‖w‖/√2``), which
-    keeps the basis orthonormal to working precision ("twice is enough")."""
-    once = _project_out(basis, w, rows)
+def _orthogonalise(segments: list[Array], w: Array) -> Array:
+    """One Gram-Schmidt pass against the basis, and a second one only where the first removed
+    most of ``w`` (the Daniel-Gragg-Kaufman-Stewart test, ``‖w'‖ < ‖w‖/√2``), which keeps the
+    basis orthonormal to working precision ("twice is enough")."""
+    once = _project_out(segments, w)
     again = jnp.linalg.norm(once) < jnp.linalg.norm(w) / jnp.sqrt(2).astype(w.dtype)
-    return jax.lax.cond(again, lambda u: _project_out(basis, u, rows), lambda u: u, once)
+    return jax.lax.cond(again, lambda u: _project_out(segments, u), lambda u: u, once)
 
 
 def lanczos(matvec: Callable[[Array], Array], v0: Array, num_iters: int, key: Array | None = None) -> LanczosResult:
     """``num_iters`` steps of Lanczos with full reorthogonalisation on a symmetric operator.
 
     Args:
-      matvec: ``(n,) -> (n,)``, symmetric; traced once (inside a ``lax.fori_loop``).
+      matvec: ``(n,) -> (n,)``, symmetric; traced once per basis segment (at most 8 times).
       v0: ``(n,)``, the start vector (any nonzero scale).
       num_iters: ``m``, ``1 ≤ m ≤ n``.
       key: where an invariant subspace is found (``beta ≈ 0``), the next vector is drawn
@@ -167,9 +165,12 @@ def lanczos(matvec: Callable[[Array], Array], v0: Array, num_iters: int, key: Ar
 
     Returns:
       :class:`LanczosResult` with ``alpha``, ``beta`` ``(m,)`` and ``basis`` ``(m, n)``.
-      Each step costs one ``matvec`` and one Gram-Schmidt pass over the basis so far (two
-      where the first loses more than half of the vector's norm); a pass reads ``i`` rows
-      of ``n`` twice, so for large ``n`` the memory traffic grows like ``m² n``.
+      Each step costs one ``matvec``, the three-term recurrence, and one classical
+      Gram-Schmidt pass (two GEMVs) against the basis so far (a second pass where the first
+      loses more than half of the vector's norm). The basis is held as at most 8 segments of
+      ``⌈m/8⌉`` rows, each a loop-carried buffer written in place; a pass reads the filled
+      segments and the current one, about ``i + m/16`` rows of ``n`` at step ``i``, so for
+      large ``n`` the reorthogonalisation reads about ``m² n`` numbers in all.
     """
     n = v0.shape[-1]
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
@@ -177,32 +178,46 @@ def lanczos(matvec: Callable[[Array], Array], v0: Array, num_iters: int, key: Ar
     if key is None:
         key = jax.random.key(0)
     check_key(key)
-    dtype, m = v0.dtype, num_iters
+    alpha, beta, segments = _lanczos(matvec, v0, num_iters, key)
+    return LanczosResult(alpha, beta, jnp.concatenate(segments))
+
+
+def _lanczos(matvec, v0, m, key):
+    """:func:`lanczos` without checks: ``(alpha, beta, segments)``, the basis as a list of
+    row blocks (``jnp.concatenate(segments)`` is ``(m, n)``)."""
+    n, dtype = v0.shape[-1], v0.dtype
     tol = 100 * jnp.finfo(dtype).eps
-    padded = -(-(m + 1) // _BLOCK) * _BLOCK
-    basis = jnp.zeros((padded, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    rows = -(-m // _SEGMENTS)
+    segments, zero = [], jnp.zeros((), dtype)
+    carry = (v0 / jnp.linalg.norm(v0), jnp.zeros_like(v0), zero, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype), zero)
+    for lo in range(0, m, rows):
+        hi = min(lo + rows, m)
+        step = functools.partial(_step, matvec, segments, lo, key, tol)
+        seg, *carry = jax.lax.fori_loop(lo, hi, step, (jnp.zeros((hi - lo, n), dtype), *carry))
+        segments.append(seg)
+    return carry[3], carry[4], segments
 
-    def step(i, carry):
-        basis, alpha, beta, scale = carry
-        q = basis[i]
-        w = matvec(q)
-        a = jnp.vdot(q, w)
-        w = w - a * q - jnp.where(i > 0, beta[i - 1], 0) * basis[jnp.maximum(i - 1, 0)]  # three-term recurrence
-        w = _orthogonalise(basis, w, i + 1)  # full reorthogonalisation against q_0 … q_i
-        b = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.abs(a) + b)
-        broke = b <= tol * scale
 
-        def fresh(_):
-            r = _orthogonalise(basis, jax.random.normal(jax.random.fold_in(key, i), (n,), dtype), i + 1)
-            return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny)  # ~0 only past step n
+def _step(matvec, done, lo, key, tol, i, carry):
+    """Lanczos step ``i`` with the basis's filled segments ``done`` and the current one ``seg``
+    (rows from ``lo``); ``q``, ``q_prev`` and ``b_prev`` are carried, not read back."""
+    seg, q, q_prev, b_prev, alpha, beta, scale = carry
+    seg = jax.lax.dynamic_update_slice_in_dim(seg, q[None], i - lo, 0)  # in place
+    basis = done + [seg]
+    w = matvec(q)
+    a = jnp.vdot(q, w)
+    w = _orthogonalise(basis, w - a * q - b_prev * q_prev)  # three-term recurrence, then full reorthogonalisation
+    b = jnp.linalg.norm(w)
+    scale = jnp.maximum(scale, jnp.abs(a) + b)
+    broke = b <= tol * scale
 
-        nxt = jax.lax.cond(broke, fresh, lambda _: w / jnp.where(broke, 1, b), None)
-        return basis.at[i + 1].set(nxt), alpha.at[i].set(a), beta.at[i].set(jnp.where(broke, 0, b)), scale
+    def fresh(_):
+        r = _orthogonalise(basis, jax.random.normal(jax.random.fold_in(key, i), q.shape, q.dtype))
+        return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(q.dtype).tiny)  # ~0 only past step n
 
-    zeros = jnp.zeros((m,), dtype)
-    basis, alpha, beta, _ = jax.lax.fori_loop(0, m, step, (basis, zeros, zeros, jnp.zeros((), dtype)))
-    return LanczosResult(alpha, beta, basis[:m])
+    nxt = jax.lax.cond(broke, fresh, lambda _: w / jnp.where(broke, 1, b), None)
+    b = jnp.where(broke, 0, b)
+    return seg, nxt, q, b, alpha.at[i].set(a), beta.at[i].set(b), scale
 
 
 def _tridiagonal(alpha: Array, beta: Array) -> Array:
@@ -255,13 +270,16 @@ def _top_eigenpairs(net, loss, curvature, k, num_iters, which, params, x, v, key
     matvec, theta = curvature_matvec(net, loss, params, x, v, curvature)
     start_key, restart_key = jax.random.split(key)
     v0 = jax.random.rademacher(start_key, theta.shape, theta.dtype)
-    res = lanczos(matvec, v0, num_iters, restart_key)
-    ritz, s = jnp.linalg.eigh(_tridiagonal(res.alpha, res.beta))
+    alpha, beta, segments = _lanczos(matvec, v0, num_iters, restart_key)
+    ritz, s = jnp.linalg.eigh(_tridiagonal(alpha, beta))
     order = jnp.select([which == 0, which == 1], [-ritz, ritz], -jnp.abs(ritz))  # WHICH's order, traced
     idx = jnp.argsort(order)[:k]
-    vectors = s[:, idx].T @ res.basis  # (k, P)
+    coef, lo = s[:, idx].T, 0
+    vectors = jnp.zeros((k, theta.size), theta.dtype)
+    for seg in segments:  # (k, P), segment by segment (the basis is never concatenated)
+        vectors, lo = vectors + coef[:, lo:lo + seg.shape[0]] @ seg, lo + seg.shape[0]
     unravel = ravel_pytree(params)[1]
-    return Eigenpairs(ritz[idx], jax.vmap(unravel)(vectors), jnp.abs(res.beta[-1] * s[-1, idx]))
+    return Eigenpairs(ritz[idx], jax.vmap(unravel)(vectors), jnp.abs(beta[-1] * s[-1, idx]))
 
 
 def spectral_density(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, key: Array, *,
@@ -305,8 +323,8 @@ def _spectral_density(net, loss, curvature, num_probes, num_iters, num_points, p
 
     def probe(k):
         start, restart = jax.random.split(k)
-        res = lanczos(matvec, jax.random.rademacher(start, theta.shape, theta.dtype), num_iters, restart)
-        nodes, s = jnp.linalg.eigh(_tridiagonal(res.alpha, res.beta))
+        alpha, beta, _ = _lanczos(matvec, jax.random.rademacher(start, theta.shape, theta.dtype), num_iters, restart)
+        nodes, s = jnp.linalg.eigh(_tridiagonal(alpha, beta))
         return nodes, s[0] ** 2
 
     nodes, weights = jax.lax.map(probe, jax.random.split(key, num_probes))
