@@ -106,6 +106,7 @@ def test_summary_statistics_on_known_numbers():
     (dict(seeds=0), "at least 1"),
     (dict(seeds=[1, 1]), "distinct integers"),
     (dict(learning_rate=0.1), "Unknown sweep settings: learning_rate"),
+    (dict(clipnorm=1.0), r"Unknown sweep settings: clipnorm \(did you mean 'clip_norm'\?\); known: lr, "),
     (dict(batch_size=10**6), "larger than the"),
 ])
 def test_bad_sweeps_get_one_clear_error(kwargs, message):

@@ -30,6 +30,7 @@ epoch, and its metrics from then on are NaN; it is left out of the summary's sta
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import math
 
@@ -56,6 +57,8 @@ DEFAULTS = dict(lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM, l2=0.0, dro
                 optimizer=DEFAULT_OPTIMIZER, batch_size=32,
                 schedule="constant", warmup_epochs=None, method="manual", init="he", epochs=10,
                 damping=None, inverse_update_period=None, curvature_ema=None, mc_samples=None, cg_iterations=None)
+# Settings of the whole sweep, given by keyword like DEFAULTS' but never swept.
+RUN_OPTIONS = dict(progress=False, clip_norm=None, noise_multiplier=0.0, mesh=None)
 
 
 @dataclasses.dataclass
@@ -94,9 +97,8 @@ class SweepResult:
 
 
 def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid: dict | None = None,
-          test: tuple | None = None, select: str | None = None, progress: bool = False,
-          clip_norm: float | None = None, noise_multiplier: float = 0.0, mesh=None,
-          validation: tuple | None = None, **settings) -> SweepResult:
+          test: tuple | None = None, validation: tuple | None = None, select: str | None = None,
+          **settings) -> SweepResult:
     """Trains ``seeds × grid`` runs of ``net``, each group of the grid as one compiled program.
 
     Args:
@@ -115,19 +117,25 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
         ``test_accuracy``; ``*_loss`` for a regression); a name ending in accuracy or r2 is
         maximised, others minimised. Raises ``ValueError`` before training for a name the
         history will not have.
-      progress: show a progress bar over epochs.
-      clip_norm, noise_multiplier: DP-SGD for every run (see :func:`fnn.make_update_fn`).
-      mesh: a 1-D ``jax.sharding.Mesh`` (:func:`fnn.training.parallel.make_mesh`) to split the runs over:
-        each program's grid points (or, when they do not divide evenly, its seeds) are sharded
-        over the devices, which then train their runs without talking to each other. The
-        results are those of one device.
       **settings: the values of :data:`DEFAULTS` every run shares unless the grid says
-        otherwise (``lr``, ``optimizer``, ``epochs``, ``batch_size``, ...).
+        otherwise (``lr``, ``optimizer``, ``epochs``, ``batch_size``, ...), and the settings of
+        the whole sweep (:data:`RUN_OPTIONS`), which the grid cannot vary:
+
+        - ``progress`` (``False``): show a progress bar over epochs;
+        - ``clip_norm`` (``None``), ``noise_multiplier`` (0): DP-SGD for every run (see
+          :func:`fnn.make_update_fn`);
+        - ``mesh`` (``None``): a 1-D ``jax.sharding.Mesh`` (:func:`fnn.training.parallel.make_mesh`)
+          to split the runs over: each program's grid points (or, when they do not divide
+          evenly, its seeds) are sharded over the devices, which then train their runs without
+          talking to each other. The results are those of one device.
+
+        An unknown name is a ``ValueError`` naming the closest one.
 
     Returns:
       A :class:`SweepResult` (runs ordered grid point by grid point, seeds within each).
     """
     loss = get_loss(loss)
+    options = {k: settings.pop(k, default) for k, default in RUN_OPTIONS.items()}
     seeds, points = _plan(seeds, grid or {}, settings)
     per_seed = np.ndim(x) == 3
     held = {name: pair for name, pair in (("val", validation), ("test", test)) if pair is not None}
@@ -141,8 +149,9 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
         groups.setdefault(tuple(point[k] for k in GROUPED), []).append(g)
     results = {}
     for members in groups.values():
-        group = _Group(net, loss, data, seeds, [points[g] for g in members], clip_norm, noise_multiplier, mesh)
-        for (s, i), run in group.train(progress).items():
+        group = _Group(net, loss, data, seeds, [points[g] for g in members], options["clip_norm"],
+                       options["noise_multiplier"], options["mesh"])
+        for (s, i), run in group.train(options["progress"]).items():
             results[(members[i], s)] = run
     order = [(g, s) for g in range(len(points)) for s in range(len(seeds))]
     configs = [{"seed": seeds[s], "point": g, **points[g]} for g, s in order]
@@ -159,7 +168,10 @@ def _plan(seeds, grid: dict, settings: dict) -> tuple[list[int], list[dict]]:
     """The seeds and the grid points (each a full settings dict), checked."""
     unknown = sorted(set(settings) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"Unknown sweep settings: {', '.join(unknown)} (known: {', '.join(DEFAULTS)}).")
+        known = [*DEFAULTS, *RUN_OPTIONS]
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"Unknown sweep settings: {', '.join(unknown)}{guess}; known: {', '.join(known)}.")
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ValueError(f"seeds must be at least 1, got {seeds}.")
