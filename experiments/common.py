@@ -100,9 +100,10 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
     edge extends the grid (:func:`interior_choice`, at most ``extend`` new values). The chosen
     rate then trains on the full training splits and is evaluated on the test splits, seed by
     seed; with ``max_epochs`` the budget doubles until the test curves plateau
-    (:func:`plateau`) or ``max_epochs`` is reached. Returns the grid search (``lr_grid``,
+    (:func:`plateau`) or ``max_epochs`` is reached. ``flat_tol`` (in ``settings``, default 0) is
+    :func:`interior_choice`'s flat-objective tolerance. Returns the grid search (``lr_grid``,
     ``val_auc``, ``val_auc_ci95``, ``diverged_at_lr``, ``lr``, ``lr_at_grid_edge``, ``grid_note``,
-    ``runner_up``), the test histories ``(seeds, epochs)`` with their per-epoch mean and
+    ``flat_objective``, ``runner_up``), the test histories ``(seeds, epochs)`` with their per-epoch mean and
     half-width, ``epochs`` run and the ``plateau`` verdict.
     """
     import numpy as np
@@ -111,6 +112,7 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
     from fnn.analysis.stats import mean_ci
 
     sign = 1.0 if metric.endswith(("accuracy", "r2")) else -1.0
+    flat_tol = settings.pop("flat_tol", 0.0)
     train, held = seed_splits(load, seeds, validation=True)
 
     def score(values):
@@ -120,7 +122,7 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
         return [(np.where(tuned.diverged[points == g] > 0, np.nan, scores[points == g]),
                  int((tuned.diverged[points == g] > 0).sum())) for g in range(len(values))]
 
-    choice = interior_choice(score, lr_grid, larger_is_better=sign > 0, extend=extend)
+    choice = interior_choice(score, lr_grid, larger_is_better=sign > 0, extend=extend, flat_tol=flat_tol)
     train, test = seed_splits(load, seeds, validation=False)
     while True:
         final = sweep(net, loss, *train, seeds=seeds, test=test, epochs=epochs, lr=choice["value"], **settings)
@@ -132,10 +134,24 @@ def tune_and_test(net, loss, load, *, seeds, lr_grid, epochs, metric="test_accur
     bands = {k: [mean_ci(a[:, e])[::2] for e in range(a.shape[1])] for k, a in history.items()}
     return {"lr_grid": choice["grid"], "val_auc": choice["mean"], "val_auc_ci95": choice["ci95"],
             "diverged_at_lr": choice["diverged"], "lr": choice["value"], "lr_at_grid_edge": choice["at_edge"],
-            "grid_note": choice["note"], "runner_up": choice["runner_up"], "epochs": epochs, "plateau": flat,
+            "grid_note": choice["note"], "flat_objective": choice["flat"], "runner_up": choice["runner_up"],
+            "epochs": epochs, "plateau": flat,
             "history": {k: a.tolist() for k, a in history.items()},
             "mean": {k: [b[0] for b in v] for k, v in bands.items()},
             "ci95": {k: [b[1] for b in v] for k, v in bands.items()}, "seeds": list(seeds)}
+
+
+def counted(values, failure):
+    """``values`` with every non-finite entry (a diverged run) replaced by ``failure`` (a scalar,
+    or one value per row), and the number replaced: a diverged run counts as a failure in means
+    and paired tests instead of dropping out of them (which flatters the arms that diverge)."""
+    import numpy as np
+
+    a = np.array(values, np.float64)
+    fail = np.broadcast_to(np.asarray(failure, np.float64).reshape((-1,) + (1,) * (a.ndim - 1)), a.shape)
+    bad = ~np.isfinite(a)
+    a[bad] = fail[bad]
+    return a, int(bad.any(axis=tuple(range(1, a.ndim))).sum()) if a.ndim > 1 else int(bad.sum())
 
 
 def band(ax, arm: dict, key: str, **kwargs):
@@ -160,7 +176,7 @@ def pm(mean, half, digits: int = 3) -> str:
 
 # --- the grid-edge rule, the plateau rule, provenance ----------------------------------------------
 
-def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int = 3) -> dict:
+def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int = 3, flat_tol: float = 0.0) -> dict:
     """The best value of a geometric ``grid``, extending the grid while the best sits on its edge.
 
     ``score(values)`` returns, per value, ``(per_seed_scores, diverged_runs)``: a value with a
@@ -169,12 +185,16 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
     again, at most ``extend`` times. The choice counts as interior when a usable value lies on
     each side of it, or when the value beyond it diverged (larger steps are then ruled out by
     divergence, which the note says). Otherwise ``at_edge`` stays true and ``note`` says why
-    (extension limit reached, a one-value grid, or a flat objective: every usable value
-    scoring exactly the same, as when no rate moves a network off the majority class).
+    (extension limit reached, a one-value grid, or a flat objective, :func:`flat_objective`:
+    the best and the worst usable value differ by at most ``flat_tol`` even at the far end of
+    the 95% interval of their paired difference, as when no rate moves a network off the
+    majority class; with the default ``flat_tol=0`` only exactly equal scores are flat). A flat
+    objective still returns the best value, but the grid did not choose it: a caller reports
+    such an arm as one that no rate of the grid trains, not as a choice.
 
     Returns ``grid`` (ascending, extensions included), ``mean`` and ``ci95`` (95% t-interval)
     of the scores per value, ``diverged`` runs per value, the chosen ``value``, ``at_edge``,
-    ``extended`` (the values added), ``note``, and ``runner_up``: the second-best usable value
+    ``extended`` (the values added), ``note``, ``flat`` (the flat-objective rule fired), and ``runner_up``: the second-best usable value
     compared with the best, paired over seeds (:func:`fnn.stats.paired`).
     """
     import numpy as np
@@ -184,7 +204,7 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
     sign = 1.0 if larger_is_better else -1.0
     values = sorted(float(a) for a in grid)
     scored = dict(zip(values, score(values)))
-    added, note = [], ""
+    added, note, flat = [], "", False
     while True:
         values = sorted(scored)
         usable = [a for a in values if scored[a][1] == 0 and np.isfinite(np.nanmean(scored[a][0]))]
@@ -193,8 +213,11 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
             break
         ranked = sorted(usable, key=lambda a: -sign * np.nanmean(scored[a][0]))
         i = values.index(ranked[0])
-        if len(usable) > 1 and np.ptp([np.nanmean(scored[a][0]) for a in usable]) == 0:
-            note = "every usable value scores the same (a flat objective): the grid cannot choose"
+        flat = len(usable) > 1 and flat_objective(scored[ranked[0]][0], scored[ranked[-1]][0], flat_tol)
+        if flat:
+            note = ("every usable value scores the same (a flat objective): the grid cannot choose" if not flat_tol
+                    else f"a flat objective: best and worst usable value within {flat_tol:g} (95% interval of "
+                         "their paired difference): the grid cannot choose")
             break
         beyond = [i - 1, i + 1]
         blocked = [j for j in beyond if 0 <= j < len(values) and scored[values[j]][1] > 0]
@@ -223,7 +246,25 @@ def interior_choice(score, grid, *, larger_is_better: bool = True, extend: int =
                   "wins": c.wins, "ties": c.ties, "losses": c.losses, "distinguishable": c.significant()}
     return {"grid": values, "mean": [m[0] for m in stats], "ci95": [m[2] for m in stats],
             "diverged": [scored[a][1] for a in values], "value": chosen, "at_edge": bool(at_edge),
-            "extended": added, "note": note, "runner_up": second}
+            "extended": added, "note": note, "flat": bool(flat), "runner_up": second}
+
+
+def flat_objective(best, worst, tol: float = 0.0) -> bool:
+    """Whether a grid's objective is flat: the per-seed scores of its ``best`` and ``worst``
+    usable values differ by at most ``tol`` at either end of the 95% t-interval of their paired
+    difference (:func:`fnn.stats.paired`; one seed: the difference itself). An equivalence
+    test, like :func:`plateau`: noisy scores whose difference is merely not significant are not
+    flat, and a small but consistent trend (chance-level scores drifting with the rate) is flat
+    when it stays within ``tol``. ``tol=0`` asks for exactly equal scores."""
+    import numpy as np
+
+    from fnn.analysis.stats import paired
+
+    c = paired(best, worst)
+    if c.n == 0:
+        return False
+    bound = abs(c.mean) + (c.half_width if c.n > 1 else 0.0)
+    return bool(np.isfinite(bound) and bound <= tol)
 
 
 def plateau(curves, *, larger_is_better: bool = True, tol: float = 0.005, window: float = 0.25) -> dict:

@@ -229,6 +229,33 @@ def test_the_grid_edge_rule_says_why_it_stopped():
     assert flat["extended"] == [] and "flat objective" in flat["note"] and flat["at_edge"]
 
 
+def test_a_flat_objective_at_chance_is_no_choice():
+    """vanishing_gradients' deep sigmoid: validation scores 0.092-0.101 over the whole grid,
+    drifting with the rate and noisy per seed. With a tolerance the grid reports no choice."""
+    from common import counted, flat_objective, interior_choice
+
+    def chance(values):
+        rng = np.random.default_rng(1)
+        return [(0.092 + 0.003 * np.log10(a / 0.01) + 0.002 * rng.standard_normal(5), 0) for a in values]
+
+    grid = [0.01, 0.03, 0.1, 0.3, 1.0]
+    flat = interior_choice(chance, grid, flat_tol=0.05)
+    assert flat["flat"] and flat["at_edge"] and flat["extended"] == [] and "flat objective" in flat["note"]
+    exact = interior_choice(chance, grid)  # tol 0: only equal scores are flat; the drift extends the grid
+    assert not exact["flat"] and exact["extended"] and "flat" not in exact["note"]
+    healthy = interior_choice(_toy_score(peak=0.1), grid, flat_tol=0.05)  # a real optimum is still chosen
+    assert not healthy["flat"] and healthy["value"] == pytest.approx(0.1) and not healthy["at_edge"]
+    # Noise is not flatness: a wide interval of the difference is not within the tolerance.
+    rng = np.random.default_rng(2)
+    assert not flat_objective(0.1 + 0.2 * rng.standard_normal(5), 0.1 + 0.2 * rng.standard_normal(5), 0.05)
+    assert flat_objective(np.full(3, 0.104), np.full(3, 0.104)) and not flat_objective([np.nan], [0.1], 1.0)
+    # A diverged run counts as a failure: replaced, not dropped, and counted.
+    values, k = counted([0.95, np.nan, 0.97], [0.1, 0.11, 0.12])
+    assert k == 1 and values.tolist() == [0.95, 0.11, 0.97]
+    curves, k = counted([[0.5, 0.9], [0.4, np.nan], [np.nan, np.nan]], 0.1)
+    assert k == 2 and curves.tolist() == [[0.5, 0.9], [0.4, 0.1], [0.1, 0.1]]
+
+
 def test_plateau_rule():
     from common import plateau
 
