@@ -149,7 +149,7 @@ def test_levenberg_marquardt_rule_on_a_quadratic(x64):
     """A linear model with MSE is quadratic: the model is exact, ρ = 1 and λ shrinks by the decay;
     a step that overshoots (η = 3, where the model itself predicts a rise) is refused, and λ grows."""
     net, loss, params, x, v = _setup((), "mse", sizes=(3, 2))
-    opt = fnn.gauss_newton(1.0, 0.5, cg_iterations=50, cg_tol=1e-12)
+    opt = fnn.gauss_newton(1.0, 0.5, cg_iterations=50, cg_tol=1e-12, min_damping=1e-6)
     _, _, updates, state = _one_step(opt, net, loss, params, x, v)
     np.testing.assert_allclose(float(state.rho), 1.0, rtol=1e-8)
     np.testing.assert_allclose(float(state.damping), 0.5 * 2 / 3, rtol=1e-12)
@@ -442,3 +442,36 @@ def test_fnn_sweep_over_damping_equals_fnn_train_and_refuses_it_for_adam(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "damping is a setting of the second-order optimizers" in err[0], err
     assert not (tmp_path / "adam").exists()
+
+
+def _gauss_newton_on_minibatches(opt, steps=120, batch=16, n=512):
+    """Minibatch Gauss-Newton on a 8-32-4 tanh classifier of a linear teacher with 20% label noise:
+    (training risk before, after, final λ)."""
+    net = fnn.MLP((8, 32, 4), ("tanh", "identity"))
+    kx, kt, kn, kp = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(kx, (n, 8), jnp.float64)
+    v = jnp.where(jax.random.uniform(kn, (n,)) < 0.2, jax.random.randint(kn, (n,), 0, 4),
+                  jnp.argmax(x @ jax.random.normal(kt, (8, 4), jnp.float64), 1))
+    params = fnn.init(kp, net, "glorot", dtype=jnp.float64)
+    step, state = fnn.make_update_step(net, "softmax_cross_entropy", opt, donate=False), opt.init(params)
+    order = np.random.default_rng(0).permutation(n)
+    risk = jax.jit(lambda p: fnn.risk("softmax_cross_entropy", fnn.forward(net, p, x), v))
+    start = float(risk(params))
+    for t in range(steps):
+        rows = order[(t * batch) % (n - batch):][:batch]
+        params, state, _ = step(params, state, x[rows], v[rows])
+    return start, float(risk(params)), float(state.damping)
+
+
+def test_gauss_newton_default_damping_floor_prevents_the_minibatch_stall(x64):
+    """Notebook 06's stall on a toy problem: on minibatches of 16 the reduction ratio on the step's own
+    batch stays near 1, so the Levenberg–Marquardt rule without a floor (min_damping=1e-6, the old
+    default) drives λ down and the training risk ends above where it started; the default floor (the
+    initial λ) keeps λ ≥ 1 and the risk falls by more than a third, as with a fixed λ."""
+    settings = dict(cg_iterations=10)
+    old = _gauss_newton_on_minibatches(fnn.gauss_newton(1.0, 1.0, min_damping=1e-6, **settings))
+    new = _gauss_newton_on_minibatches(fnn.gauss_newton(1.0, 1.0, **settings))
+    fixed = _gauss_newton_on_minibatches(fnn.gauss_newton(1.0, 1.0, adaptive_damping=False, **settings))
+    assert old[2] < 0.25 and old[1] > old[0], old  # λ fell 4x or more and the risk rose
+    assert new[2] >= 1.0 and new[1] < 0.67 * new[0], new
+    assert new[1] <= 1.05 * fixed[1], (new, fixed)

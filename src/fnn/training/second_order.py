@@ -21,8 +21,9 @@ refreshed when ``count % inverse_update_period == 0``, by ``lax.cond`` inside ``
 ``vmap`` the state's ``count`` is batched, and a ``lax.cond`` on a batched predicate becomes a
 select that runs both branches, the eigendecompositions every step; so ``update`` takes
 ``step=``, the step count every run shares, unbatched (:func:`with_shared_step`), and
-:func:`fnn.sweep` passes it: the refresh stays conditional and runs every ``T`` steps. Each layer's weights and bias form one
-block ``[W; bᵀ]`` ``(d_{l−1}+1, d_l)`` with ``vec`` row-major, so its curvature is ``A ⊗ G``.
+:func:`fnn.sweep` passes it: the refresh stays conditional and runs every ``T`` steps. Each
+layer's weights and bias form one block ``[W; bᵀ]`` ``(d_{l−1}+1, d_l)`` with ``vec`` row-major,
+so its curvature is ``A ⊗ G``.
 """
 
 from __future__ import annotations
