@@ -2,14 +2,21 @@
 glorot and he init (5 seeds), and what depth does to the accuracy these networks reach.
 
 Part 1, at initialisation: ‖∂R/∂W_l‖ for every layer l (numbered from the input, 1 .. L) on
-512 digits, the geometric mean over seeds, on one shared colour scale.
+512 digits, the geometric mean over seeds, on one shared colour scale; the first layer's
+depth-20 / depth-2 ratio also at hidden widths 64 and 128.
 
 Part 2, trained: digits, hidden width 32, plain SGD, batch 32; for every (activation, init,
 depth) its own learning rate, chosen on validation splits by the best mean area under the
 validation-accuracy curve (the grid extended while the choice sits on its edge), then 5 seeds
 on the test splits (mean ± 95% t-interval, and every seed's point: some arms are bimodal).
 The budget doubles (30 → 60 → 120 epochs) while the test curves still rise; the curves are
-stored and drawn.
+stored and drawn, and each arm says whether the plateau rule holds at its last budget. A run
+that diverges counts as a failure: from its divergence on it scores its split's majority-class
+share (what a constant prediction gets), in every mean and paired test, and the table counts
+diverged runs. The score is the mean test accuracy over the last quarter of the epochs (the
+final epoch alone depends on where an oscillating curve stops). An arm whose validation scores
+are flat over the whole grid (best and worst rate within FLAT_TOL, ``common.flat_objective``)
+is reported as trained by no rate of the grid, not as a choice.
 """
 
 from __future__ import annotations
@@ -20,14 +27,45 @@ import jax
 import numpy as np
 
 import fnn
-from common import figure, main, pm, table, tune_and_test
+from common import counted, figure, main, plateau, pm, table, tune_and_test
+from fnn.analysis.stats import mean_ci
 
 SETUPS = [("sigmoid", "glorot"), ("tanh", "glorot"), ("relu", "glorot"), ("relu", "he")]
+FLAT_TOL = 0.05  # validation accuracy (mean over epochs): a grid whose rates all lie within 5 points trains nothing
 
 
 def _norms(net, params, x, v):
     _, grads = fnn.value_and_grad(net, "softmax_cross_entropy", params, x, v)
     return [float(np.linalg.norm(g["W"])) for g in grads]
+
+
+def _widths(seeds, depths, x, v, widths) -> dict:
+    """‖∂R/∂W_1‖ at the deepest depth over its value at the shallowest, per hidden width."""
+    out = {}
+    for act, scheme in SETUPS:
+        first = {}
+        for width in widths:
+            for depth in (depths[0], depths[-1]):
+                net = fnn.MLP((64, *[width] * depth, 10), act)
+                norms = [_norms(net, fnn.init(jax.random.key(s), net, scheme), x, v)[0] for s in seeds]
+                first[depth] = float(np.exp(np.log(np.maximum(norms, 1e-45)).mean()))
+            out.setdefault(f"{act}/{scheme}", {})[str(width)] = first[depths[-1]] / first[depths[0]]
+    return out
+
+
+def _trained(arm, chance) -> dict:
+    """One trained arm: diverged runs counted as failures (chance from their divergence on)."""
+    curves, diverged = counted(arm["history"]["test_accuracy"], chance)
+    last = max(1, int(round(curves.shape[1] * 0.25)))
+    score, final = curves[:, -last:].mean(1), curves[:, -1]
+    (m, _, h, _), (fm, _, fh, _) = mean_ci(score), mean_ci(final)
+    return {"lr": arm["lr"], "cannot_train": bool(arm["flat_objective"]), "lr_at_grid_edge": arm["lr_at_grid_edge"],
+            "lr_grid": arm["lr_grid"], "grid_note": arm["grid_note"], "val_auc": arm["val_auc"],
+            "test_accuracy": [c[-1] for c in arm["history"]["test_accuracy"]], "chance": list(chance),
+            "final_counted": final.tolist(), "final_mean": fm, "final_ci95": fh, "last_epochs": last,
+            "score": score.tolist(), "mean": m, "ci95": h, "diverged": diverged, "epochs": arm["epochs"],
+            "plateau": plateau(curves), "curves": arm["history"]["test_accuracy"],
+            "curve_mean": curves.mean(0).tolist()}
 
 
 def run(quick: bool = False) -> dict:
@@ -38,8 +76,11 @@ def run(quick: bool = False) -> dict:
     grid = [0.1] if quick else [0.01, 0.03, 0.1, 0.3, 1.0]
     epochs = 3 if quick else 30
     res = {"depths": depths, "trained_depths": trained_depths, "epochs": epochs, "seeds": seeds, "lr_grid": grid,
-           "runs": {}, "trained": {}}
+           "flat_tol": FLAT_TOL, "runs": {}, "trained": {}}
     x, v = data.x_train[:512], data.y_train[:512]
+    res["first_layer_ratio_by_width"] = _widths(seeds, depths, x, v, [64] if quick else [32, 64, 128])
+    majority = lambda y: float(np.bincount(np.asarray(y)).max() / len(y))
+    chance = [majority(fnn.data.digits(seed=s).y_test) for s in seeds]
     for act, scheme in SETUPS:
         for depth in depths:
             net = fnn.MLP((64, *[32] * depth, 10), act)
@@ -49,15 +90,9 @@ def run(quick: bool = False) -> dict:
             net = fnn.MLP((64, *[32] * depth, 10), act)
             arm = tune_and_test(net, "softmax_cross_entropy", lambda s: fnn.data.digits(seed=s), seeds=seeds,
                                 lr_grid=grid, epochs=epochs, optimizer="sgd", batch_size=32, init=scheme,
-                                extend=0 if quick else 3, max_epochs=None if quick else 4 * epochs)
-            final = [c[-1] for c in arm["history"]["test_accuracy"]]
-            res["trained"][f"{act}/{scheme}/{depth}"] = {
-                "lr": arm["lr"], "test_accuracy": final, "lr_at_grid_edge": arm["lr_at_grid_edge"],
-                "lr_grid": arm["lr_grid"], "grid_note": arm["grid_note"], "mean": float(np.nanmean(final)),
-                "diverged": int(np.isnan(final).sum()),
-                "ci95": arm["ci95"]["test_accuracy"][-1], "val_auc": arm["val_auc"], "epochs": arm["epochs"],
-                "plateau": arm["plateau"], "curves": arm["history"]["test_accuracy"],
-                "curve_mean": arm["mean"]["test_accuracy"], "curve_ci95": arm["ci95"]["test_accuracy"]}
+                                extend=0 if quick else 3, max_epochs=None if quick else 4 * epochs,
+                                flat_tol=FLAT_TOL)
+            res["trained"][f"{act}/{scheme}/{depth}"] = _trained(arm, chance)
     return res
 
 
@@ -76,37 +111,57 @@ def report(res):
                  f"‖∂R/∂W_1‖ / its value at depth {depths[0]}"], rows), ""]
     for act, scheme in SETUPS:
         g = res["runs"][f"{act}/{scheme}/{depths[-1]}"]["init"]
-        shrink = g[0] / res["runs"][f"{act}/{scheme}/{depths[0]}"]["init"][0]
+        ratios = [res["runs"][f"{act}/{scheme}/{d}"]["init"][0] / res["runs"][f"{act}/{scheme}/{depths[0]}"]["init"][0]
+                  for d in depths]
         md.append(f"- {act} + {scheme}, depth {depths[-1]}: first/last layer {g[0] / g[-1]:.3g}; the first layer's "
-                  f"gradient is {shrink:.3g}× its value at depth {depths[0]}.")
-    md += ["", f"Trained (SGD, {res['epochs']} epochs, doubled while the test curve still rose; each network's "
-           f"learning rate from {res['lr_grid']}, extended while the choice sat on an edge, chosen on validation "
-           f"splits; test accuracy mean ± 95% t-interval over {n} seeds, with the chosen rate and epochs):", ""]
-    trows = []
+                  f"gradient is {ratios[-1]:.3g}× its value at depth {depths[0]} (between {min(ratios):.3g}× and "
+                  f"{max(ratios):.3g}× over depths {depths[0]}-{depths[-1]}).")
+    wide = res.get("first_layer_ratio_by_width", {})
+    if wide:
+        md += ["", f"The first layer's ‖∂R/∂W_1‖ at depth {depths[-1]} over its value at depth {depths[0]}, by hidden "
+               "width (the ratio depends on the width; relu + he stays within 2× at these widths, not at 1×):", "",
+               table(["network", *(f"width {w}" for w in next(iter(wide.values())))],
+                     [[k.replace("/", " + "), *(f"{a:.3g}" for a in r.values())] for k, r in wide.items()])]
+    md += ["", *_trained_lines(res)]
+    return "\n".join(md), _figure(res)
+
+
+def _trained_lines(res) -> list[str]:
+    n = len(res["seeds"])
+    rows = []
     for act, scheme in SETUPS:
-        trows.append([f"{act} + {scheme}", *(f"{pm(t['mean'], t['ci95'])} (lr {t['lr']:.3g}, {t.get('epochs', '?')} ep)"
-                                             for t in (res["trained"][f"{act}/{scheme}/{d}"]
-                                                       for d in res["trained_depths"]))])
-    md.append(table(["network", *(f"{d} hidden layers" for d in res["trained_depths"])], trows))
+        for d in res["trained_depths"]:
+            t = res["trained"][f"{act}/{scheme}/{d}"]
+            flat = t["plateau"]
+            rows.append([f"{act} + {scheme}", d, "none trains (flat grid)" if t["cannot_train"] else f"{t['lr']:.3g}",
+                         t["epochs"], pm(t["mean"], t["ci95"]), pm(t["final_mean"], t["final_ci95"]),
+                         f"{t['diverged']}/{n}", "yes" if flat["plateaued"] else
+                         f"no ({flat['gain'] * 100:+.1f} ± {flat['ci95'] * 100:.1f} pts)"])
+    md = [f"Trained (SGD, batch 32, {res['epochs']} epochs, doubled while the test curve still rose, at most "
+          f"{4 * res['epochs']}; each network's learning rate from {res['lr_grid']}, extended while the choice sat on "
+          f"an edge, chosen on validation splits). Test accuracy over {n} seeds, mean ± 95% t-interval: the mean over "
+          "the last quarter of the epochs, and the final epoch. A diverged run counts as a failure (its split's "
+          "majority-class share, from the epoch it diverged); 'diverged' counts them. 'plateau': the plateau rule "
+          "(the last quarter's gain over the quarter before, 95% upper bound below 0.5 points) at the last budget, "
+          f"else that gain. 'none trains': the validation scores of every rate lie within {res['flat_tol']:g} of each "
+          "other (95% interval of the paired difference of the best and worst rate), so the grid made no choice "
+          "and the rate shown in the json is arbitrary.", "",
+          table(["network", "hidden layers", "lr", "epochs", "test acc., last quarter", "test acc., final",
+                 "diverged", "plateau"], rows), ""]
     deepest = res["trained_depths"][-1]
     acc = {k: res["trained"][f"{k}/{deepest}"]["mean"] for k in (f"{a}/{s}" for a, s in SETUPS)}
     best = max(acc, key=acc.get)
-    md += ["", f"At {deepest} hidden layers the best mean is {best.replace('/', ' + ')} ({acc[best]:.3f}); "
+    md += [f"At {deepest} hidden layers the best mean is {best.replace('/', ' + ')} ({acc[best]:.3f}); "
            "`paired_reanalysis` compares the arms paired over seeds. The lecture's claim that ReLU networks train "
            "better when deep holds here only as far as that says: compare relu + he with tanh + glorot, whose "
-           "gradients do not vanish either.", "", "Grid edges, budgets and spread:", ""]
+           "gradients do not vanish either.", "", "Grid edges and spread:", ""]
     for k, t in res["trained"].items():
-        spread = np.nanmax(t["test_accuracy"]) - np.nanmin(t["test_accuracy"])
-        notes = [t.get("grid_note") or ("lr on the grid's edge" if t["lr_at_grid_edge"] else "")]
-        notes.append(f"{t['diverged']} of {n} seeds diverged at the chosen rate on the full training split (left "
-                     "out of the mean)" if t.get("diverged") else "")
-        flat = t.get("plateau", {"plateaued": True})
-        notes.append("" if flat["plateaued"] else f"not shown to plateau after {t['epochs']} epochs (last-quarter "
-                     f"gain {flat['gain'] * 100:+.1f} ± {flat['ci95'] * 100:.1f} points)")
-        notes.append(f"seeds spread over {spread * 100:.0f} points" if spread > 0.1 else "")
+        spread = np.max(t["score"]) - np.min(t["score"])
+        notes = [t.get("grid_note") or ("lr on the grid's edge" if t["lr_at_grid_edge"] else ""),
+                 f"seeds spread over {spread * 100:.0f} points" if spread > 0.1 else ""]
         if any(notes):
             md.append(f"- {k}: " + "; ".join(a for a in notes if a) + ".")
-    return "\n".join(md), _figure(res)
+    return md
 
 
 def _figure(res):
@@ -134,16 +189,17 @@ def _figure(res):
         t = [res["trained"][f"{act}/{scheme}/{d}"] for d in res["trained_depths"]]
         shift = (i - 1.5) * 0.18
         for x, a in zip(where, t):
-            points.scatter(np.full(len(a["test_accuracy"]), x + shift), a["test_accuracy"], s=18, color=f"C{i}",
-                           alpha=0.8)
+            points.scatter(np.full(len(a["score"]), x + shift), a["score"], s=18, color=f"C{i}", alpha=0.8)
         points.plot(where + shift, [a["mean"] for a in t], color=f"C{i}", lw=1.2, marker="_", ms=14,
                     label=f"{act} + {scheme}")
         deep = res["trained"][f"{act}/{scheme}/{res['trained_depths'][-1]}"]
         for c in np.asarray(deep.get("curves", [])):
             curves.plot(np.arange(1, len(c) + 1), c, color=f"C{i}", lw=0.8, alpha=0.7)
-        curves.plot([], [], color=f"C{i}", label=f"{act} + {scheme} (lr {deep['lr']:.3g})")
+        rate = "no rate of the grid trains" if deep["cannot_train"] else f"lr {deep['lr']:.3g}"
+        curves.plot([], [], color=f"C{i}", label=f"{act} + {scheme} ({rate})")
     points.set(xlabel="hidden layers", ylabel="test accuracy", ylim=(0, 1), xticks=where,
-               xticklabels=res["trained_depths"], title="trained: every seed (points) and the mean (line)")
+               xticklabels=res["trained_depths"],
+               title="trained: every seed's last-quarter test accuracy (diverged = failure) and the mean")
     curves.set(xlabel="epoch", ylabel="test accuracy", ylim=(0, 1),
                title=f"{res['trained_depths'][-1]} hidden layers: every seed's test curve")
     for ax in (points, curves):

@@ -121,6 +121,11 @@ def test_vanishing_gradients(tmp_path):
     assert ratio("sigmoid/glorot/10") < ratio("sigmoid/glorot/2")  # and it gets worse with depth
     assert set(res["trained"]) == {f"{s}/{d}" for s in ("sigmoid/glorot", "tanh/glorot", "relu/glorot", "relu/he")
                                    for d in res["trained_depths"]}
+    for t in res["trained"].values():  # diverged runs are counted, not dropped: every seed has a score
+        assert len(t["score"]) == len(res["seeds"]) and np.isfinite(t["score"]).all() and 0 <= t["diverged"] <= 2
+        assert t["mean"] == pytest.approx(np.mean(t["score"])) and isinstance(t["cannot_train"], bool)
+        assert "plateaued" in t["plateau"] and t["chance"][0] < 0.2
+    assert set(res["first_layer_ratio_by_width"]["relu/he"]) == {"64"}
 
 
 def test_activations_steps(tmp_path):
