@@ -39,7 +39,8 @@ import jax.numpy as jnp
 from fnn.core.backprop import Objective, backward
 from fnn.core.losses import Loss, risk_grad
 from fnn.core.network import MLP, Params
-from fnn.analysis.quantities import _r_forward, deltas, hvp as _hvp
+from fnn.analysis.columns import column_deltas
+from fnn.analysis.quantities import _r_forward, hvp as _hvp
 from fnn.core.validation import check_key, validate
 
 Array = jax.Array
@@ -96,32 +97,35 @@ def _normalised(weights, out: Array) -> Array:
 
 
 def _columns(net: MLP, loss: Loss, params, out, v, cache, mc_samples: int, key) -> list[Array]:
-    """``δz^{(s)}_l`` ``(S, B, d_l)`` per layer: exact loss-Hessian factor columns, or ``M``
-    sampled output gradients scaled by ``1/√M``."""
+    """``δz^{(s)}_l`` ``(B, S, d_l)`` per layer: exact loss-Hessian factor columns, or ``M``
+    sampled output gradients scaled by ``1/√M``, each example's ``S`` columns in adjacent rows
+    of one GEMM per layer (:func:`fnn.analysis.columns.column_deltas`)."""
     if mc_samples == 0:
         if loss.hessian_factor is None:
             raise ValueError(f"Loss {loss.name} has no hand-written Hessian factor: give it hessian_factor.")
-        douts = jnp.moveaxis(loss.hessian_factor(out, v), -1, 0)
+        douts = jnp.swapaxes(loss.hessian_factor(out, v), 1, 2)
     else:
         if loss.sample is None:
             raise ValueError(f"Loss {loss.name} is not a negative log-likelihood with a sampler: use "
                              "mc_samples=0 (exact curvature).")
         keys = jax.random.split(key, mc_samples)
-        douts = jax.vmap(lambda k: loss.grad(out, loss.sample(k, out)))(keys)
+        douts = jax.vmap(lambda k: loss.grad(out, loss.sample(k, out)), out_axes=1)(keys)
         douts = douts / jnp.sqrt(jnp.asarray(mc_samples, out.dtype))
-    return deltas(net, params, cache, douts)
+    return column_deltas(net, params, cache, douts)
 
 
 def kronecker_factors(net: MLP, params, cache, columns: list[Array], w: Array, eigen_stats: bool) -> list[dict]:
     """Per layer ``{"A", "G"}`` (and EKFAC's ``"inputs"``, ``"deltas"``) from the forward
-    cache, the backpropagated columns ``(S, B, d_l)`` and the normalised weights ``ŵ`` ``(B,)``."""
+    cache, the backpropagated columns ``(B, S, d_l)`` and the normalised weights ``ŵ`` ``(B,)``:
+    one GEMM each, ``G`` over the ``B·S`` rows ``√ŵ_b δz^{(s)}_b`` (a reshape, no transpose)."""
     out = []
     for y, d in zip(cache.inputs, columns):
         ybar = jnp.concatenate([y, jnp.ones((y.shape[0], 1), y.dtype)], axis=1)
-        entry = {"A": (ybar * w[:, None]).T @ ybar,
-                 "G": jnp.einsum("sbi,sbj->ij", d * w[None, :, None], d)}
+        scaled = d * jnp.sqrt(w)[:, None, None]
+        rows = jnp.reshape(scaled, (-1, d.shape[-1]))
+        entry = {"A": (ybar * w[:, None]).T @ ybar, "G": rows.T @ rows}
         if eigen_stats:
-            entry["inputs"], entry["deltas"] = ybar, d * jnp.sqrt(w)[None, :, None]
+            entry["inputs"], entry["deltas"] = ybar, jnp.swapaxes(scaled, 0, 1)
         out.append(entry)
     return out
 
@@ -129,7 +133,7 @@ def kronecker_factors(net: MLP, params, cache, columns: list[Array], w: Array, e
 def _ggn_diag(cache, columns: list[Array], w: Array) -> Params:
     out = []
     for y, d in zip(cache.inputs, columns):
-        d2 = jnp.sum(d * d, axis=0)
+        d2 = jnp.sum(d * d, axis=1)
         out.append({"W": (y * y * w[:, None]).T @ d2, "b": jnp.sum(d2 * w[:, None], axis=0)})
     return out
 
