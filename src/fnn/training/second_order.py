@@ -233,7 +233,11 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
 
     and the update is ``−η m`` with ``m ← μ m + c P`` (``μ = momentum``, ``P`` the preconditioned
     gradient, ``c = min(1, √(κ / (η² Pᵀg)))`` with ``κ = norm_constraint``, Ba et al. 2017's
-    KL clipping, as kfac-jax's ``norm_constraint``; ``c = 1`` without one). See the module docstring for the scaling conventions.
+    KL clipping, as kfac-jax's ``norm_constraint``; ``c = 1`` without one). Against kfac-jax
+    (``tests/test_kfac_jax.py``, to 1e-12): KFLR is its ``"ggn_exact"``; ``"pi"``/``"exact"`` its
+    default/``use_exact_inverses``; its ``l2_reg`` only damps; fnn's ``mse`` is its squared error
+    with ``weight=0.5``; its running average is normalised (``Σ ρ^{t−i}F_i / Σ ρ^{t−i}``), fnn's
+    starts at the first batch. See the module docstring and the guide for the scaling conventions.
 
     Args:
       learning_rate: ``η``, a number or an optax schedule ``count -> η``.
