@@ -111,8 +111,7 @@ def report(res):
           "Each row: first − second arm, mean ± 95% t-interval of the per-seed difference, paired t-test, sign "
           "count and exact sign test; p (Holm) adjusts for every row of the table (family-wise 5%). A row that "
           "reads \"not distinguishable\" is not evidence of equality: the interval says how large a difference "
-          "the seeds leave possible. Epochs to target and RMSE: lower is better. A seed that never reached the "
-          "target drops its pair. With 5 seeds the exact sign test cannot go below p = 2/2⁵ = 0.0625, and Holm over "
+          "the seeds leave possible. RMSE: lower is better. A diverged run's NaN drops its pair. With 5 seeds the exact sign test cannot go below p = 2/2⁵ = 0.0625, and Holm over "
           f"{len(rows)} comparisons asks a 5/5 paired t-test for p < {0.05 / len(rows):.4f}.", "",
           table(["experiment", "comparison", "first − second", "p (Holm)", "reading"], rows), "",
           f"Inputs read as committed: {', '.join(INPUTS)}. Written by an earlier version of their scripts (no "
