@@ -12,7 +12,11 @@ Cholesky inverses), EKFAC, the diagonal-GGN preconditioner and Gauss-Newton by 1
 kfac-jax is installed, its K-FAC on the same network with sampled-Fisher factors
 (``estimation_mode="fisher_gradients"``, comparable to fnn's one-sample KFAC) and exact GGN factors
 (``"ggn_exact"``, comparable to KFLR), its default π-adjusted inverses, no adaptive damping,
-learning rate or momentum, and the same T.
+learning rate or momentum, and the same T. In every round each arm runs twice, once with the
+BLAS library's default threads and once limited to one (``threadpoolctl``): the factorizations of a
+refresh (Cholesky, ``eigh``) are LAPACK calls (OpenBLAS) inside XLA's program, and OpenBLAS's own
+threads compete with XLA's on a shared CPU. A second copy of the Adam step gives the run's
+resolution (full mode). The FLOP count of each part of a K-FAC step is written beside the times.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
+from itertools import pairwise
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -27,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from threadpoolctl import threadpool_limits
 
 import fnn
 
@@ -36,6 +43,7 @@ from common import figure, main, table  # noqa: E402
 LOSS = "softmax_cross_entropy"
 T = 10  # inverse_update_period of every K-FAC arm
 LR, DAMPING = 1e-3, 0.1  # small steps keep the carried params finite over many timed steps
+BLAS = {"default": None, "1 thread": 1}  # OpenBLAS threads (threadpoolctl), each round under both
 
 
 def _fnn_arms(quick: bool) -> dict:
@@ -48,7 +56,9 @@ def _fnn_arms(quick: bool) -> dict:
             "ekfac KFLR": kfac(ekfac=True),
             "ggn_diag": fnn.get_optimizer("ggn_diag", LR),
             "gauss_newton (10 CG)": fnn.get_optimizer("gauss_newton", 1.0, cg_iterations=10, cg_tol=1e-30)}
-    return {"adam": arms["adam"], "kfac MC-1 pi": arms["kfac MC-1 pi"]} if quick else arms
+    if quick:
+        return {"adam": arms["adam"], "kfac MC-1 pi": arms["kfac MC-1 pi"]}
+    return {"adam": arms["adam"], "adam (2nd copy)": fnn.get_optimizer("adam", LR), **arms}
 
 
 def _fnn_step(net, opt, params, x, v, key):
@@ -123,8 +133,39 @@ def _arms(sizes, batch: int, quick: bool) -> dict:
     return arms
 
 
+def _flops(sizes, batch: int) -> dict:
+    """GFLOP of each part of a K-FAC step (one multiply-add = 2), from the layer sizes alone."""
+    pairs = list(pairwise(sizes))
+    inner = sum(i * o for i, o in pairs)
+    back = 2 * batch * sum(i * o for i, o in pairs[1:])  # δ through every layer but the first
+    cube = sum((i + 1) ** 3 + o ** 3 for i, o in pairs)
+    parts = {"forward + backward (the gradient)": 4 * batch * inner + back,
+             "one sampled column backward (MC-1)": back, "C exact columns backward (KFLR)": sizes[-1] * back,
+             "A = ȳᵀȳ/B": 2 * batch * sum((i + 1) ** 2 for i, _ in pairs),
+             "G from one column (MC-1)": 2 * batch * sum(o * o for _, o in pairs),
+             "G from C columns (KFLR)": 2 * batch * sizes[-1] * sum(o * o for _, o in pairs),
+             "precondition, pi: A⁻¹ Ḡ G⁻¹": sum(2 * (i + 1) * o * (i + 1 + o) for i, o in pairs),
+             "precondition, exact: 4 rotations": sum(4 * (i + 1) * o * (i + 1 + o) for i, o in pairs),
+             "pi inverses (Cholesky, L⁻¹, L⁻ᵀL⁻¹) / T": 10 / 3 * cube / T,
+             "eigh (about 9n³) / T": 9 * cube / T}
+    return {k: v / 1e9 for k, v in parts.items()}
+
+
+def _timed_round(steps: dict, carry: dict, times: dict, reps: int) -> None:
+    """One round: every arm ``reps`` steps under each BLAS thread setting, times appended."""
+    for blas, threads in BLAS.items():
+        with threadpool_limits(threads, user_api="blas") if threads else nullcontext():
+            for k, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(reps):
+                    carry[k] = step(carry[k])
+                jax.block_until_ready(carry[k][:2])
+                times[blas][k].append((time.perf_counter() - start) / reps)
+
+
 def _step_costs(sizes, batch: int, rounds: int, reps: int, quick: bool) -> dict:
-    """Median seconds per step of each arm over interleaved rounds, and the ratio to Adam."""
+    """Median seconds per step of each arm over interleaved rounds, and the ratio to Adam, per
+    BLAS thread setting (``seconds``/``ratio_to_adam``: the default; ``one_blas_thread``: one)."""
     arms = _arms(sizes, batch, quick)
     steps = {k: a[0] for k, a in arms.items()}
     carry = {k: a[1] for k, a in arms.items()}
@@ -132,19 +173,17 @@ def _step_costs(sizes, batch: int, rounds: int, reps: int, quick: bool) -> dict:
         for _ in range(T):
             carry[k] = steps[k](carry[k])
         jax.block_until_ready(carry[k][:2])
-    times = {k: [] for k in arms}
+    times = {blas: {k: [] for k in arms} for blas in BLAS}
     for _ in range(rounds):
-        for k in arms:
-            start = time.perf_counter()
-            for _ in range(reps):
-                carry[k] = steps[k](carry[k])
-            jax.block_until_ready(carry[k][:2])
-            times[k].append((time.perf_counter() - start) / reps)
+        _timed_round(steps, carry, times, reps)
     finite = {k: bool(all(np.all(np.isfinite(a)) for a in jax.tree.leaves(c[0]))) for k, c in carry.items()}
-    median = {k: float(np.median(t)) for k, t in times.items()}
+    median = {blas: {k: float(np.median(t)) for k, t in ts.items()} for blas, ts in times.items()}
+    ratio = {blas: {k: m / med["adam"] for k, m in med.items()} for blas, med in median.items()}
     return {"sizes": list(sizes), "batch": batch, "rounds": rounds, "steps_per_round": reps,
-            "seconds": median, "seconds_all": times, "params_finite": finite,
-            "ratio_to_adam": {k: m / median["adam"] for k, m in median.items()}}
+            "seconds": median["default"], "ratio_to_adam": ratio["default"], "seconds_all": times["default"],
+            "one_blas_thread": {"seconds": median["1 thread"], "ratio_to_adam": ratio["1 thread"],
+                                "seconds_all": times["1 thread"]},
+            "params_finite": finite, "gflop": _flops(sizes, batch)}
 
 
 def _version(package: str) -> str | None:
@@ -165,16 +204,25 @@ def run(quick: bool) -> dict:
 def report(results: dict):
     lines = [__doc__.strip().splitlines()[0], ""]
     for cost in results["step_cost"]:
+        one = cost["one_blas_thread"]
         lines += [f"## {'-'.join(map(str, cost['sizes']))}, B = {cost['batch']} "
                   f"(median of {cost['rounds']} interleaved rounds of {cost['steps_per_round']} steps, T = "
                   f"{results['inverse_update_period']})", "",
-                  table(["optimizer", "ms / step", "/ Adam"], [[k, 1e3 * s, cost["ratio_to_adam"][k]]
-                                                            for k, s in cost["seconds"].items()]), ""]
+                  table(["optimizer", "ms / step", "/ Adam", "ms / step, 1 BLAS thread", "/ Adam, 1 BLAS thread"],
+                        [[k, 1e3 * s, cost["ratio_to_adam"][k], 1e3 * one["seconds"][k], one["ratio_to_adam"][k]]
+                         for k, s in cost["seconds"].items()]), ""]
+        grad = cost["gflop"]["forward + backward (the gradient)"]
+        lines += ["GFLOP per step of each part (from the sizes):", "",
+                  table(["part", "GFLOP", "/ gradient"], [[k, g, g / grad] for k, g in cost["gflop"].items()]), ""]
     plt = figure()
     fig, axes = plt.subplots(1, len(results["step_cost"]), figsize=(6 * len(results["step_cost"]), 4))
     for ax, cost in zip(np.atleast_1d(axes), results["step_cost"]):
         names = list(cost["ratio_to_adam"])
-        ax.barh(names, [cost["ratio_to_adam"][k] for k in names])
+        y = np.arange(len(names))
+        ax.barh(y + 0.2, [cost["ratio_to_adam"][k] for k in names], 0.4, label="BLAS default threads")
+        ax.barh(y - 0.2, [cost["one_blas_thread"]["ratio_to_adam"][k] for k in names], 0.4, label="1 BLAS thread")
+        ax.set_yticks(y, names)
+        ax.legend(fontsize=8)
         ax.axvline(1.5, color="k", ls="--", lw=1)
         ax.set(xscale="log", xlabel="step time / Adam's", title=f"{'-'.join(map(str, cost['sizes']))}, B = {cost['batch']}")
     fig.tight_layout()
