@@ -82,6 +82,13 @@ def test_lanczos_is_gauss_quadrature_for_the_start_vector(x64):
     m = 5
     res = fnn.lanczos(matvec, q, m)
     np.testing.assert_allclose(res.basis @ res.basis.T, np.eye(m), atol=1e-12)
+    # m = P: the basis (8 segments of 11 rows, the last one partly filled) is orthonormal and
+    # reduces A to T, Q A Qᵀ = T, to working precision.
+    full = fnn.lanczos(matvec, q, theta.size)
+    qa = np.asarray(jax.vmap(matvec)(full.basis))
+    np.testing.assert_allclose(full.basis @ full.basis.T, np.eye(theta.size), atol=1e-12)
+    t_full = np.diag(full.alpha) + np.diag(full.beta[:-1], 1) + np.diag(full.beta[:-1], -1)
+    np.testing.assert_allclose(np.asarray(full.basis) @ qa.T, t_full, atol=1e-12 * np.abs(full.alpha).max())
     t = np.diag(res.alpha) + np.diag(res.beta[:-1], 1) + np.diag(res.beta[:-1], -1)
     nodes, s = np.linalg.eigh(t)
     a = np.asarray(_dense(net, loss, params, x, v, "hessian"))
@@ -109,6 +116,12 @@ def test_spectral_density_integrates_to_one_and_has_the_dense_moments(x64):
     m2 = np.mean(np.sum(d.weights * d.nodes ** 2, 1))
     np.testing.assert_allclose(np.trapezoid(grid * phi, grid), m1, atol=1e-6 * np.abs(lam).max())
     np.testing.assert_allclose(np.trapezoid(grid ** 2 * phi, grid), m2 + sigma ** 2, rtol=1e-6)
+    # Broadened again from the same quadrature: its own σ, the defaults give the same density back.
+    wide = d.broaden(sigma=4 * sigma, num_points=3000)
+    assert wide.grid.shape == (3000,) and float(wide.sigma) == 4 * sigma
+    np.testing.assert_allclose(np.trapezoid(wide.grid ** 2 * wide.density, wide.grid), m2 + 16 * sigma ** 2, rtol=1e-6)
+    np.testing.assert_array_equal(wide.nodes, d.nodes)
+    np.testing.assert_allclose(d.broaden().density, phi, rtol=1e-12)
     # ... and they estimate tr(A^p)/P, within 4 standard errors of the Rademacher estimator.
     for p, got in ((1, m1), (2, m2)):
         ap = np.linalg.matrix_power(a, p)
@@ -156,8 +169,8 @@ def test_jit_and_vmap_over_seeds_equal_the_plain_calls(x64):
     key = jax.random.key(7)
     calls = {
         "eigs": lambda p: fnn.top_eigenpairs(net, loss, p, x, v, key, k=3, num_iters=12),
-        "density": lambda p: fnn.spectral_density(net, loss, p, x, v, key, num_probes=2, num_iters=10,
-                                                  num_points=50),
+        "density": lambda p: fnn.spectral_density(net, loss, p, x, v, key, num_probes=2, num_iters=10).broaden(
+            num_points=50),
         "hutchinson": lambda p: fnn.hutchinson_trace(net, loss, p, x, v, key, num_samples=5, curvature="ggn"),
         "hutch++": lambda p: fnn.hutchpp_trace(net, loss, p, x, v, key, num_matvecs=9),
     }
@@ -188,7 +201,8 @@ def test_repeated_equal_calls_do_not_recompile(x64):
     (lambda a: fnn.top_eigenpairs(*a, k=2, num_iters=10_000), "number of parameters"),
     (lambda a: fnn.top_eigenpairs(*a, k=0), "k must be a positive integer"),
     (lambda a: fnn.top_eigenpairs(*a, which="BE"), "which must be one of"),
-    (lambda a: fnn.spectral_density(*a, sigma=0.0), "sigma must be positive"),
+    (lambda a: fnn.spectral_density(*a, num_probes=1, num_iters=3).broaden(sigma=0.0), "sigma must be positive"),
+    (lambda a: fnn.spectral_density(*a, num_probes=1, num_iters=3).broaden(num_points=1), "num_points must be an integer"),
     (lambda a: fnn.hutchinson_trace(*a, num_samples=0), "num_samples must be an integer"),
     (lambda a: fnn.hutchpp_trace(*a, num_matvecs=2), "num_matvecs must be an integer"),
     (lambda a: fnn.hutchpp_trace(*a[:5], 0), "PRNG key"),

@@ -13,9 +13,10 @@ Everything is jitted (the network, loss and sizes are static: repeated calls wit
 shapes do not recompile), loops are ``lax.fori_loop``/``lax.map``, and every function
 can be ``jax.vmap``-ed over a stacked params pytree (many seeds in one program).
 
-Sources: C. Lanczos (1950); full reorthogonalisation by classical Gram-Schmidt applied
-twice (Giraud et al., "Rounding error analysis of the classical Gram-Schmidt
-orthogonalization process", 2005); stochastic Lanczos quadrature: Golub & Meurant,
+The Lanczos algorithm itself (full reorthogonalisation, the basis in loop-carried segments)
+is :func:`fnn.analysis.krylov.lanczos`, re-exported here and as :func:`fnn.lanczos`.
+
+Sources: C. Lanczos (1950); stochastic Lanczos quadrature: Golub & Meurant,
 "Matrices, Moments and Quadrature" (2010), Ubaru, Chen & Saad, SIAM J. Matrix Anal.
 Appl. 38 (2017), Ghorbani, Krishnan & Xiao, "An Investigation into Neural Net
 Optimization via Hessian Eigenvalue Density", ICML 2019 (PyHessian and curvlinops name
@@ -34,26 +35,12 @@ from jax.flatten_util import ravel_pytree
 from fnn.core.losses import Loss, get_loss
 from fnn.core.network import MLP, Params
 from fnn.analysis.quantities import _prepare, check_grad2, ggn_vp_cached, hvp_cached
+from fnn.analysis.krylov import LanczosResult, lanczos, lanczos_segments, tridiagonal  # noqa: F401 (re-exported)
 from fnn.core.validation import check_key, validate
 
 Array = jax.Array
 CURVATURES = ("hessian", "ggn")
 WHICH = ("LA", "SA", "LM")
-
-
-class LanczosResult(NamedTuple):
-    """The Lanczos decomposition ``A Q_mᵀ ≈ Q_mᵀ T`` after ``m`` steps.
-
-    Attributes:
-      alpha: ``(m,)``, the diagonal of the tridiagonal ``T``.
-      beta: ``(m,)``, its off-diagonal: ``beta[i]`` couples steps ``i`` and ``i + 1``;
-        ``beta[m − 1]`` is the residual norm that bounds the Ritz pairs' residuals.
-      basis: ``(m, n)``, the orthonormal Lanczos vectors ``Q_m`` (rows).
-    """
-
-    alpha: Array
-    beta: Array
-    basis: Array
 
 
 class Eigenpairs(NamedTuple):
@@ -90,6 +77,23 @@ class SpectralDensity(NamedTuple):
     nodes: Array
     weights: Array
     sigma: Array
+
+    def broaden(self, sigma: float | None = None, num_points: int = 1000) -> SpectralDensity:
+        """The same quadrature (``nodes``, ``weights``) broadened by another Gaussian width.
+
+        Args:
+          sigma: ``σ`` in eigenvalue units; default ``(max θ − min θ) / 100``, what
+            :func:`spectral_density` returns.
+          num_points: grid points, from ``min θ − 6σ`` to ``max θ + 6σ``.
+
+        Raises:
+          ValueError: a non-positive ``sigma``, or ``num_points`` not an integer ``≥ 2``.
+        """
+        if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
+            raise ValueError(f"num_points must be an integer ≥ 2, got {num_points!r}.")
+        if sigma is not None and not sigma > 0:
+            raise ValueError(f"sigma must be positive (eigenvalue units), got {sigma!r}.")
+        return _broaden(self.nodes, self.weights, sigma, num_points)
 
 
 def check_operator(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, curvature: str) -> int:
@@ -128,100 +132,6 @@ def curvature_matvec(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
         return ravel_pytree(product(net, loss, params, out, v, cache, unravel(u.astype(theta.dtype))))[0]
 
     return matvec, theta
-
-
-_SEGMENTS = 8  # the basis is kept as at most this many separate row blocks (see lanczos)
-
-
-def _project_out(segments: list[Array], w: Array) -> Array:
-    """``w − Q Qᵀ w`` (one classical Gram-Schmidt pass) for the rows ``Q`` of ``segments``: one
-    GEMV pair per segment, each segment a whole array (no slice of it is copied first). Rows
-    not yet filled are zero and contribute nothing."""
-    coefs = [s @ w for s in segments]
-    for s, c in zip(segments, coefs):
-        w = w - c @ s
-    return w
-
-
-def _orthogonalise(segments: list[Array], w: Array) -> Array:
-    """One Gram-Schmidt pass against the basis, and a second one only where the first removed
-    most of ``w`` (the Daniel-Gragg-Kaufman-Stewart test, ``‖w'‖ < ‖w‖/√2``), which keeps the
-    basis orthonormal to working precision ("twice is enough")."""
-    once = _project_out(segments, w)
-    again = jnp.linalg.norm(once) < jnp.linalg.norm(w) / jnp.sqrt(2).astype(w.dtype)
-    return jax.lax.cond(again, lambda u: _project_out(segments, u), lambda u: u, once)
-
-
-def lanczos(matvec: Callable[[Array], Array], v0: Array, num_iters: int, key: Array | None = None) -> LanczosResult:
-    """``num_iters`` steps of Lanczos with full reorthogonalisation on a symmetric operator.
-
-    Args:
-      matvec: ``(n,) -> (n,)``, symmetric; traced once per basis segment (at most 8 times).
-      v0: ``(n,)``, the start vector (any nonzero scale).
-      num_iters: ``m``, ``1 ≤ m ≤ n``.
-      key: where an invariant subspace is found (``beta ≈ 0``), the next vector is drawn
-        from ``key`` and orthogonalised, and ``beta`` is set to zero (``T`` splits, its
-        eigenvalues stay eigenvalues of the operator); defaults to ``jax.random.key(0)``.
-
-    Returns:
-      :class:`LanczosResult` with ``alpha``, ``beta`` ``(m,)`` and ``basis`` ``(m, n)``.
-      Each step costs one ``matvec``, the three-term recurrence, and one classical
-      Gram-Schmidt pass (two GEMVs) against the basis so far (a second pass where the first
-      loses more than half of the vector's norm). The basis is held as at most 8 segments of
-      ``⌈m/8⌉`` rows, each a loop-carried buffer written in place; a pass reads the filled
-      segments and the current one, about ``i + m/16`` rows of ``n`` at step ``i``, so for
-      large ``n`` the reorthogonalisation reads about ``m² n`` numbers in all.
-    """
-    n = v0.shape[-1]
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
-        raise ValueError(f"num_iters must be an integer from 1 to the dimension {n}, got {num_iters!r}.")
-    if key is None:
-        key = jax.random.key(0)
-    check_key(key)
-    alpha, beta, segments = _lanczos(matvec, v0, num_iters, key)
-    return LanczosResult(alpha, beta, jnp.concatenate(segments))
-
-
-def _lanczos(matvec, v0, m, key):
-    """:func:`lanczos` without checks: ``(alpha, beta, segments)``, the basis as a list of
-    row blocks (``jnp.concatenate(segments)`` is ``(m, n)``)."""
-    n, dtype = v0.shape[-1], v0.dtype
-    tol = 100 * jnp.finfo(dtype).eps
-    rows = -(-m // _SEGMENTS)
-    segments, zero = [], jnp.zeros((), dtype)
-    carry = (v0 / jnp.linalg.norm(v0), jnp.zeros_like(v0), zero, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype), zero)
-    for lo in range(0, m, rows):
-        hi = min(lo + rows, m)
-        step = functools.partial(_step, matvec, segments, lo, key, tol)
-        seg, *carry = jax.lax.fori_loop(lo, hi, step, (jnp.zeros((hi - lo, n), dtype), *carry))
-        segments.append(seg)
-    return carry[3], carry[4], segments
-
-
-def _step(matvec, done, lo, key, tol, i, carry):
-    """Lanczos step ``i`` with the basis's filled segments ``done`` and the current one ``seg``
-    (rows from ``lo``); ``q``, ``q_prev`` and ``b_prev`` are carried, not read back."""
-    seg, q, q_prev, b_prev, alpha, beta, scale = carry
-    seg = jax.lax.dynamic_update_slice_in_dim(seg, q[None], i - lo, 0)  # in place
-    basis = done + [seg]
-    w = matvec(q)
-    a = jnp.vdot(q, w)
-    w = _orthogonalise(basis, w - a * q - b_prev * q_prev)  # three-term recurrence, then full reorthogonalisation
-    b = jnp.linalg.norm(w)
-    scale = jnp.maximum(scale, jnp.abs(a) + b)
-    broke = b <= tol * scale
-
-    def fresh(_):
-        r = _orthogonalise(basis, jax.random.normal(jax.random.fold_in(key, i), q.shape, q.dtype))
-        return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(q.dtype).tiny)  # ~0 only past step n
-
-    nxt = jax.lax.cond(broke, fresh, lambda _: w / jnp.where(broke, 1, b), None)
-    b = jnp.where(broke, 0, b)
-    return seg, nxt, q, b, alpha.at[i].set(a), beta.at[i].set(b), scale
-
-
-def _tridiagonal(alpha: Array, beta: Array) -> Array:
-    return jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
 
 
 def _check_sizes(k: int, num_iters: int, n: int) -> None:
@@ -270,8 +180,8 @@ def _top_eigenpairs(net, loss, curvature, k, num_iters, which, params, x, v, key
     matvec, theta = curvature_matvec(net, loss, params, x, v, curvature)
     start_key, restart_key = jax.random.split(key)
     v0 = jax.random.rademacher(start_key, theta.shape, theta.dtype)
-    alpha, beta, segments = _lanczos(matvec, v0, num_iters, restart_key)
-    ritz, s = jnp.linalg.eigh(_tridiagonal(alpha, beta))
+    alpha, beta, segments = lanczos_segments(matvec, v0, num_iters, restart_key)
+    ritz, s = jnp.linalg.eigh(tridiagonal(alpha, beta))
     order = jnp.select([which == 0, which == 1], [-ritz, ritz], -jnp.abs(ritz))  # WHICH's order, traced
     idx = jnp.argsort(order)[:k]
     coef, lo = s[:, idx].T, 0
@@ -283,57 +193,60 @@ def _top_eigenpairs(net, loss, curvature, k, num_iters, which, params, x, v, key
 
 
 def spectral_density(net: MLP, loss: str | Loss, params: Params, x: Array, v: Array, key: Array, *,
-                     num_probes: int = 8, num_iters: int = 40, curvature: str = "hessian",
-                     num_points: int = 1000, sigma: float | None = None) -> SpectralDensity:
+                     num_probes: int = 8, num_iters: int = 40, curvature: str = "hessian") -> SpectralDensity:
     """The eigenvalue density of the Hessian or GGN of ``R`` by stochastic Lanczos quadrature.
 
     Each of ``num_probes`` Rademacher probes ``q`` (unit norm, from ``key``) runs
     ``num_iters`` Lanczos steps; the eigen-decomposition ``T = S diag(θ) Sᵀ`` gives Gauss
     quadrature nodes ``θ_j`` and weights ``τ_j = S_{0j}²`` for the probe's spectral measure
     ``Σ_i (u_iᵀq)² δ(t − λ_i)``, whose mean over probes estimates ``(1/P) Σ_i δ(t − λ_i)``.
-    The density broadens each node by a Gaussian of width ``sigma`` on ``num_points``
-    points from ``min θ − 6σ`` to ``max θ + 6σ``.
+    The density broadens each node by a Gaussian of width ``σ = (max θ − min θ) / 100`` on
+    1000 points from ``min θ − 6σ`` to ``max θ + 6σ``; :meth:`SpectralDensity.broaden` redraws
+    it with another ``σ`` or grid from the same nodes and weights, without operator products.
 
     Args:
       key: a JAX PRNG key for the probes.
       num_probes, num_iters: probes and Lanczos steps per probe (``num_probes ×
         num_iters`` operator products in all; ``num_iters ≤ P``).
-      sigma: the broadening in eigenvalue units; default ``(max θ − min θ) / 100``.
 
     Returns:
       :class:`SpectralDensity` (grid, density, nodes, weights, sigma).
 
     Raises:
-      ValueError: counts out of range, a non-positive ``sigma``, or what
-        :func:`curvature_matvec` raises.
+      ValueError: counts out of range, or what :func:`curvature_matvec` raises.
+
+    Example: ``fnn.spectral_density(net, loss, params, x, v, key).broaden(sigma=0.05)``.
     """
     check_key(key)
     n = check_operator(net, loss, params, x, v, curvature)
     _check_sizes(num_probes, num_probes, num_probes)
-    _check_sizes(2, num_points, num_points)
     _check_sizes(1, num_iters, n)
-    if sigma is not None and not sigma > 0:
-        raise ValueError(f"sigma must be positive (eigenvalue units), got {sigma!r}.")
-    return _spectral_density(net, loss, curvature, num_probes, num_iters, num_points, params, x, v, key, sigma)
+    nodes, weights = _quadrature(net, loss, curvature, num_probes, num_iters, params, x, v, key)
+    return _broaden(nodes, weights, None, 1000)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _spectral_density(net, loss, curvature, num_probes, num_iters, num_points, params, x, v, key, sigma):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _quadrature(net, loss, curvature, num_probes, num_iters, params, x, v, key):
+    """Gauss quadrature nodes and weights ``(num_probes, num_iters)`` of each probe's measure."""
     matvec, theta = curvature_matvec(net, loss, params, x, v, curvature)
 
     def probe(k):
         start, restart = jax.random.split(k)
-        alpha, beta, _ = _lanczos(matvec, jax.random.rademacher(start, theta.shape, theta.dtype), num_iters, restart)
-        nodes, s = jnp.linalg.eigh(_tridiagonal(alpha, beta))
+        alpha, beta, _ = lanczos_segments(matvec, jax.random.rademacher(start, theta.shape, theta.dtype), num_iters, restart)
+        nodes, s = jnp.linalg.eigh(tridiagonal(alpha, beta))
         return nodes, s[0] ** 2
 
-    nodes, weights = jax.lax.map(probe, jax.random.split(key, num_probes))
+    return jax.lax.map(probe, jax.random.split(key, num_probes))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _broaden(nodes, weights, sigma, num_points) -> SpectralDensity:
     lo, hi = jnp.min(nodes), jnp.max(nodes)
-    tiny = jnp.finfo(theta.dtype).tiny
+    tiny = jnp.finfo(nodes.dtype).tiny
     width = jnp.maximum(hi - lo, jnp.maximum(jnp.abs(hi), tiny) * 1e-3)
-    sigma = width / 100 if sigma is None else jnp.asarray(sigma, theta.dtype)
+    sigma = width / 100 if sigma is None else jnp.asarray(sigma, nodes.dtype)
     grid = jnp.linspace(lo - 6 * sigma, hi + 6 * sigma, num_points)
     z = (grid[:, None] - nodes.reshape(-1)[None, :]) / sigma
     kernel = jnp.exp(-0.5 * z * z) / (sigma * jnp.sqrt(2 * jnp.pi))
-    density = kernel @ weights.reshape(-1) / num_probes
+    density = kernel @ weights.reshape(-1) / nodes.shape[0]
     return SpectralDensity(grid, density, nodes, weights, sigma)
