@@ -110,18 +110,53 @@ def report(res):
                "on its steps, not a measurement at its best rate."]
     else:
         md += ["", "Every rate is interior to the grid `activations` chose it on (grids extended off their edge)."]
+    return "\n".join(md), _figure(res)
+
+
+STYLES = {"step": ("tab:blue", "-", None), "sigmoid": ("tab:orange", "-", None), "tanh": ("tab:green", "-", None),
+          "relu": ("tab:red", "-", None), "leaky_relu": ("tab:purple", (0, (4, 3)), "o")}
+
+
+def _figure(res):
+    """(a) mean training error after every step (relu solid, leaky_relu dashed with markers on top:
+    their curves coincide); (b) steps to each threshold per seed, one column per activation."""
     plt = figure()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.25, 1]})
     for act, r in res["arms"].items():
-        ax.plot(np.arange(len(r["curve_mean"])), r["curve_mean"], label=f"{act} (lr {r['lr']:g})")
+        colour, ls, marker = STYLES.get(act, (None, "-", None))
+        lw = 3.0 if act == "relu" else 1.6
+        ax.plot(np.arange(len(r["curve_mean"])), r["curve_mean"], color=colour, ls=ls, lw=lw, marker=marker,
+                markevery=0.08, ms=4, label=f"{act} (lr {r['lr']:g})")
     for t in res["thresholds"]:
         ax.axhline(t, color="gray", ls=":", lw=1)
-    ax.set(xscale="symlog", yscale="log", xlabel="SGD step (symlog)", ylabel="training error (mean over seeds)",
-           title="training error after every step")
+        ax.annotate(f"{t:.0%}", (res["steps"], t), xytext=(-4, 3), textcoords="offset points", ha="right",
+                    fontsize=8, color="gray")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set(yscale="log", xlim=(0, res["steps"]), xlabel="SGD step (linear to 10, log beyond)",
+           ylabel="training error (mean over seeds)", title="(a) training error after every step")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=10)
+    ax.legend(fontsize=9, loc="lower left", title="relu (thick) lies under leaky_relu (dashed)", title_fontsize=8)
+    arms = [a for a, r in res["arms"].items() if np.isfinite(np.asarray(r["steps_to"][str(res["thresholds"][0])],
+                                                                        float)).any()]
+    n = len(res["seeds"])
+    for k, t in enumerate(res["thresholds"]):
+        x = np.arange(len(arms))[:, None] + (k - 0.5) * 0.4 + np.linspace(-0.12, 0.12, n)[None]
+        y = np.array([res["arms"][a]["steps_to"][str(t)] for a in arms], float)
+        for i, a in enumerate(arms):
+            bx.scatter(x[i], y[i], s=18, color=STYLES.get(a, (None,))[0], marker="o" if k == 0 else "s",
+                       facecolors="none" if k else None, zorder=3)
+    bx.scatter([], [], color="k", marker="o", s=18, label=f"to {res['thresholds'][0]:.0%} error")
+    bx.scatter([], [], color="k", marker="s", s=18, facecolors="none", label=f"to {res['thresholds'][1]:.0%} error")
+    never = [a for a in res["arms"] if a not in arms] + [
+        f"{a} to {t:.0%}" for a in arms for t in res["thresholds"][1:]
+        if not np.isfinite(np.asarray(res["arms"][a]["steps_to"][str(t)], float)).any()]
+    bx.set_xticks(range(len(arms)), arms)
+    bx.set(yscale="log", ylabel="SGD steps (per seed)", title="(b) steps to a training error, per seed"
+           + (f"\n(never within {res['steps']} steps: {', '.join(never)})" if never else ""))
+    bx.grid(alpha=0.3, which="both")
+    bx.legend(fontsize=9, loc="upper right")
     fig.tight_layout()
-    return "\n".join(md), fig
+    return fig
 
 
 if __name__ == "__main__":
