@@ -196,6 +196,25 @@ def test_sharpness(tmp_path):
     assert arms["cross-entropy, η=0.5"]["all"]["end"][0] < 0.1  # no sharpening: λ_max falls as the risk → 0
 
 
+def test_ggn_vs_backpack(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("backpack")
+    r = _run("ggn_vs_backpack", tmp_path)
+    assert r["goal_met"] is None and [s["config"] for s in r["sections"]] == ["mnist", "digits"]
+    for s in r["sections"]:
+        # Timed only after the two diagonals (and gradients) agree to float32 rounding, same weights and batch.
+        assert s["agreement"]["ggn_diagonal_max_rel_diff"] < 1e-5 and s["agreement"]["gradient_max_rel_diff"] < 1e-5
+        assert all(len(t) == s["rounds"] == 3 and min(t) > 0 for t in s["ms_per_round"].values())
+        assert s["first_orders"][1] == s["first_orders"][0][::-1]  # the order is reversed every other round
+        for ratio in s["ratios"].values():
+            assert ratio["min"] <= ratio["ci95"][0] <= ratio["median"] <= ratio["ci95"][1] <= ratio["max"]
+        fnn_over_backpack = np.array(s["ms_per_round"]["fnn exact GGN diagonal"]) / s["ms_per_round"]["BackPACK DiagGGNExact"]
+        assert s["ratios"]["fnn / BackPACK"]["median"] == pytest.approx(np.median(fnn_over_backpack))
+        assert len(s["loadavg_before"]) == len(s["loadavg_after"]) == 3 and s["torch_threads"] == 2
+        g = s["gflop"]  # BackPACK's pass is fnn's work plus the gradient's backward
+        assert g["fnn GGN diagonal"] < g["BackPACK DiagGGNExact"] < g["fnn GGN diagonal"] + g["plain gradient"]
+
+
 # --- the rules every experiment follows: grid edges, plateaus, provenance --------------------------
 
 def _toy_score(peak, diverge_above=np.inf):
