@@ -253,6 +253,8 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
       norm_constraint: ``κ > 0`` or ``None`` (no clipping).
 
     Raises ``ValueError`` for a bad setting, and from ``update`` for missing or misshapen factors.
+    On a CPU run with ``OPENBLAS_NUM_THREADS=1``: a refresh's Cholesky/``eigh`` are OpenBLAS calls
+    whose threads compete with XLA's (see the manual's Benchmarks page, "K-FAC step cost").
     """
     _check_number(damping, "damping")
     _check_number(curvature_ema, "curvature_ema", upper=1.0)
