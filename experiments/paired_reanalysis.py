@@ -36,7 +36,8 @@ def _row(source, what, a, b, scale=100.0, unit=" pts", lower_is_better=False):
     return {"source": source, "comparison": what, "lower_is_better": lower_is_better,
             "difference": c.mean * scale, "ci95": c.half_width * scale,
             "p_value": c.p_value, "wins": c.wins, "ties": c.ties, "losses": c.losses, "sign_p": c.sign_p,
-            "n": c.n, "text": c.text(scale=scale, unit=unit)}
+            "n": c.n, "text": c.text(scale=scale, unit=unit),
+            "per_seed": [float(d) if np.isfinite(d) else None for d in (np.asarray(a) - np.asarray(b)) * scale]}
 
 
 def _activations(r):
@@ -93,9 +94,7 @@ def run(quick: bool = False) -> dict:
         row["p_holm"] = p
     sources = {name: {"sha256": h, "provenance": d.get("provenance") or "none recorded: written by an earlier "
                       "version of its script"} for name, (d, h) in loaded.items()}
-    points = {k: a["test_accuracy"] for k, a in loaded["vanishing_gradients"][0]["trained"].items()}
-    return {"comparisons": rows, "inputs": sources, "vanishing_points": points,
-            "vanishing_chance": loaded["vanishing_gradients"][0]["trained"]["sigmoid/glorot/20"]["mean"]}
+    return {"comparisons": rows, "inputs": sources}
 
 
 def _reading(r):
@@ -116,21 +115,43 @@ def report(res):
           table(["experiment", "comparison", "first − second", "p (Holm)", "reading"], rows), "",
           f"Inputs read as committed: {', '.join(INPUTS)}. Written by an earlier version of their scripts (no "
           f"provenance recorded): {', '.join(stale) or 'none'}; their numbers are those runs', not reruns."]
+    return "\n".join(md), _forest(res)
+
+
+def _forest(res):
+    """The comparisons as a forest plot, one panel per experiment (each its own scale): each row's
+    per-seed paired differences (grey dots) and their mean with its 95% interval (filled red:
+    Holm p < 0.05; open blue: not distinguishable). An interval wider than the panel is cut at its edge."""
     plt = figure()
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    keys = list(res["vanishing_points"])
-    for i, k in enumerate(keys):
-        v = res["vanishing_points"][k]
-        ax.scatter(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, s=22, color=f"C{i // 4}", zorder=3)
-        ax.hlines(np.mean(v), i - 0.3, i + 0.3, color="k", lw=1)
-    ax.axhline(res["vanishing_chance"], color="gray", ls=":", lw=1, label="majority class")
-    ax.set_xticks(range(len(keys)), [k.replace("/", "\n", 1) for k in keys], fontsize=8)
-    ax.set(ylabel="test accuracy (one point per seed; bar: mean)",
-           title="vanishing_gradients, trained: every seed (a spread or bimodal arm shows here, not in mean ± CI)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=10, loc="center left")
-    fig.tight_layout()
-    return "\n".join(md), fig
+    sources = list(dict.fromkeys(r["source"] for r in res["comparisons"]))
+    groups = [[r for r in res["comparisons"] if r["source"] == s] for s in sources]
+    heights = [len(g) + 1.5 for g in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 0.25 * sum(heights) + 1.5), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, rows in zip(axes[:, 0], groups):
+        y = np.arange(len(rows))[::-1]
+        points = [0.0]
+        for yi, r in zip(y, rows):
+            seeds = np.array([np.nan if d is None else d for d in r["per_seed"]], float)
+            ax.scatter(seeds, np.full(len(seeds), yi) + np.linspace(-0.2, 0.2, len(seeds)), s=8, color="0.55", zorder=2)
+            strong = r["p_holm"] < 0.05
+            ax.errorbar(r["difference"], yi, xerr=np.nan_to_num(r["ci95"]), fmt="o", ms=5, capsize=3, zorder=3,
+                        color="C3" if strong else "C0", mfc="C3" if strong else "white")
+            points += [*seeds[np.isfinite(seeds)], r["difference"]]
+        lo, hi = np.nanmin(points), np.nanmax(points)
+        ax.set_xlim(lo - 0.08 * (hi - lo) - 1e-9, hi + 0.08 * (hi - lo) + 1e-9)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, [r["comparison"] for r in rows], fontsize=7)
+        unit = "decades of test RMSE" if rows[0]["lower_is_better"] else "points of test accuracy"
+        ax.set(ylim=(-0.7, len(rows) - 0.3), title=rows[0]["source"], xlabel=f"first − second ({unit})")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3, axis="x")
+    handles = [plt.Line2D([], [], marker="o", color="C3", ls="", label="mean, 95% interval: Holm p < 0.05"),
+               plt.Line2D([], [], marker="o", color="C0", mfc="white", ls="", label="mean, 95% interval: not distinguishable"),
+               plt.Line2D([], [], marker="o", color="0.55", ms=3, ls="", label="one seed's difference")]
+    fig.legend(handles=handles, fontsize=8, loc="upper center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    return fig
 
 
 if __name__ == "__main__":
