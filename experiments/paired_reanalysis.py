@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, figure, main, table
-from fnn.stats import holm, paired
+from common import RESULTS, counted, figure, main, table
+from fnn.analysis.stats import holm, paired
+
+CHANCE = 0.1  # digits: ten classes; a diverged run's accuracy where its result file states none
 
 INPUTS = ["activations", "vanishing_gradients", "universal_approximation", "gradient_noise_and_privacy"]
 
@@ -31,9 +33,11 @@ def _load(name):
     return json.loads(path.read_text()), hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _row(source, what, a, b, scale=100.0, unit=" pts", lower_is_better=False):
+def _row(source, what, a, b, scale=100.0, unit=" pts", lower_is_better=False, failure=CHANCE):
+    """One comparison; a diverged run (NaN) counts as a failure (``failure``), never drops its pair."""
+    (a, ka), (b, kb) = counted(a, failure), counted(b, failure)
     c = paired(a, b)
-    return {"source": source, "comparison": what, "lower_is_better": lower_is_better,
+    return {"source": source, "comparison": what, "lower_is_better": lower_is_better, "diverged": [ka, kb],
             "difference": c.mean * scale, "ci95": c.half_width * scale,
             "p_value": c.p_value, "wins": c.wins, "ties": c.ties, "losses": c.losses, "sign_p": c.sign_p,
             "n": c.n, "text": c.text(scale=scale, unit=unit),
@@ -51,14 +55,20 @@ def _activations(r):
 
 
 def _vanishing(r):
+    """Test accuracy over the last quarter of the epochs, its diverged runs already counted as
+    failures by vanishing_gradients (their split's majority-class share); from a result written
+    before that (no ``score``), the final test accuracy with a diverged run's NaN counted as chance."""
     t, rows = r["trained"], []
-    acc = {k: np.asarray(a["test_accuracy"]) for k, a in t.items()}
+    acc = {k: counted(a.get("score", a["test_accuracy"]), CHANCE)[0] for k, a in t.items()}
+    div = {k: counted(a["test_accuracy"], CHANCE)[1] for k, a in t.items()}
     for d in r["trained_depths"]:
         for a, b in (("relu/he", "relu/glorot"), ("relu/he", "tanh/glorot"), ("tanh/glorot", "sigmoid/glorot")):
-            rows.append(_row("vanishing_gradients", f"depth {d}: {a} − {b}", acc[f"{a}/{d}"], acc[f"{b}/{d}"]))
+            rows.append({**_row("vanishing_gradients", f"depth {d}: {a} − {b}", acc[f"{a}/{d}"], acc[f"{b}/{d}"]),
+                         "diverged": [div[f"{a}/{d}"], div[f"{b}/{d}"]]})
     lo, hi = min(r["trained_depths"]), max(r["trained_depths"])
     for s in ("sigmoid/glorot", "tanh/glorot", "relu/glorot", "relu/he"):
-        rows.append(_row("vanishing_gradients", f"{s}: depth {lo} − depth {hi}", acc[f"{s}/{lo}"], acc[f"{s}/{hi}"]))
+        rows.append({**_row("vanishing_gradients", f"{s}: depth {lo} − depth {hi}", acc[f"{s}/{lo}"],
+                            acc[f"{s}/{hi}"]), "diverged": [div[f"{s}/{lo}"], div[f"{s}/{hi}"]]})
     return rows
 
 
@@ -75,15 +85,17 @@ def _universal(r):
                          f"log10 test RMSE, deep {'-'.join(map(str, d['widths']))} ({d['params']} params) − "
                          f"shallow {s['width']} ({s['params']} params)",
                          np.log10(d["test_rmse"]), np.log10(s["test_rmse"]), scale=1.0, unit=" decades",
-                         lower_is_better=True))
+                         lower_is_better=True, failure=np.log10(r.get("target_rms", 1.0))))
     return rows
 
 
 def _privacy(r):
-    p = r["privacy"]
+    p = r["privacy"]  # diverged runs already counted as failures by gradient_noise_and_privacy
     base = np.asarray(p["no clipping"]["test_accuracy"])
-    return [_row("gradient_noise_and_privacy", f"{arm} − no clipping, final test accuracy",
-                 np.asarray(a["test_accuracy"]), base) for arm, a in p.items() if arm != "no clipping"]
+    div = lambda a: a.get("diverged", 0)
+    return [{**_row("gradient_noise_and_privacy", f"{arm} − no clipping, final test accuracy",
+                    np.asarray(a["test_accuracy"]), base), "diverged": [div(a), div(p["no clipping"])]}
+            for arm, a in p.items() if arm != "no clipping"]
 
 
 def run(quick: bool = False) -> dict:
@@ -94,7 +106,10 @@ def run(quick: bool = False) -> dict:
         row["p_holm"] = p
     sources = {name: {"sha256": h, "provenance": d.get("provenance") or "none recorded: written by an earlier "
                       "version of its script"} for name, (d, h) in loaded.items()}
-    return {"comparisons": rows, "inputs": sources}
+    last = "score" in next(iter(loaded["vanishing_gradients"][0]["trained"].values()))
+    return {"comparisons": rows, "inputs": sources,
+            "vanishing_metric": "the mean test accuracy over the last quarter of each run's epochs" if last
+            else "the final test accuracy (that result predates the last-quarter score)"}
 
 
 def _reading(r):
@@ -104,15 +119,20 @@ def _reading(r):
 
 
 def report(res):
-    rows = [[r["source"], r["comparison"], r["text"], f"{r['p_holm']:.2g}", _reading(r)] for r in res["comparisons"]]
+    rows = [[r["source"], r["comparison"], r["text"], f"{r['diverged'][0]}, {r['diverged'][1]} of {r['n']}",
+             f"{r['p_holm']:.2g}", _reading(r)] for r in res["comparisons"]]
     stale = [n for n, s in res["inputs"].items() if isinstance(s["provenance"], str)]
     md = ["# Paired re-analysis of the committed results", "",
           "Each row: first − second arm, mean ± 95% t-interval of the per-seed difference, paired t-test, sign "
           "count and exact sign test; p (Holm) adjusts for every row of the table (family-wise 5%). A row that "
           "reads \"not distinguishable\" is not evidence of equality: the interval says how large a difference "
-          "the seeds leave possible. RMSE: lower is better. A diverged run's NaN drops its pair. With 5 seeds the exact sign test cannot go below p = 2/2⁵ = 0.0625, and Holm over "
+          "the seeds leave possible. RMSE: lower is better. A diverged run counts as a failure and keeps its pair "
+          "(accuracy: its split's majority-class share, or 0.1, chance on ten classes, where the result file states "
+          "none; RMSE: that of predicting zero); 'diverged' counts them per arm. vanishing_gradients' rows compare "
+          f"{res['vanishing_metric']}. With 5 seeds the exact sign test cannot go below p = 2/2⁵ = 0.0625, and Holm over "
           f"{len(rows)} comparisons asks a 5/5 paired t-test for p < {0.05 / len(rows):.4f}.", "",
-          table(["experiment", "comparison", "first − second", "p (Holm)", "reading"], rows), "",
+          table(["experiment", "comparison", "first − second", "diverged (first, second)", "p (Holm)", "reading"],
+                rows), "",
           f"Inputs read as committed: {', '.join(INPUTS)}. Written by an earlier version of their scripts (no "
           f"provenance recorded): {', '.join(stale) or 'none'}; their numbers are those runs', not reruns."]
     return "\n".join(md), _forest(res)
