@@ -94,6 +94,9 @@ def test_mlp_beats_linear_where_no_line_separates(tmp_path):
     for name in ("xor", "spirals"):  # on every seed, and paired over seeds
         assert min(r[f"{name}/mlp"]["test_accuracy"]) > 0.95 > 0.75 > max(r[f"{name}/linear"]["test_accuracy"])
         assert res["comparisons"][name]["wins"] == len(res["seeds"]) == 2
+    for arm in r.values():  # the curves are kept and checked for a plateau; the test size is stated
+        assert np.shape(arm["curves"]) == (len(res["seeds"]), res["epochs"]) and "plateaued" in arm["plateau"]
+        assert arm["curves"][0][-1] == arm["test_accuracy"][0] and arm["n_test"] >= 100
 
 
 def test_manual_and_autodiff_training_agree(tmp_path):
@@ -165,6 +168,7 @@ def test_mechanisms(tmp_path):
 
 def test_paired_reanalysis(tmp_path):
     r = _run("paired_reanalysis", tmp_path)
+    assert all(sum(d is not None for d in c["per_seed"]) == c["n"] for c in r["comparisons"])  # the forest plot's dots
     rows = {(c["source"], c["comparison"]): c for c in r["comparisons"]}
     assert {s for s, _ in rows} == {"activations", "vanishing_gradients", "universal_approximation",
                                     "gradient_noise_and_privacy"}
@@ -193,6 +197,34 @@ def test_gradient_noise_and_privacy(tmp_path):
     assert r["provenance"]["script"] == "experiments/gradient_noise_and_privacy.py"
 
 
+def test_second_order(tmp_path):
+    r = _run("second_order", tmp_path)
+    assert not set(r["selection_seeds"]) & set(r["seeds"])  # tuned on seeds that are not reported
+    res = r["problems"]["digits"]
+    assert set(res["arms"]) == {"momentum", "adam", "kfac"} and set(res["tuning"]["kfac"]["setting"]) == {
+        "lr", "damping"}
+    for arm, run in res["runs"].items():
+        assert np.asarray(run["test_loss"]).shape == (len(r["seeds"]), res["epochs"])
+        assert np.isfinite(run["val_loss"]).all() and np.isfinite(run["test_loss"]).all()
+        assert res["step_cost"]["seconds"][arm] > 0
+    adam = res["arms"]["adam"]  # Adam reaches its own best validation loss where it chose it
+    assert adam["steps_to_adam_val"] == adam["val_chosen_step"]
+    claims = {c["claim"]: c for c in r["claims"]}
+    assert len(claims) == 7 and all(c["p_value"] <= c["p_holm"] <= 1 for c in claims.values())
+    steps = claims["steps to Adam's best validation loss"]
+    assert claims["goal: steps <= 0.5x Adam's"]["ratio"] == pytest.approx(steps["ratio"])
+    wall = claims["wall-clock to Adam's best validation loss"]["ratio"]
+    assert wall == pytest.approx(steps["ratio"] * res["step_cost"]["ratio_to_adam"]["kfac"])
+
+
+def test_second_order_steps_to_a_level():
+    from second_order import _reach
+
+    assert _reach([4.0, 2.0, 1.0], 2 ** 0.5, 10) == pytest.approx(25.0)  # halfway in log between steps 20 and 30
+    assert _reach([4.0, 2.0, 1.0], 2.0, 10) == pytest.approx(20.0)
+    assert _reach([1.0, 0.5], 3.0, 10) == 10.0  # below at the first evaluation: one epoch's steps
+    assert _reach([4.0, float("nan"), 3.0], 1.0, 10) is None
+
 def test_sharpness(tmp_path):
     r = _run("sharpness", tmp_path)
     arms = r["arms"]
@@ -209,6 +241,10 @@ def test_sharpness(tmp_path):
     assert stable["not_reached"]["n"] == len(r["config"]["seeds"]) and stable["not_reached"]["end"][0] < 0.8
     assert all(s["risk_rise_share"] == 0 for s in stable["per_seed"])
     assert arms["cross-entropy, η=0.5"]["all"]["end"][0] < 0.1  # no sharpening: λ_max falls as the risk → 0
+    catapult = arms["cross-entropy, η=2"]  # starts above 2/η, falls below it and does not come back
+    assert min(s["initial"] for s in catapult["per_seed"]) > 1 and catapult["not_reached"]["n"] == len(r["config"]["seeds"])
+    steps = arms["mse, η=0.4"]["runs"][0]["step"]  # λ_max at even and odd steps, so period 2 is not aliased
+    assert any(t % 2 for t in steps) and any(t % 2 == 0 for t in steps) and steps[-1] == r["config"]["steps"]
 
 
 def test_ggn_vs_backpack(tmp_path):
@@ -342,7 +378,6 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # provenance, or an unlisted one lacks it).
 WITHOUT_PROVENANCE = {
     "benchmark": "written by `fnn bench` (benchmark.py calls fnn's command line), which records no provenance",
-    "manual_vs_autodiff": "written before provenance was recorded; not rerun since",
     "progress_chunks": "written before provenance was recorded; not rerun since",
     "sweep_benchmark": "a timing benchmark written before provenance was recorded; it needs a quiet machine",
 }
