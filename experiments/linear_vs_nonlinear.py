@@ -65,8 +65,7 @@ def report(res):
     rows = []
     for n in DATASETS:
         c = res["comparisons"][n]
-        flat = ", ".join("yes" if res["runs"][f"{n}/{m}"]["plateau"]["plateaued"] else
-                         f"no (gain {res['runs'][f'{n}/{m}']['plateau']['gain']:+.3f})" for m in ("linear", "mlp"))
+        flat = ", ".join(_plateau_text(res["runs"][f"{n}/{m}"]["plateau"]) for m in ("linear", "mlp"))
         rows.append([n, res["runs"][f"{n}/mlp"]["n_test"], arm(f"{n}/linear"), arm(f"{n}/mlp"),
                      pm(c["mlp_minus_linear"], c["ci95"]), f"{c['wins']}/{c['ties']}/{c['losses']}",
                      f"{c['p_holm']:.2g}", flat])
@@ -90,6 +89,11 @@ def report(res):
           f"test points a single seed's accuracy near 50% is uncertain by about ±{_binomial(res, 'xor'):.0%} (95%), "
           "so a linear xor score below chance is sampling noise, not worse than guessing."]
     return "\n".join(md), _figure(res)
+
+
+def _plateau_text(p):
+    """``yes``, or ``no`` with the last quarter's gain over the quarter before (mean ± 95%)."""
+    return "yes" if p["plateaued"] else f"no (gain {p['gain']:+.4f} ± {p['ci95']:.4f})"
 
 
 def _binomial(res, name):
