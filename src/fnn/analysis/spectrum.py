@@ -129,9 +129,21 @@ def curvature_matvec(net: MLP, loss: str | Loss, params: Params, x: Array, v: Ar
     product = hvp_cached if curvature == "hessian" else ggn_vp_cached
 
     def matvec(u: Array) -> Array:
-        return ravel_pytree(product(net, loss, params, out, v, cache, unravel(u.astype(theta.dtype))))[0]
+        return _ravel(product(net, loss, params, out, v, cache, unravel(u.astype(theta.dtype))), theta)
 
     return matvec, theta
+
+
+def _ravel(tree: Params, like: Array) -> Array:
+    """``ravel_pytree(tree)[0]``, written leaf by leaf into one buffer by in-place
+    ``dynamic_update_slice``. XLA on CPU fuses a ``concatenate`` with its producers (the
+    weight-gradient sums, the bias's column sum) into one loop fusion that took 5-7 times the
+    whole Hessian-vector product inside a ``fori_loop`` (measured at 784-512-512-10, B = 256)."""
+    flat, offset = jnp.zeros_like(like), 0
+    for leaf in jax.tree.leaves(tree):
+        flat = jax.lax.dynamic_update_slice(flat, jnp.ravel(leaf).astype(like.dtype), (offset,))
+        offset += leaf.size
+    return flat
 
 
 def _check_sizes(k: int, num_iters: int, n: int) -> None:
