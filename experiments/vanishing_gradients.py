@@ -114,12 +114,15 @@ def report(res):
         ratios = [res["runs"][f"{act}/{scheme}/{d}"]["init"][0] / res["runs"][f"{act}/{scheme}/{depths[0]}"]["init"][0]
                   for d in depths]
         md.append(f"- {act} + {scheme}, depth {depths[-1]}: first/last layer {g[0] / g[-1]:.3g}; the first layer's "
-                  f"gradient is {ratios[-1]:.3g}× its value at depth {depths[0]} (between {min(ratios):.3g}× and "
-                  f"{max(ratios):.3g}× over depths {depths[0]}-{depths[-1]}).")
+                  f"gradient is {ratios[-1]:.3g}× its value at depth {depths[0]} (between {min(ratios[1:]):.3g}× "
+                  f"and {max(ratios[1:]):.3g}× over depths {depths[1]}-{depths[-1]}).")
     wide = res.get("first_layer_ratio_by_width", {})
     if wide:
+        he = list(wide["relu/he"].values())
         md += ["", f"The first layer's ‖∂R/∂W_1‖ at depth {depths[-1]} over its value at depth {depths[0]}, by hidden "
-               "width (the ratio depends on the width; relu + he stays within 2× at these widths, not at 1×):", "",
+               f"width. The ratio depends on the width: relu + he's lies between {min(he):.3g}× and {max(he):.3g}× "
+               + ("(within 2×), not at 1×." if all(0.5 <= a <= 2 for a in he) else
+                  "(so neither at 1× nor everywhere within 2×).") + " Every network's ratio by width:", "",
                table(["network", *(f"width {w}" for w in next(iter(wide.values())))],
                      [[k.replace("/", " + "), *(f"{a:.3g}" for a in r.values())] for k, r in wide.items()])]
     md += ["", *_trained_lines(res)]
