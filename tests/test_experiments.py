@@ -390,7 +390,6 @@ OTHER_VERSION = {
     "universal_approximation": "curves and the capacity reference added after its run; the full rerun (12 "
                                "networks x 5 rates x 5 seeds x 30000 steps) did not fit the shared CPU budget",
     "second_order": "under rework: the script changed after its committed run",
-    "second_order_step_cost": "under rework: the script changed after its committed run",
 }
 
 

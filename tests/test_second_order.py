@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 import fnn
 from fnn.analysis.curvature import curvature_of
+from fnn.training.schedules import learning_rates
 from fnn.training.second_order import with_shared_step
 from helpers import assert_rel_close, targets_for
 
@@ -265,6 +266,12 @@ def test_a_schedule_keeps_the_curvature_and_settings_are_refused_where_unknown()
     schedule = fnn.make_schedule("cosine", 0.1, 10)
     opt = fnn.get_optimizer("kfac", schedule, damping=0.01, inverse_update_period=3)
     assert curvature_of(opt).kind == "kronecker"
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy")
+    for scheduled in (opt, fnn.get_optimizer("kfac", schedule)):  # with and without settings (the latter
+        update = fnn.make_update_fn(net, loss, scheduled)        # failed at init: **settings became a hyperparameter)
+        new, state, _ = update(params, scheduled.init(params), x, v)
+        assert float(learning_rates(state)) == pytest.approx(0.1)
+        assert float(jnp.abs(new[0]["W"] - params[0]["W"]).max()) > 0
     with pytest.raises(ValueError, match="takes no settings"):
         fnn.get_optimizer("adam", 1e-3, damping=0.1)
 
@@ -345,6 +352,12 @@ def test_step_cost_experiment_quick(tmp_path):
                                           if importlib.util.find_spec("kfac_jax") else set())
     assert set(cost["seconds"]) == expected and all(cost["params_finite"].values())
     assert cost["ratio_to_adam"]["adam"] == 1.0 and all(s > 0 for s in cost["seconds"].values())
+    one = cost["one_blas_thread"]  # the same arms, each round also with OpenBLAS limited to one thread
+    assert set(one["seconds"]) == expected and one["ratio_to_adam"]["adam"] == 1.0
+    assert all(len(t) == cost["rounds"] and min(t) > 0 for t in one["seconds_all"].values())
+    flops = cost["gflop"]  # 64-64-10, B = 64: the gradient is 4·64·(64·64 + 64·10) + 2·64·64·10 flops
+    assert flops["forward + backward (the gradient)"] == pytest.approx((4 * 64 * 4736 + 2 * 64 * 640) / 1e9)
+    assert flops["precondition, pi: A⁻¹ Ḡ G⁻¹"] == pytest.approx(2 * (65 * 64 * 129 + 65 * 10 * 75) / 1e9)
 
 
 def _eigh_places(jaxpr, in_cond=False) -> list[bool]:
@@ -417,6 +430,29 @@ def test_sweep_runs_kfac_over_seeds_and_damping_as_one_program_equal_to_fit(x64)
         assert_rel_close(result.run_params(i), params, 1e-12)
         np.testing.assert_allclose(result.history["train_loss"][i], history["train_loss"], rtol=1e-12)
     assert result.history["train_loss"][0, -1] != result.history["train_loss"][2, -1]  # damping matters
+
+
+@pytest.mark.parametrize("optimizer,settings", [("gauss_newton", dict(lr=1.0, cg_iterations=3)),
+                                                ("kfac", dict(lr=0.3, schedule="cosine", mc_samples=1))])
+def test_sweep_runs_gauss_newton_and_scheduled_monte_carlo_kfac_as_fit_does(optimizer, settings, x64):
+    """Gauss-Newton's CG under the sweep's vmap (jax.scipy's cg failed there), and a scheduled K-FAC
+    with sampled factors (its settings and its key), each run equal to its fit run."""
+    from fnn.training.sweep import sweep
+
+    net = fnn.MLP((4, 6, 3), ("tanh", "identity"))
+    x = np.asarray(jax.random.normal(jax.random.key(0), (32, 4), jnp.float64))
+    v = np.asarray(jnp.argmax(x[:, :3] + 0.5 * x[:, 3:], axis=1))
+    result = sweep(net, "softmax_cross_entropy", x, v, seeds=[2], grid={"damping": [0.5, 2.0]}, optimizer=optimizer,
+                   epochs=2, batch_size=16, init="glorot", **settings)
+    own = {k: a for k, a in settings.items() if k not in ("lr", "schedule")}
+    for i, c in enumerate(result.configs):
+        k_init, k_run, _ = jax.random.split(jax.random.key(c["seed"]), 3)
+        lr = fnn.make_schedule("cosine", c["lr"], 4) if c["schedule"] == "cosine" else c["lr"]
+        opt = fnn.get_optimizer(optimizer, lr, damping=c["damping"], **own)
+        params, history = fnn.fit(net, "softmax_cross_entropy", fnn.init(k_init, net, "glorot"), x, v, key=k_run,
+                                  optimizer=opt, epochs=2, batch_size=16)
+        assert_rel_close(result.run_params(i), params, 1e-12)
+        np.testing.assert_allclose(result.history["train_loss"][i], history["train_loss"], rtol=1e-12)
 
 
 def test_fnn_sweep_over_damping_equals_fnn_train_and_refuses_it_for_adam(tmp_path, capsys):
