@@ -82,6 +82,9 @@ def test_settings_by_keyword_override_the_config():
                                   np.zeros(4, int), learning_rate=0.1, methods="manual"),
      "gradient_descent() got an unexpected keyword argument 'methods'; did you mean 'method'? "
      "(the settings are the objective's method and l2)"),
+    (lambda: fnn.TrainConfig(batchsize=64),
+     "TrainConfig() got an unexpected keyword argument 'batchsize'; did you mean 'batch_size'? "
+     "(the settings are the fields of fnn.TrainConfig)"),
     (lambda: fnn.TrainConfig().replace(lr=0.1),  # nothing close: no guess
      "TrainConfig.replace() got an unexpected keyword argument 'lr' (the settings are the fields of fnn.TrainConfig)"),
 ])

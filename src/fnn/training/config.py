@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 
 import jax
 import numpy as np
@@ -83,6 +84,22 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _init_with_hints(init):
+    """The dataclass ``__init__``, with an unknown keyword named with its closest field."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **settings):
+        for name in settings:
+            if name not in FIELDS:
+                raise unknown_setting("TrainConfig", name, FIELDS)
+        init(self, *args, **settings)
+
+    return __init__
+
+
+TrainConfig.__init__ = _init_with_hints(TrainConfig.__init__)
 
 
 def check_positive_batch_size(batch_size) -> None:
