@@ -89,14 +89,14 @@ def test_evaluate_says_what_a_folder_is_when_it_is_not_a_run(kind, tmp_path, cap
     assert err.count("\n") == 1 and "give a run folder written by fnn train" in err
     expected = {"sweep": "is a sweep folder (fnn sweep)", "bench": "is a benchmark folder (fnn bench)",
                 "empty": "holds no config.json", "file": "is not a folder but a file",
-                "missing": "is not a folder: it does not exist"}[kind]
+                "missing": "does not exist; give a run folder"}[kind]
     assert expected in err and expected in not_a_run(path)
 
 
 def test_config_names_what_it_takes(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "typo.json"), *QUIET]) == 2
     err = capsys.readouterr().err
-    assert "typo.json is not a folder: it does not exist" in err and "or the config.json in one" in err
+    assert "typo.json does not exist; give a run folder" in err and "or the config.json in one" in err
 
 
 # --- item 9: each command records the data file it read -------------------------------------------
@@ -160,3 +160,12 @@ def test_binary_cross_entropy_on_two_output_labels_names_as_binary():
                                   binary.x_train[:4], binary.y_train[:4])
     assert np.isfinite(float(value))
     assert "as_binary" in fnn.data.breast_cancer.__doc__ and "out_dim == 2" in fnn.data.breast_cancer.__doc__
+
+
+def test_a_flag_prefix_is_a_typo_not_an_abbreviation(capsys):
+    # argparse would take --epoch as --epochs silently; a prefix gets the one-line "did you mean".
+    with pytest.raises(SystemExit) as caught:
+        main(["train", "--epoch", "2", *QUIET])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--epoch" in err and "did you mean --epochs?" in err

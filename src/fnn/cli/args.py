@@ -25,6 +25,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``fnn train: error: argument --lr: must be positive and finite,
     got -1 (see fnn train --help)``, with the close match for a mistyped choice."""
 
+    def __init__(self, *args, **kwargs):
+        # No prefix matching: "--epoch" is a typo to name, not a silent "--epochs".
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {_did_you_mean(message)} (see {self.prog} --help)\n")
 

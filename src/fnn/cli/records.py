@@ -125,7 +125,7 @@ def not_a_run(path: str | Path) -> str:
     or no ``config.json``) and what to give instead: for ``fnn evaluate``, ``--resume``, ``--config``."""
     path, give = Path(path), "give a run folder written by fnn train, or the config.json in one"
     if not path.exists():
-        return f"{path} is not a folder: it does not exist; {give}."
+        return f"{path} does not exist; {give}."
     if not path.is_dir():
         return f"{path} is not a folder but a file; {give} (a copied configuration must be named config.json)."
     if (path / "sweep.json").exists() or any(path.glob("group-*.npz")):

@@ -108,7 +108,7 @@ class SweepFolder(HeldFolder):
         """What an interrupted or failed sweep leaves, in words."""
         done = len(self.groups())
         if not done:
-            return "nothing was kept."
+            return "nothing was kept: run the same fnn sweep command again to start it afresh."
         return (f"{done} of {total} trained groups are kept in {self.path}: run the same fnn sweep command "
                 "again to finish.")
 

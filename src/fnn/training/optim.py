@@ -139,8 +139,8 @@ def get_optimizer(
     check_coefficient(momentum, "momentum", upper=1.0)
     if settings:
         if not getattr(build, "takes_settings", False):
-            raise ValueError(f"Optimizer {spec!r} takes no settings besides the learning rate and momentum, "
-                             f"got {', '.join(settings)}.")
+            raise ValueError(f"Optimizer {spec!r} takes no settings such as {', '.join(settings)}: those belong to "
+                             "the second-order optimizers (kfac, ekfac, ggn_diag, gauss_newton, newton).")
         build = functools.partial(build, **settings)
     if callable(learning_rate):
         # inject_hyperparams wraps update: the curvature it asks for is recorded on the wrapper too.
