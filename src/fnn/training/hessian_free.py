@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
-from jax.scipy.sparse.linalg import cg
 
 from fnn.analysis.curvature import Curvature, attach
 from fnn.training.second_order import _check_layers, _check_number, _check_positive_int, _learning_rate
@@ -30,6 +29,26 @@ def _dot(a, b) -> Array:
 
 def _axpy(alpha, x, y):
     return jax.tree.map(lambda a, b: alpha * a + b, x, y)
+
+
+def _cg(matvec, b, x0, tol, maxiter: int):
+    """Conjugate gradients for ``matvec(x) = b`` on params-shaped vectors, from ``x0``, until
+    ``‖r‖ ≤ tol·‖b‖`` or ``maxiter`` iterations: ``jax.scipy.sparse.linalg.cg``'s iteration, written
+    out because that one's ``device_put`` fails under ``vmap`` when the leaves' batch axes differ
+    (as in :func:`fnn.sweep`)."""
+    bound = tol * tol * _dot(b, b)
+
+    def body(value):
+        x, r, gamma, p, k = value
+        ap = matvec(p)
+        alpha = gamma / _dot(p, ap)
+        x, r = _axpy(alpha, p, x), _axpy(-alpha, ap, r)
+        gamma_new = _dot(r, r)
+        return x, r, gamma_new, _axpy(gamma_new / gamma, p, r), k + 1
+
+    r0 = jax.tree.map(jnp.subtract, b, matvec(x0))
+    start = (x0, r0, _dot(r0, r0), r0, 0)
+    return jax.lax.while_loop(lambda v: (v[2] > bound) & (v[4] < maxiter), body, start)[0]
 
 
 class GaussNewtonState(NamedTuple):
@@ -58,8 +77,8 @@ def _gn_update(grads, state: GaussNewtonState, params, extra: dict, hyper: dict)
                          "or fnn.fit, or fnn.curvature_pass(opt, ...) in your own step.")
     lam = state.damping
     start = jax.tree.map(lambda d: hyper["cg_warm_start"] * d, state.direction)
-    direction, _ = cg(lambda u: _axpy(lam, u, ggn_vp(u)), jax.tree.map(jnp.negative, grads), x0=start,
-                      tol=hyper["cg_tol"], maxiter=hyper["cg_iterations"])
+    direction = _cg(lambda u: _axpy(lam, u, ggn_vp(u)), jax.tree.map(jnp.negative, grads), start,
+                    hyper["cg_tol"], hyper["cg_iterations"])
     rate = _learning_rate(hyper["learning_rate"], state.count)
     step = jax.tree.map(lambda d: rate * d, direction)
     # The quadratic model's change, m(s) − m(0) = gᵀs + ½ sᵀ G s (undamped GGN).

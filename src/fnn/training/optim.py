@@ -76,6 +76,14 @@ def _no_momentum(factory):
     return build
 
 
+def two_argument(build):
+    """``build`` as a factory of ``(learning_rate, momentum)`` alone: ``optax.inject_hyperparams``
+    reads its factory's signature, and a ``**settings`` there would become a hyperparameter."""
+    def factory(learning_rate, momentum):
+        return build(learning_rate, momentum)
+    return factory
+
+
 def _second_order(factory, **fixed):
     """A table entry for a second-order transformation: its own settings by keyword (see
     :func:`get_optimizer`); the table's momentum is not passed on."""
@@ -145,7 +153,7 @@ def get_optimizer(
     if callable(learning_rate):
         # inject_hyperparams wraps update: the curvature it asks for is recorded on the wrapper too.
         curvature = curvature_of(build(1.0, momentum))
-        scheduled = with_schedule(build, learning_rate, momentum=momentum)
+        scheduled = with_schedule(two_argument(build), learning_rate, momentum=momentum)
         return scheduled if curvature is None else attach(scheduled, curvature)
     check_learning_rate(learning_rate)
     return build(learning_rate, momentum)

@@ -21,7 +21,7 @@ from fnn.core.losses import Loss
 from fnn.core.metrics import _metrics
 from fnn.core.network import MLP
 from fnn.analysis.curvature import attach, curvature_of
-from fnn.training.optim import OPTIMIZERS, get_optimizer, make_update_fn
+from fnn.training.optim import OPTIMIZERS, get_optimizer, make_update_fn, two_argument
 from fnn.core.programs import program_cache
 from fnn.training.schedules import make_schedule, with_schedule
 from fnn.training.second_order import with_shared_step
@@ -78,7 +78,7 @@ class Recipe:
             return get_optimizer(p["optimizer"], lr, momentum, **own)
         warmup = None if p["warmup_epochs"] is None else p["warmup_epochs"] * self.batches
         schedule = make_schedule(p["schedule"], lr, p["epochs"] * self.batches, warmup)
-        scheduled = with_schedule(build, schedule, momentum=momentum)
+        scheduled = with_schedule(two_argument(build), schedule, momentum=momentum)
         curvature = curvature_of(build(1.0, 0.0))
         return scheduled if curvature is None else attach(scheduled, curvature)
 
