@@ -24,6 +24,7 @@ The load average (``os.getloadavg``) is recorded before and after each size.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import statistics
 import sys
@@ -229,7 +230,7 @@ def run(quick: bool) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
     rounds, target = (3, 0.005) if quick else (15, 0.25)
     out = {"versions": {"jax": jax.__version__, "torch": torch.__version__.split("+")[0],
-                        "backpack": getattr(backpack, "__version__", "unknown")},
+                        "backpack": importlib.metadata.version("backpack-for-pytorch")},
            "device": jax.devices()[0].device_kind, "goal": "fnn / BackPACK <= 0.5 at the MNIST size",
            "sections": [bench(name, s, b, rounds, target) for name, (s, b) in sizes.items()]}
     mnist = out["sections"][0]["ratios"][GOAL_RATIO]
