@@ -337,3 +337,15 @@ def test_sigmoid_output_before_a_logits_loss_warns(loss, targets):
         warnings.simplefilter("always")
         fnn.value_and_grad(net, "mse", fnn.init(jax.random.key(0), net), x, jnp.full((2, 1), 0.5))
     assert not [w for w in caught if "applied twice" in str(w.message)]
+
+
+def test_fit_names_a_missing_batch_axis():
+    # A 1-D x used to pass as 64 "examples" of one feature each and fail later blaming the targets.
+    d = datasets.digits()
+    net = fnn.MLP((64, 8, 10), ("relu", "identity"))
+    params = fnn.init(jax.random.key(0), net)
+    with pytest.raises(ValueError, match=r"^fit takes inputs of shape \(N, 64\), got \(64,\): one example is x\[None\]"):
+        fnn.fit(net, "softmax_cross_entropy", params, d.x_train[0], d.y_train[:1], key=jax.random.key(1), epochs=1)
+    with pytest.raises(ValueError, match=r"got \(1, 5, 64\)"):
+        fnn.fit(net, "softmax_cross_entropy", params, d.x_train[:5][None], d.y_train[:5][None],
+                key=jax.random.key(1), epochs=1)

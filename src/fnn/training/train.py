@@ -133,6 +133,9 @@ def _starting_state(net, loss: Loss, params, x, v, *, key, optimizer, state, loo
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}.")
     for xs, vs in [(x, v)] + [tuple(pair) for _, pair in held_out]:
+        if np.ndim(xs) != 2:  # rows are the examples that batches are drawn from
+            raise ValueError(f"fit takes inputs of shape (N, {net.in_dim}), got {np.shape(xs)}: "
+                             f"one example is x[None], and a leading seed axis is for fnn.sweep.")
         validate(net, loss, params if state is None else state.params, xs, vs)
     check_batch_size(config.batch_size, len(x))
     if state is None:
