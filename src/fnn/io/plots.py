@@ -91,7 +91,8 @@ def plot_history(history: dict, title: str | None = None, split_names: tuple[str
 def _finish(fig, axes, title: str | None, legend_size: int, epochs):
     """Legend, grid and whole-epoch ticks on every panel, the title; ``fig`` :func:`released`."""
     for ax in axes:
-        ax.legend(fontsize=legend_size)
+        if ax.get_legend_handles_labels()[0]:  # a panel with nothing labelled (e.g. no held-out set) has none
+            ax.legend(fontsize=legend_size)
         ax.grid(alpha=0.3)
         epoch_ticks(ax, epochs)
     if title:
