@@ -24,17 +24,21 @@ def main(module, argv=None) -> dict:
     """The command line of every experiment module: ``python experiments/NAME.py [--quick] [--out DIR]``.
 
     Calls ``module.run(quick)`` and ``module.report(results)``, writes NAME.{json,md,png} and
-    prints the markdown. The json's ``provenance`` (:func:`provenance`) names the commit and
-    the hash of the script that wrote it; ``tests/test_experiments.py`` checks it. Keys listed in ``module.JSON_OMITS`` (data the figure needs but the
+    prints the markdown. The json's ``provenance`` (:func:`provenance`, taken when the run
+    starts) names the commit and the hash of the script that wrote it; ``tests/test_experiments.py`` checks it. Keys listed in ``module.JSON_OMITS`` (data the figure needs but the
     json should not hold) are left out of the json. Returns the results as written.
     """
     name = Path(module.__file__).stem
     args = parse_args(module.__doc__, argv)
+    # Taken before the run: the script and inputs as they were when it started. A script edited
+    # during a long run then no longer matches its result, instead of vouching for code that did
+    # not write it (the running process keeps the version it imported).
+    started = provenance(module.__file__, [RESULTS / f"{n}.json" for n in getattr(module, "INPUTS", ())])
     results = module.run(args.quick)
     markdown, fig = module.report(results)
     for key in getattr(module, "JSON_OMITS", ()):
         results.pop(key)
-    results["provenance"] = provenance(module.__file__, [RESULTS / f"{n}.json" for n in getattr(module, "INPUTS", ())])
+    results["provenance"] = started
     write(name, results, markdown, fig, args.out)
     print(markdown)
     return results

@@ -371,6 +371,24 @@ def test_provenance_names_the_script_version_that_wrote_a_result(tmp_path):
     assert "read a data.json that has changed since" in provenance_problem(result, script)
 
 
+def test_a_script_edited_during_its_run_does_not_vouch_for_the_result(tmp_path):
+    """common.main takes the provenance when the run starts: an edit made while it runs (the
+    process keeps the code it imported) leaves the result marked as another version's."""
+    import importlib.util
+
+    from common import main, provenance_problem
+
+    script = tmp_path / "toy_edited.py"
+    script.write_text("import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+                      "def run(quick):\n    open(__file__, 'a').write('# edited while running\\n')\n    return {'x': 1}\n"
+                      "def report(res):\n    return 'x', plt.figure()\n")
+    spec = importlib.util.spec_from_file_location("toy_edited", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main(module, argv=["--out", str(tmp_path / "out")])
+    assert "another version of toy_edited.py" in provenance_problem(tmp_path / "out" / "toy_edited.json", script)
+
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # Every script in experiments/ that writes results/NAME.json is checked, whether it writes through
 # common.main or on its own. Results written before provenance was recorded, each with the reason;
