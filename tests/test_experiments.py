@@ -405,8 +405,6 @@ OTHER_VERSION = {
     "compile_once_benchmark": "the script changed after its run (an import path, fnn.files to fnn.io.files); "
                               "a timing benchmark, not rerun on the shared machine",
     "quantities_benchmark": "the script changed after its run; a timing benchmark being reworked",
-    "universal_approximation": "curves and the capacity reference added after its run; the full rerun (12 "
-                               "networks x 5 rates x 5 seeds x 30000 steps) did not fit the shared CPU budget",
     "second_order": "under rework: the script changed after its committed run",
 }
 
