@@ -169,3 +169,13 @@ def test_a_flag_prefix_is_a_typo_not_an_abbreviation(capsys):
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--epoch" in err and "did you mean --epochs?" in err
+
+
+@pytest.mark.parametrize("build,bad,close,value", [
+    (fnn.kfac, "dampening", "damping", 0.1), (fnn.gauss_newton, "cg_iteration", "cg_iterations", 5),
+    (fnn.ggn_diag_precond, "decays", "decay", 0.9), (fnn.newton, "learningrate", "learning_rate", 0.5)])
+def test_a_mistyped_optimizer_setting_names_the_closest(build, bad, close, value):
+    with pytest.raises(TypeError, match=rf"^{build.__name__}\(\) got an unexpected keyword argument '{bad}'; "
+                                        rf"did you mean '{close}'\?$"):
+        build(**{bad: value})
+    assert build(**{close: value}) is not None  # the right name still builds it

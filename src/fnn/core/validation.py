@@ -14,6 +14,9 @@ The checks are duck-typed on the network (``sizes``, ``num_layers``,
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import warnings
 
 import jax
@@ -265,3 +268,43 @@ def check_coefficient(value, name: str, *, upper: float | None = None) -> None:
     if not ok:
         bound = f"[0, {upper:g})" if upper is not None else "[0, ∞)"
         raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}.")
+
+
+def keyword_hints(fn):
+    """``fn`` with an unknown keyword argument named in one ``TypeError`` line with its closest
+    parameter (``kfac() got an unexpected keyword argument 'dampening'; did you mean 'damping'?``),
+    as Python's own message does not. For functions without ``**kwargs``."""
+    names = list(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for name in kwargs:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                guess = f"; did you mean {close[0]!r}?" if close else f" (it takes {', '.join(names)})"
+                raise TypeError(f"{fn.__name__}() got an unexpected keyword argument {name!r}{guess}")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def check_choice(value, name: str, choices) -> None:
+    """Raises unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}.")
+
+
+def check_positive_int(value, name: str) -> None:
+    """Raises unless ``value`` is a positive Python integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_number(value, name: str, *, upper: float | None = None) -> None:
+    """A finite number ``>= 0`` (``< upper``), or a traced array (under ``vmap``, unchecked)."""
+    if isinstance(value, jax.Array):
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= 0 \
+        and value != float("inf") and (upper is None or value < upper)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number >= 0{f' and < {upper}' if upper else ''}, got {value!r}.")

@@ -18,7 +18,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from fnn.analysis.curvature import Curvature, attach
-from fnn.training.second_order import _check_layers, _check_number, _check_positive_int, _learning_rate
+from fnn.core.validation import check_number, check_positive_int, keyword_hints
+from fnn.training.second_order import _check_layers, _learning_rate
 
 Array = jax.Array
 
@@ -93,6 +94,7 @@ def _gn_update(grads, state: GaussNewtonState, params, extra: dict, hyper: dict)
     return updates, GaussNewtonState(state.count + 1, damping, rho, direction)
 
 
+@keyword_hints
 def gauss_newton(learning_rate=1.0, damping: float = 1.0, *, cg_iterations: int = 20, cg_tol: float = 1e-5,
                  adaptive_damping: bool = True, damping_adaptation_decay: float = 2 / 3,
                  min_damping: float | None = None,
@@ -131,16 +133,16 @@ def gauss_newton(learning_rate=1.0, damping: float = 1.0, *, cg_iterations: int 
       min_damping: λ's floor, ``None`` for the initial ``damping``.
       cg_warm_start: the fraction of the last direction CG starts from, in [0, 1].
     """
-    _check_number(damping, "damping")
-    _check_positive_int(cg_iterations, "cg_iterations")
-    _check_number(cg_tol, "cg_tol")
-    _check_number(damping_adaptation_decay, "damping_adaptation_decay", upper=1.0)
-    _check_number(cg_warm_start, "cg_warm_start", upper=1.0 + 1e-12)
+    check_number(damping, "damping")
+    check_positive_int(cg_iterations, "cg_iterations")
+    check_number(cg_tol, "cg_tol")
+    check_number(damping_adaptation_decay, "damping_adaptation_decay", upper=1.0)
+    check_number(cg_warm_start, "cg_warm_start", upper=1.0 + 1e-12)
     if not callable(learning_rate):
-        _check_number(learning_rate, "learning_rate")
+        check_number(learning_rate, "learning_rate")
     if min_damping is None:
         min_damping = damping
-    _check_number(min_damping, "min_damping")
+    check_number(min_damping, "min_damping")
     hyper = dict(learning_rate=learning_rate, cg_iterations=cg_iterations, cg_tol=cg_tol,
                  adaptive_damping=adaptive_damping, damping_adaptation_decay=damping_adaptation_decay,
                  min_damping=min_damping, max_damping=max_damping, cg_warm_start=cg_warm_start)
@@ -171,6 +173,7 @@ def dense_matrix(product, params) -> Array:
     return columns.T
 
 
+@keyword_hints
 def newton(learning_rate=1.0, damping: float = 1e-4) -> optax.GradientTransformationExtraArgs:
     """Exact (damped) Newton for networks small enough to form the Hessian (a few thousand
     parameters): the dense ``∇²R`` from ``P`` hand-written Hessian-vector products, then
@@ -186,9 +189,9 @@ def newton(learning_rate=1.0, damping: float = 1e-4) -> optax.GradientTransforma
       learning_rate: ``η``, a number or an optax schedule.
       damping: ``λ ≥ 0``.
     """
-    _check_number(damping, "damping")
+    check_number(damping, "damping")
     if not callable(learning_rate):
-        _check_number(learning_rate, "learning_rate")
+        check_number(learning_rate, "learning_rate")
 
     def init(params):
         _check_layers(params, "fnn.newton")

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from fnn.analysis.curvature import Curvature, attach, curvature_of
+from fnn.core.validation import check_choice, check_number, check_positive_int, keyword_hints
 
 Array = jax.Array
 DAMPING_MODES = ("exact", "pi")
@@ -53,26 +54,6 @@ class KFACState(NamedTuple):
 
 def _learning_rate(learning_rate, count):
     return learning_rate(count) if callable(learning_rate) else learning_rate
-
-
-def _check_choice(value, name: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}.")
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _check_number(value, name: str, *, upper: float | None = None) -> None:
-    """A finite number ``>= 0`` (``< upper``), or a traced array (under ``vmap``, unchecked)."""
-    if isinstance(value, jax.Array):
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= 0 \
-        and value != float("inf") and (upper is None or value < upper)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number >= 0{f' and < {upper}' if upper else ''}, got {value!r}.")
 
 
 def _check_layers(params, what: str) -> None:
@@ -210,6 +191,7 @@ def _kfac_update(grads, state: KFACState, params, factors, hyper: dict, step=Non
     return updates, KFACState(state.count + 1, averaged, precond, momentum)
 
 
+@keyword_hints
 def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.95,
          inverse_update_period: int = 5, damping_mode: str = "exact", ekfac: bool = False, mc_samples: int = 0,
          l2_reg: float = 0.0, momentum: float = 0.0, norm_constraint: float | None = None
@@ -256,18 +238,18 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
     On a CPU run with ``OPENBLAS_NUM_THREADS=1``: a refresh's Cholesky/``eigh`` are OpenBLAS calls
     whose threads compete with XLA's (see the manual's Benchmarks page, "K-FAC step cost").
     """
-    _check_number(damping, "damping")
-    _check_number(curvature_ema, "curvature_ema", upper=1.0)
-    _check_number(l2_reg, "l2_reg")
-    _check_number(momentum, "momentum", upper=1.0)
-    _check_positive_int(inverse_update_period, "inverse_update_period")
+    check_number(damping, "damping")
+    check_number(curvature_ema, "curvature_ema", upper=1.0)
+    check_number(l2_reg, "l2_reg")
+    check_number(momentum, "momentum", upper=1.0)
+    check_positive_int(inverse_update_period, "inverse_update_period")
     if norm_constraint is not None:
-        _check_number(norm_constraint, "norm_constraint")
-    _check_choice(damping_mode, "damping_mode", DAMPING_MODES)
+        check_number(norm_constraint, "norm_constraint")
+    check_choice(damping_mode, "damping_mode", DAMPING_MODES)
     if ekfac and damping_mode != "exact":
         raise ValueError("EKFAC rescales in the eigenbasis: use damping_mode='exact' with ekfac=True.")
     if not callable(learning_rate):
-        _check_number(learning_rate, "learning_rate")
+        check_number(learning_rate, "learning_rate")
     hyper = dict(learning_rate=learning_rate, damping=damping, curvature_ema=curvature_ema, l2_reg=l2_reg,
                  inverse_update_period=inverse_update_period, damping_mode=damping_mode, ekfac=ekfac,
                  momentum=momentum, norm_constraint=norm_constraint)
@@ -307,6 +289,7 @@ class GGNDiagState(NamedTuple):
     diag: list
 
 
+@keyword_hints
 def ggn_diag_precond(learning_rate=1e-2, damping: float = 1e-3, *, decay: float = 0.95, power: float = 1.0,
                      mc_samples: int = 0) -> optax.GradientTransformationExtraArgs:
     """Gradient descent preconditioned by the diagonal of the GGN, an optax transformation.
@@ -326,11 +309,11 @@ def ggn_diag_precond(learning_rate=1e-2, damping: float = 1e-3, *, decay: float 
       power: the exponent, ``> 0``.
       mc_samples: 0 (exact) or ``M ≥ 1`` (sampled; the update step then needs a key).
     """
-    _check_number(damping, "damping")
-    _check_number(decay, "decay", upper=1.0)
-    _check_number(power, "power")
+    check_number(damping, "damping")
+    check_number(decay, "decay", upper=1.0)
+    check_number(power, "power")
     if not callable(learning_rate):
-        _check_number(learning_rate, "learning_rate")
+        check_number(learning_rate, "learning_rate")
 
     def init(params):
         _check_layers(params, "fnn.ggn_diag_precond")
