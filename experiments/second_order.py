@@ -32,11 +32,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # K-FAC's eigh in XLA calls OpenBLAS: one thread
-# Two full runs hung for good inside a K-FAC sweep's epoch program (every XLA thread idle, the result
-# never ready), on the shared CPU: run XLA's CPU programs on one thread, synchronously.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-os.environ.setdefault("JAX_CPU_ENABLE_ASYNC_DISPATCH", "false")
 
 import sys  # noqa: E402
 import time  # noqa: E402
