@@ -201,10 +201,9 @@ def _train(plan: Plan, args, report, clock: Stopwatch) -> int:
             folder.save(net, loss, state)
             if plan.stopping is not None and plan.stopping.improved:
                 folder.save(net, loss, state, best=True)
-            # Printed before a held-back Ctrl-C lands: the interrupt names an epoch shown on screen.
             shown = "  ".join(f"{k} {a:.4g}" if k == "lr" else f"{k} {a:.4f}" for k, a in metrics.items()
                               if k != "epoch" and not k.startswith("diag_"))
-            _echo(f"epoch {metrics['epoch']:>3}  {shown}", args.no_progress)
+            _echo(f"epoch {metrics['epoch']:>3}  {shown}", args.no_progress)  # shown before the Ctrl-C lands
 
     status = _fit(plan, on_epoch, history, progress=not args.no_progress and folder.writer)
     if not folder.worth_keeping() and folder.writer:
