@@ -312,27 +312,6 @@ def _dot_tree(a, b):
     return sum(jnp.vdot(p, q) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_experiment_quick(tmp_path):
-    """experiments/second_order.py --quick: every arm trains every seed, ratios are paired with Adam's."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    from common import main
-
-    import second_order
-
-    res = main(second_order, argv=["--quick", "--out", str(tmp_path)])
-    assert (tmp_path / "second_order.png").stat().st_size > 0
-    for problem in res["problems"].values():
-        arms = problem["arms"]
-        assert set(arms) == {"gd", "momentum", "adam", "kfac", "gauss_newton"}
-        assert arms["adam"]["step_ratio"] == [1.0] * len(res["seeds"])
-        assert all(np.isfinite(a["best_val_loss"]).all() for a in arms.values())
-    cost = res["step_cost"][0]
-    assert cost["ratio_to_adam"]["adam"] == 1.0 and all(s > 0 for s in cost["seconds"].values())
-
-
 def test_step_cost_experiment_quick(tmp_path):
     """experiments/second_order_step_cost.py --quick: every arm timed and finite; kfac-jax's rows iff installed."""
     import importlib.util
