@@ -86,6 +86,24 @@ def test_error_falls_with_width(tmp_path):
         np.testing.assert_allclose(curves[:, -1], s["test_rmse"], rtol=1e-5)
     spread = [np.mean(s["capacity"]["spread"]) for s in r["shallow"]]  # the capacity reference, float64 LS
     assert spread[-1] < 0.5 * spread[0] and all("decades" in s["trained_minus_capacity"] for s in r["shallow"])
+    # deep against shallow, paired over seeds with Holm: the parameter-matched single layer and the widest one
+    rows = r["depth_comparisons"]
+    assert [(c["deep"], c["shallow_width"], c["pairing"]) for c in rows] == [
+        ([4, 4], 4, "parameters matched"), ([4, 4], 16, "widest single layer")]
+    assert all(c["n"] == len(r["seeds"]) and c["p_holm"] >= c["p_value"] for c in rows)
+    assert "p (Holm)" in (tmp_path / "universal_approximation.md").read_text()
+
+
+def test_depth_comparisons_pair_by_seed_and_adjust_by_holm():
+    from universal_approximation import depth_comparisons
+
+    shallow = [{"width": w, "params": 3 * w + 1, "test_rmse": [1e-2, 2e-2, 4e-2, 3e-2]} for w in (4, 16)]
+    deep = [{"widths": [4, 4], "hidden_units": 8, "params": 33, "test_rmse": [1e-3, 2e-3, 4e-3, 2e-3]}]
+    matched, widest = depth_comparisons(shallow, deep)  # 33 params: 1 × 4 (13) is matched, 1 × 16 (49) is not
+    assert matched["shallow_width"] == 4 and widest["pairing"] == "widest single layer"
+    assert matched["deep_lower"] == 4 and matched["deep_higher"] == 0
+    assert matched["decades"] == pytest.approx(np.mean(np.log10([0.1, 0.1, 0.1, 2 / 30])))
+    assert matched["p_holm"] == pytest.approx(min(1.0, 2 * min(matched["p_value"], widest["p_value"])))
 
 
 def test_mlp_beats_linear_where_no_line_separates(tmp_path):
