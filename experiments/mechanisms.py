@@ -15,7 +15,13 @@ A. **Dead ReLUs.** A hidden unit is *dead* when its pre-activation is ≤ 0 on e
    zero bias, lr 0.1, fixed beforehand) and three that provoke dying, chosen by a stated rule
    on separate selection seeds (:func:`select_settings`): the onset rate, the largest rate
    below it where no unit dies, and a negative bias init. relu − leaky_relu is then compared
-   paired over the measurement seeds (dead share and test accuracy at the end, Holm over the rows).
+   paired over all measurement seeds (dead share and test accuracy at the end, Holm over the
+   rows; a diverged run counts as a failure, ``common.counted``, and divergence itself is
+   compared by an exact McNemar test). Whether a failure comes from dead units is checked by
+   what the units do: the share of (example, unit) pairs that are on, the share of examples on
+   which a whole layer is off, and the size of the gradient reaching the first layer; the
+   negative-bias setting fails by the second (almost every unit off on almost every example,
+   for leaky_relu too), not by dead units, and is reported as that.
 
 B. **Non-zero-centred sigmoid outputs.** The consequence (LeCun et al. 1998, "Efficient
    BackProp", §4.3; the lecture names only the con): a unit whose inputs are all positive has
@@ -41,9 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy.stats import binomtest
 
 import fnn
-from common import figure, interior_choice, main, pm, table
+from common import counted, figure, interior_choice, main, pm, table
 from fnn.analysis.stats import holm, mean_ci, paired
 
 SIZES, BATCH = (64, 64, 64, 10), 32
@@ -111,8 +118,12 @@ def _program(net, probe, steps, every, scheme, n):
 def _dead_probe(net):
     def probe(p, x, v, xb, vb):
         out, cache = fnn.forward_with_cache(net, p, x)
-        dead = [jnp.all(z <= 0, axis=0) for z in cache.pre_activations[:-1]]
-        return {"error": jnp.mean(jnp.argmax(out, -1) != v), "dead": jnp.concatenate(dead)}
+        z = cache.pre_activations[:-1]
+        grads = fnn.value_and_grad(net, LOSS, p, x, v)[1]  # full training split
+        return {"error": jnp.mean(jnp.argmax(out, -1) != v), "dead": jnp.concatenate([jnp.all(q <= 0, 0) for q in z]),
+                "active": jnp.stack([jnp.mean(q > 0) for q in z]),  # share of (example, unit) pairs on, per layer
+                "all_off": jnp.stack([jnp.mean(jnp.all(q <= 0, 1)) for q in z]),  # share of examples, per layer
+                "grad_first": jnp.linalg.norm(grads[0]["W"]), "finite": jnp.all(jnp.isfinite(out))}
     return probe
 
 
@@ -145,25 +156,38 @@ def _with_holm(rows):
     return rows
 
 
+def _majority(seeds, split):
+    """The share of the most frequent class of each seed's ``split``: what a diverged run scores."""
+    labels = _data(seeds)[1 if split == "train" else 3]
+    return np.array([np.bincount(np.asarray(v)).max() / len(v) for v in labels])
+
+
 def _dead_arm(act, setting, s, seeds, steps) -> dict:
+    """One arm of part A. A diverged run counts as a failure (``counted``): its test accuracy is
+    the test split's majority-class share, its training error 1 − the training split's; its dead
+    shares are those of the counts before its outputs went non-finite (the last such for "end")."""
     net = fnn.MLP(SIZES, act)
     probes, test_error, finite = _train(net, s["lr"], seeds, steps, _dead_probe(net), scheme="he",
                                         bias=s["bias"], every=DEAD_EVERY)
-    dead = probes["dead"]  # (seeds, counts, hidden units): never positive on the training split
-    layers = np.split(dead, np.cumsum(SIZES[1:-2]), axis=-1)
-    share = np.where(finite[:, None], dead.mean(-1), np.nan)
+    ok = probes["finite"] & finite[:, None]  # (seeds, counts): the outputs (and, at the end, parameters) finite
+    last = np.where(ok.any(1), ok.shape[1] - 1 - np.argmax(ok[:, ::-1], 1), 0)
+    dead = probes["dead"] & ok[..., None]  # (seeds, counts, hidden units): never positive on the training split
+    at_last = lambda a: a[np.arange(len(a)), last]
+    layers = np.split(at_last(dead), np.cumsum(SIZES[1:-2]), axis=-1)
     ever = dead.any(1)
-    revived = np.where(ever.any(-1), (ever & ~dead[:, -1]).sum(-1) / np.maximum(ever.sum(-1), 1), np.nan)
-    collapsed = finite & np.any([d[:, -1].all(-1) for d in layers], axis=0)
-    return {"setting": setting, "activation": act, **s, "dead_share_mean": np.nanmean(share, 0).tolist(),
-            "dead_share_final": share[:, -1].tolist(),
-            "dead_share_max": np.where(finite, dead.mean(-1).max(1), np.nan).tolist(),
-            "dead_share_final_by_layer": np.stack([np.where(finite, d[:, -1].mean(-1), np.nan) for d in layers],
-                                                  1).tolist(),
-            "revived_share": np.where(finite, revived, np.nan).tolist(),
-            "collapsed": int(collapsed.sum()), "diverged": int((~finite).sum()),
-            "train_error_final": np.where(finite, probes["error"][:, -1], np.nan).tolist(),
-            "test_accuracy": np.where(finite, 1 - test_error, np.nan).tolist()}
+    revived = np.where(ever.any(-1), (ever & ~at_last(dead)).sum(-1) / np.maximum(ever.sum(-1), 1), np.nan)
+    accuracy, diverged = counted(np.where(finite, 1 - test_error, np.nan), _majority(seeds, "test"))
+    train_error = counted(np.where(finite, probes["error"][:, -1], np.nan), 1 - _majority(seeds, "train"))[0]
+    masked = lambda key: np.where(ok[..., None] if probes[key].ndim == 3 else ok, probes[key], np.nan)
+    return {"setting": setting, "activation": act, **s, "dead_share_mean": np.nanmean(np.where(ok, dead.mean(-1), np.nan), 0).tolist(),
+            "dead_share_final": at_last(dead).mean(-1).tolist(), "dead_share_max": dead.mean(-1).max(1).tolist(),
+            "dead_share_final_by_layer": np.stack([d.mean(-1) for d in layers], 1).tolist(),
+            "revived_share": revived.tolist(), "collapsed": int(np.any([d.all(-1) for d in layers], 0).sum()),
+            "diverged": diverged, "diverged_seeds": (~finite).tolist(),
+            "active_share": masked("active")[:, [0, -1]].tolist(),  # (seeds, init/end, layers)
+            "all_off_share": masked("all_off")[:, [0, -1]].tolist(),
+            "grad_first_norm": masked("grad_first")[:, [0, -1]].tolist(),  # (seeds, init/end)
+            "train_error_final": train_error.tolist(), "test_accuracy": accuracy.tolist()}
 
 
 def select_settings(seeds, steps, lr_grid, bias_grid) -> dict:
@@ -200,10 +224,21 @@ def select_settings(seeds, steps, lr_grid, bias_grid) -> dict:
             "settings": chosen, "scan": scan}
 
 
+def _divergence_test(a, b) -> dict:
+    """Exact McNemar test of paired divergence: the seeds where only one arm diverged, two-sided
+    binomial test at ½ (p = 1 with no such seed)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"only_relu": only_a, "only_leaky_relu": only_b, "both": int((a & b).sum()), "p_value": float(p)}
+
+
 def dead_units(seeds, steps, settings) -> dict:
-    """Part A: dead-unit share every ``DEAD_EVERY`` steps and test accuracy, relu and leaky_relu
-    per setting; relu − leaky_relu paired over the seeds where both stayed finite."""
-    arms, rows = {}, []
+    """Part A: dead-unit share every ``DEAD_EVERY`` steps, the activity and first-layer gradient
+    at init and end, and test accuracy, relu and leaky_relu per setting; relu − leaky_relu paired
+    over every seed (a diverged run counts as a failure, see :func:`_dead_arm`), and paired
+    divergence by an exact McNemar test."""
+    arms, rows, divergence = {}, [], {}
     for setting, s in settings.items():
         for act in ("relu", "leaky_relu"):
             arms[f"{setting}/{act}"] = _dead_arm(act, setting, s, seeds, steps)
@@ -211,7 +246,8 @@ def dead_units(seeds, steps, settings) -> dict:
         rows.append(_row("dead share at the end: relu − leaky_relu", r["dead_share_final"], k["dead_share_final"],
                          setting=setting))
         rows.append(_row("test accuracy: relu − leaky_relu", r["test_accuracy"], k["test_accuracy"], setting=setting))
-    return {"every": DEAD_EVERY, "arms": arms, "comparisons": _with_holm(rows)}
+        divergence[setting] = _divergence_test(r["diverged_seeds"], k["diverged_seeds"])
+    return {"every": DEAD_EVERY, "arms": arms, "comparisons": _with_holm(rows), "divergence": divergence}
 
 
 def _tune(net, seeds, steps, grid, extend):
@@ -293,20 +329,43 @@ def _report_dead(res):
     d, n = res["dead"], len(res["seeds"])
     rows = [[a["setting"], a["activation"], f"{a['lr']:g}", f"{a['bias']:g}", _stat(a["dead_share_final"]),
              _stat(np.asarray(a["dead_share_final_by_layer"])[:, 1]), _stat(a["dead_share_max"]),
-             _stat(a["revived_share"]), f"{a['collapsed']}/{a['diverged']}", _stat(a["test_accuracy"])]
+             _stat(a["revived_share"]), f"{a['collapsed']}/{n}", f"{a['diverged']}/{n}", _stat(a["test_accuracy"])]
             for a in d["arms"].values()]
+    div = [[k, t["only_relu"], t["only_leaky_relu"], t["both"], f"{t['p_value']:.2g}"]
+           for k, t in d["divergence"].items() if t["only_relu"] + t["only_leaky_relu"] + t["both"]]
     return ["## A. Dead ReLUs", "", *_report_selection(res), "",
             f"64-64-64-10 on digits, He init, SGD batch 32, {res['steps']['dead']} steps (one epoch is 44), "
             f"{n} seeds. Dead = pre-activation ≤ 0 on every one of the training split's examples, counted every "
             f"{d['every']} steps over both hidden layers (128 units). lr 0.1 with zero bias is the usual setting, fixed "
             "beforehand; the provoking settings were chosen on the selection seeds (above), disjoint from the "
-            "measurement seeds. Mean ± 95% t-interval over the seeds that stayed finite; revived = share of the "
-            "units dead at some count that were alive at the end; collapsed = a whole hidden layer dead at the end "
-            "(the output is then constant).", "",
+            "measurement seeds. Mean ± 95% t-interval over all seeds: a diverged run (non-finite parameters) counts "
+            "as a failure, its test accuracy the test split's majority-class share, its dead shares those of its last "
+            "count with finite outputs; revived = share of the units dead at some count that were alive at the end; "
+            "collapsed = a whole hidden layer dead at the end (the output is then constant).", "",
             table(["setting", "activation", "lr", "hidden bias at init", "dead share, end", "layer 2 dead, end",
-                   "dead share, max over training", "revived", "collapsed/diverged seeds", "test accuracy"], rows), "",
-            "relu − leaky_relu, paired over the seeds where both stayed finite (a diverged run drops its pair):", "",
-            _compare_table(d["comparisons"])]
+                   "dead share, max over training", "revived", "collapsed", "diverged", "test accuracy"], rows), "",
+            *_report_activity(res), "",
+            "relu − leaky_relu, paired over all seeds (a diverged run counted as a failure, as above):", "",
+            _compare_table(d["comparisons"]),
+            *(["", "Divergence, paired over seeds (exact McNemar test: two-sided binomial at ½ on the seeds where "
+               "only one arm diverged):", "",
+               table(["setting", "only relu diverged", "only leaky_relu diverged", "both", "p"], div)] if div else [])]
+
+
+def _report_activity(res):
+    """What each setting does to the units' activity and to the gradient reaching the first layer."""
+    d, n = res["dead"], len(res["seeds"])
+    both = lambda a, l: " → ".join(_stat(np.asarray(a, float)[:, t, l]) for t in (0, 1))
+    rows = [[a["setting"], a["activation"], both(a["active_share"], 0), both(a["active_share"], 1),
+             both(a["all_off_share"], 1), " → ".join(_stat(np.asarray(a["grad_first_norm"])[:, t], 3)
+                                                     for t in (0, 1))] for a in d["arms"].values()]
+    return ["What the units do, at init → at the end, over the training split (runs finite at that count): the "
+            "share of (example, unit) pairs with a positive pre-activation per hidden layer; the share of "
+            "examples on which every unit of hidden layer 2 is off (pre-activation ≤ 0: the output is then the "
+            "output bias plus, for leaky_relu, 0.01 × the negative pre-activations); the norm of the full-batch "
+            "risk gradient of the first layer's weights:", "",
+            table(["setting", "activation", "layer 1 on", "layer 2 on", "examples with layer 2 all off",
+                   "‖∂R/∂W₁‖"], rows)]
 
 
 def _report_selection(res):
@@ -363,20 +422,40 @@ COLOUR = {"relu": "tab:red", "leaky_relu": "tab:blue", "sigmoid": "tab:orange", 
 SHORT = {"leaky_relu": "leaky", "centred_sigmoid": "centred σ"}
 
 
+def _setting_label(s, name):
+    return f"{name}\nlr {s['lr']:g}" + (f", bias {s['bias']:g}" if s["bias"] else "")
+
+
+def _by_setting(ax, res, key, ylabel, title):
+    """Per-seed points, one column pair per setting (relu left, leaky_relu right); a diverged
+    seed is drawn as a cross at its counted value."""
+    rng, settings = np.random.default_rng(0), res["selection"]["settings"]
+    for i, name in enumerate(settings):
+        for act, dx in (("relu", -0.2), ("leaky_relu", 0.2)):
+            a = res["dead"]["arms"][f"{name}/{act}"]
+            v, bad = np.asarray(a[key], float), np.asarray(a["diverged_seeds"], bool)
+            x = i + dx + rng.uniform(-0.12, 0.12, len(v))
+            ax.scatter(x[~bad], v[~bad], s=22, color=COLOUR[act], alpha=0.75, edgecolors="none",
+                       label=act if i == 0 else None)
+            ax.scatter(x[bad], v[bad], s=30, color=COLOUR[act], marker="x", label=f"{act}, diverged" if (
+                bad.any() and not any(t.get_label() == f"{act}, diverged" for t in ax.collections)) else None)
+    ax.set_xticks(range(len(settings)), [_setting_label(s, k) for k, s in settings.items()], fontsize=9)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, axis="y")
+
+
 def _figure_dead(ax, res):
     arms = res["dead"]["arms"]
-    groups = lambda key: [(f"{a['setting'].replace(' onset', '').replace('negative ', '')} {a['lr']:g}"
-                           + (f"/{a['bias']:g}" if a["bias"] else "") + f"\n{SHORT.get(a['activation'], a['activation'])}", a[key],
-                           COLOUR[a["activation"]]) for a in arms.values()]
-    _points(ax[0], groups("dead_share_final"), "dead share of hidden units, end", "A. dead units per seed")
-    _points(ax[1], groups("test_accuracy"), "test accuracy", "A. test accuracy per seed (diverged: absent)")
+    _by_setting(ax[0], res, "dead_share_final", "dead share of hidden units, end", "A. dead units per seed")
+    _by_setting(ax[1], res, "test_accuracy", "test accuracy",
+                "A. test accuracy per seed (diverged: majority-class share)")
     onset = res["selection"]["settings"].get("onset", USUAL)
     key = "onset" if "onset" in res["selection"]["settings"] else "usual"
     steps = np.arange(len(arms[f"{key}/relu"]["dead_share_mean"])) * res["dead"]["every"]
     for act, ls in (("relu", "-"), ("leaky_relu", "--")):  # the other settings' curves are in the table
         ax[2].plot(steps, arms[f"{key}/{act}"]["dead_share_mean"], ls, color=COLOUR[act],
                    label=f"{act}, lr {onset['lr']:g}")
-    ax[2].set(xlabel="SGD step", ylabel="dead share (mean over finite seeds)",
+    ax[2].set(xlabel="SGD step", ylabel="dead share (mean over seeds finite there)",
               title=f"A. dead share during training at lr {onset['lr']:g} ({key})")
 
 
@@ -414,7 +493,7 @@ def _figure(res):
     _figure_centring(ax[1], res)
     ax[1, 2].yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
     ax[1, 2].yaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
-    for a, where in ((ax[0, 2], "best"), (ax[1, 0], "best"), (ax[1, 1], "upper right")):
+    for a, where in ((ax[0, 0], "upper left"), (ax[0, 2], "best"), (ax[1, 0], "best"), (ax[1, 1], "upper right")):
         a.grid(alpha=0.3)
         a.legend(fontsize=9.5, loc=where)
     fig.tight_layout()
