@@ -187,10 +187,23 @@ def _conclusion_lines(res) -> list[str]:
                 said[_verdict(c)].append(f"{name} {where} ({c['difference'] * 100:+.1f} points)")
     tied = [n for n, c in ends if _verdict(c) == "not distinguishable"]
     widest = max(abs(c["difference"]) + c["ci95"] for _, c in ends) * 100
+    rows = [(f"{name} {when}", c) for name, setup in res["setups"].items() for when, c in setup["comparisons"].items()]
+    ahead = lambda c, side: c["wins"] if side == "Cross-entropy" else c["losses"]
+    leans = {side: [f"{w} ({side.lower() if side != 'MSE' else side} higher on {ahead(c, side)} of {c['wins'] + c['ties'] + c['losses']} seeds; Holm p "
+                    f"{c['p_holm']:.2g})" for w, c in rows
+                    if c["p_value"] < 0.05 <= c["p_holm"] and (c["difference"] > 0) == (side == "Cross-entropy")]
+             for side in ("Cross-entropy", "MSE")}
+    small = [w for w, c in rows if _verdict(c) != "not distinguishable" and abs(c["difference"]) < 0.01]
     return ["## Reading", "",
             "Cross-entropy is ahead (Holm-adjusted paired test, 5%) on " + ("; ".join(said["cross-entropy ahead"])
                                                                              or "no setup") + ". "
-            "MSE is ahead on " + ("; ".join(said["MSE ahead"]) or "no setup") + ". "
+            "MSE is ahead by the same test on " + ("; ".join(said["MSE ahead"]) or "no setup") + ". "
+            + "".join(f"{side} leads before Holm's correction, not after it, on {'; '.join(w)}: a lean, not a "
+                      "finding. " for side, w in leans.items() if w)
+            + (f"Leads under one point ({', '.join(small)}) are the first a different set of seeds can undo: "
+               f"these are findings on seeds {res['seeds']}; check them on others before "
+               "quoting them. " if small else "")
+            + "Each loss's rate was chosen by the area under its validation curve, which favours early speed. "
             f"At the end of the budget the losses are not distinguishable on {len(tied)} of {len(ends)} setups "
             f"(every end difference within ±{widest:.1f} points at 95%). So the lecture's preference for "
             "cross-entropy holds as a statement about early learning speed, on some data and not on all; it is "
