@@ -173,6 +173,12 @@ def test_mechanisms(tmp_path):
                      ["dead_share_max"]) >= 0.1
     assert all(d == 0 for act in ("relu", "leaky_relu") for d in dead[f"usual/{act}"]["dead_share_final"])
     assert min(dead["onset/relu"]["dead_share_final"]) > 0.01  # and it kills on the measurement seeds too
+    # Every seed is kept, a diverged one counted as a failure; the negative bias fails by silencing
+    # (hidden layer 2 all off on nearly every example, for leaky_relu too), not by dead units.
+    assert all(len(a["test_accuracy"]) == 2 and np.all(np.isfinite(a["test_accuracy"])) for a in dead.values())
+    for act in ("relu", "leaky_relu"):
+        bias = dead[f"negative bias/{act}"]
+        assert min(np.asarray(bias["all_off_share"])[:, 0, 1]) > 0.9 > max(bias["dead_share_final"])
     # Sigmoid's positive outputs: every unit's per-example weight-gradient column has one sign,
     # for tanh and the centred sigmoid (same derivative) none does; the minibatch gradient keeps some of it.
     arms = r["centring"]["arms"]
@@ -182,6 +188,17 @@ def test_mechanisms(tmp_path):
         assert np.all(np.mean(arms["sigmoid"]["batch_same_sign"], 1) > np.mean(arms[name]["batch_same_sign"], 1) + 0.2)
     rows = r["dead"]["comparisons"] + r["centring"]["comparisons"]
     assert all(c["p_value"] <= c["p_holm"] or np.isnan(c["p_value"]) for c in rows)
+
+
+def test_mechanisms_counts_diverged_runs():
+    import mechanisms
+
+    arm = mechanisms._dead_arm("leaky_relu", "too fast", {"lr": 100.0, "bias": 0.0}, [0, 1], 20)
+    assert arm["diverged"] == 2 and arm["diverged_seeds"] == [True, True]
+    assert arm["test_accuracy"] == pytest.approx(mechanisms._majority([0, 1], "test").tolist())
+    assert np.all(np.isfinite(arm["dead_share_final"])) and np.all(np.isfinite(arm["train_error_final"]))
+    assert mechanisms._divergence_test([True] * 7 + [False] * 3, [False] * 10) == {
+        "only_relu": 7, "only_leaky_relu": 0, "both": 0, "p_value": pytest.approx(2 ** -6)}
 
 
 def test_paired_reanalysis(tmp_path):
