@@ -169,7 +169,8 @@ def _dead_arm(act, setting, s, seeds, steps) -> dict:
     net = fnn.MLP(SIZES, act)
     probes, test_error, finite = _train(net, s["lr"], seeds, steps, _dead_probe(net), scheme="he",
                                         bias=s["bias"], every=DEAD_EVERY)
-    ok = probes["finite"] & finite[:, None]  # (seeds, counts): the outputs (and, at the end, parameters) finite
+    ok = probes["finite"].copy()  # (seeds, counts): the outputs finite, and at the end the parameters too
+    ok[:, -1] &= finite
     last = np.where(ok.any(1), ok.shape[1] - 1 - np.argmax(ok[:, ::-1], 1), 0)
     dead = probes["dead"] & ok[..., None]  # (seeds, counts, hidden units): never positive on the training split
     at_last = lambda a: a[np.arange(len(a)), last]
@@ -179,7 +180,8 @@ def _dead_arm(act, setting, s, seeds, steps) -> dict:
     accuracy, diverged = counted(np.where(finite, 1 - test_error, np.nan), _majority(seeds, "test"))
     train_error = counted(np.where(finite, probes["error"][:, -1], np.nan), 1 - _majority(seeds, "train"))[0]
     masked = lambda key: np.where(ok[..., None] if probes[key].ndim == 3 else ok, probes[key], np.nan)
-    return {"setting": setting, "activation": act, **s, "dead_share_mean": np.nanmean(np.where(ok, dead.mean(-1), np.nan), 0).tolist(),
+    return {"setting": setting, "activation": act, **s, "dead_share_mean": np.where(ok.any(0), dead.mean(-1).sum(0) / np.maximum(ok.sum(0), 1),
+                                                                     np.nan).tolist(),
             "dead_share_final": at_last(dead).mean(-1).tolist(), "dead_share_max": dead.mean(-1).max(1).tolist(),
             "dead_share_final_by_layer": np.stack([d.mean(-1) for d in layers], 1).tolist(),
             "revived_share": revived.tolist(), "collapsed": int(np.any([d.all(-1) for d in layers], 0).sum()),

@@ -197,6 +197,9 @@ def test_mechanisms_counts_diverged_runs():
     assert arm["diverged"] == 2 and arm["diverged_seeds"] == [True, True]
     assert arm["test_accuracy"] == pytest.approx(mechanisms._majority([0, 1], "test").tolist())
     assert np.all(np.isfinite(arm["dead_share_final"])) and np.all(np.isfinite(arm["train_error_final"]))
+    # The counts before the divergence are kept (at init half the units are on), the end's are not.
+    active = np.asarray(arm["active_share"])  # (seeds, init/end, layers)
+    assert np.all(np.abs(active[:, 0] - 0.5) < 0.1) and np.all(np.isnan(active[:, 1]))
     assert mechanisms._divergence_test([True] * 7 + [False] * 3, [False] * 10) == {
         "only_relu": 7, "only_leaky_relu": 0, "both": 0, "p_value": pytest.approx(2 ** -6)}
 
