@@ -70,7 +70,8 @@ def test_the_manual_builds_in_strict_mode(tmp_path):
     # docs/_griffe.py turns Sphinx roles into code spans before the docstrings are parsed (a role
     # at the start of "Returns:" would otherwise be read as a type named "class").
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", reference))
-    assert not re.search(r"\b(?:func|class|meth|mod|data|attr):", text), "a Sphinx role reached the reference"
+    role = r":(?:func|class|meth|mod|data|attr|exc|obj):|\b(?:func|class|meth|attr|exc):\S"
+    assert not re.search(role, text), "a Sphinx role reached the reference"
     # ... and repeats a grouped "a, b: ..." parameter line per name, so each keeps its default.
     density = text[text.index("spectral_density ( net"):]
     assert re.search(r"num_probes int .{0,200}? 8 num_iters int .{0,200}? 40 ", density), density[:1500]

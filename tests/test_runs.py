@@ -251,7 +251,7 @@ def test_stale_temp_files_are_removed_on_the_next_start(small_run, capsys):
     ("drop_checkpoint_array", r"checkpoint.npz is not a complete fnn checkpoint"),
     ("truncate_checkpoint", r"checkpoint.npz is not a readable fnn checkpoint"),
     ("no_checkpoint", r"has no checkpoint.npz"),
-    ("not_a_folder", r"is not a folder"),
+    ("not_a_folder", r"nothing does not exist; give a run folder"),
 ])
 @pytest.mark.parametrize("command", ["evaluate", "resume"])
 def test_damaged_run_folders_give_one_line(damage, message, command, small_run, capsys):
