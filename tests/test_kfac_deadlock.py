@@ -56,3 +56,21 @@ def test_batched_kfac_refresh_finishes_on_cpu():
         pytest.fail(f"batched K-FAC refresh hung (deadlock in the batched LAPACK calls); got: {hung.stdout!r}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["exact", "done", "pi", "done"]
+
+
+def test_one_matrix_at_a_time_equals_the_batched_call():
+    # fnn.core.linalg's eigh and solve give jnp.linalg's numbers under nested vmap and with an
+    # unbatched argument (broadcast), while each LAPACK call sees one matrix.
+    import jax
+    import jax.numpy as jnp
+    from fnn.core import linalg
+
+    a = jax.random.normal(jax.random.key(0), (3, 2, 5, 5))
+    a = a @ jnp.swapaxes(a, -1, -2) + 5 * jnp.broadcast_to(jnp.eye(5), a.shape)
+    b = jax.random.normal(jax.random.key(1), (3, 2, 5))
+    d, _ = jax.jit(jax.vmap(jax.vmap(linalg.eigh)))(a)
+    assert jnp.array_equal(d, jnp.linalg.eigh(a)[0])
+    x = jax.jit(jax.vmap(jax.vmap(linalg.solve)))(a, b)
+    assert jnp.allclose(x, jnp.linalg.solve(a, b[..., None])[..., 0], rtol=1e-5, atol=1e-6)
+    shared = jax.vmap(linalg.solve, in_axes=(None, 0))(a[0, 0], b[0])
+    assert jnp.allclose(shared, jnp.linalg.solve(a[0, 0], b[0].T).T, rtol=1e-5, atol=1e-6)

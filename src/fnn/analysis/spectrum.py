@@ -36,6 +36,7 @@ from fnn.core.losses import Loss, get_loss
 from fnn.core.network import MLP, Params
 from fnn.analysis.quantities import _prepare, check_grad2, ggn_vp_cached, hvp_cached
 from fnn.analysis.krylov import LanczosResult, lanczos, lanczos_segments, tridiagonal  # noqa: F401 (re-exported)
+from fnn.core import linalg
 from fnn.core.validation import check_key, validate
 
 Array = jax.Array
@@ -193,7 +194,7 @@ def _top_eigenpairs(net, loss, curvature, k, num_iters, which, params, x, v, key
     start_key, restart_key = jax.random.split(key)
     v0 = jax.random.rademacher(start_key, theta.shape, theta.dtype)
     alpha, beta, segments = lanczos_segments(matvec, v0, num_iters, restart_key)
-    ritz, s = jnp.linalg.eigh(tridiagonal(alpha, beta))
+    ritz, s = linalg.eigh(tridiagonal(alpha, beta))
     order = jnp.select([which == 0, which == 1], [-ritz, ritz], -jnp.abs(ritz))  # WHICH's order, traced
     idx = jnp.argsort(order)[:k]
     coef, lo = s[:, idx].T, 0
@@ -245,7 +246,7 @@ def _quadrature(net, loss, curvature, num_probes, num_iters, params, x, v, key):
     def probe(k):
         start, restart = jax.random.split(k)
         alpha, beta, _ = lanczos_segments(matvec, jax.random.rademacher(start, theta.shape, theta.dtype), num_iters, restart)
-        nodes, s = jnp.linalg.eigh(tridiagonal(alpha, beta))
+        nodes, s = linalg.eigh(tridiagonal(alpha, beta))
         return nodes, s[0] ** 2
 
     return jax.lax.map(probe, jax.random.split(key, num_probes))

@@ -18,6 +18,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from fnn.analysis.curvature import Curvature, attach
+from fnn.core import linalg
 from fnn.core.validation import check_number, check_positive_int, keyword_hints
 from fnn.training.second_order import _check_layers, _learning_rate
 
@@ -205,6 +206,6 @@ def newton(learning_rate=1.0, damping: float = 1e-4) -> optax.GradientTransforma
         hessian = dense_matrix(hvp, grads)
         hessian = 0.5 * (hessian + hessian.T) + damping * jnp.eye(flat.shape[0], dtype=flat.dtype)
         rate = _learning_rate(learning_rate, state.count)
-        return unravel(-rate * jnp.linalg.solve(hessian, flat)), NewtonState(state.count + 1)
+        return unravel(-rate * linalg.solve(hessian, flat)), NewtonState(state.count + 1)
 
     return attach(optax.GradientTransformationExtraArgs(init, update), Curvature("hessian"))

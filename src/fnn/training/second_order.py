@@ -33,9 +33,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.custom_batching import custom_vmap
 
 from fnn.analysis.curvature import Curvature, attach, curvature_of
+from fnn.core.linalg import one_matrix_at_a_time
 from fnn.core.validation import check_choice, check_number, check_positive_int, keyword_hints
 
 Array = jax.Array
@@ -80,27 +80,13 @@ def _check_factors(factors, params, ekfac: bool) -> list:
     return factors
 
 
-def _one_matrix_at_a_time(decompose):
-    """``decompose`` of one matrix; under ``vmap`` it runs on the matrices one by one (``lax.map``), so
-    each LAPACK call gets one. jaxlib's CPU ``syevd``/``potrf`` split a batch over XLA's pool and wait
-    for the parts in a pool worker: in fnn.sweep's runs' vmap that deadlocked for good, all idle."""
-    one = custom_vmap(decompose)
-
-    @one.def_vmap
-    def _batched(size, batched, m):
-        out = jax.lax.map(one, m) if batched[0] else one(m)
-        return out, jax.tree.map(lambda _: batched[0], out)
-
-    return one
-
-
-@_one_matrix_at_a_time
+@one_matrix_at_a_time
 def _eigh(m: Array) -> tuple[Array, Array]:
     d, q = jnp.linalg.eigh(m)
     return jnp.maximum(d, 0.0), q
 
 
-@_one_matrix_at_a_time
+@one_matrix_at_a_time
 def _spd_inverse(m: Array) -> Array:
     """``m⁻¹`` of a symmetric positive-definite ``m`` by Cholesky: ``m = L Lᵀ``, ``L⁻¹`` by one
     triangular solve, ``m⁻¹ = L⁻ᵀ L⁻¹`` (one GEMM): no pivoting, and NaN (not a wrong finite
