@@ -28,3 +28,15 @@ def x64():
     """Runs the test with float64 enabled."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop the compiled programs it left behind (fnn keeps one per
+    configuration, JAX its own caches): a worker that runs hundreds of modules would otherwise
+    hold every executable it ever built. Twice late in loaded full runs an xdist worker
+    segfaulted inside XLA's compiler; this keeps a worker's memory flat."""
+    yield
+    from fnn.core.programs import clear_programs
+
+    clear_programs()  # also jax.clear_caches()
