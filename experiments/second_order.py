@@ -21,10 +21,15 @@ Per problem, minibatches of 64 (``fnn.sweep``: every run of an arm one vmapped p
   ``second_order_step_cost``'s.
 - **K-FAC against Adam**: per-seed log-ratios paired over the seeds (``fnn.analysis.stats.paired``:
   t-interval, p, sign count), against 1 and against the goals (0.5× Adam's steps, 0.8× its
-  wall-clock); Holm over every claim of the file. Momentum is shown without a test.
+  wall-clock); Holm over every claim of the file. Gauss-Newton is tested against Adam the same
+  way (without the goals); SGD and momentum are shown without a test.
 
-Gauss-Newton is not run: ``fnn.sweep`` fails on it (jax's CG under ``vmap``), and one run per
-seed and setting does not fit this experiment's CPU budget (notebook 06 has it on digits).
+The arms: plain minibatch SGD, heavy-ball momentum (0.9), Adam, K-FAC (``fnn.kfac`` at its defaults:
+KFLR factors in a running average, ``(A ⊗ G + λI)⁻¹`` exactly through the factors'
+eigendecompositions, refreshed every 5 steps) and Gauss-Newton
+(``fnn.gauss_newton``: 10 conjugate-gradient steps on the GGN per update, Levenberg-Marquardt
+damping adapted from its tuned starting value, which is also its floor). Gauss-Newton's and
+K-FAC's rate and damping are tuned one at a time as above.
 """
 
 from __future__ import annotations
@@ -57,10 +62,12 @@ PROBLEMS = {
     "mnist1d": dict(data="mnist1d", sizes=(40, 100, 100, 10), acts=("relu", "relu", "identity"),
                     loss="softmax_cross_entropy", auto=False, init="he", epochs=40),
 }
-ARMS = {  # name -> (optimizer, {setting: starting grid})
-    "momentum": ("momentum", {"lr": (0.01, 0.03, 0.1)}),
-    "adam": ("adam", {"lr": (1e-3, 3e-3, 1e-2)}),
-    "kfac": ("kfac", {"lr": (0.1, 0.3, 1.0), "damping": (0.1, 1.0, 10.0)}),
+ARMS = {  # name -> (optimizer, {setting: starting grid}, fixed settings)
+    "sgd": ("sgd", {"lr": (0.03, 0.1, 0.3)}, {}),
+    "momentum": ("momentum", {"lr": (0.01, 0.03, 0.1)}, {}),
+    "adam": ("adam", {"lr": (1e-3, 3e-3, 1e-2)}, {}),
+    "kfac": ("kfac", {"lr": (0.1, 0.3, 1.0), "damping": (0.1, 1.0, 10.0)}, {}),
+    "gauss_newton": ("gauss_newton", {"lr": (0.3, 1.0, 3.0), "damping": (0.1, 1.0, 10.0)}, {"cg_iterations": 10}),
 }
 FULL = dict(problems=tuple(PROBLEMS), selection=(100, 101, 102), seeds=tuple(range(10)), extend=3, rounds=20,
             reps=10, epochs=None)
@@ -84,7 +91,7 @@ def _sweep(problem: str, arm: str, data: dict, seeds, epochs: int, settings: dic
     p = PROBLEMS[problem]
     return fnn.sweep(fnn.MLP(p["sizes"], p["acts"]), p["loss"], *data["train"], seeds=list(seeds), grid=grid,
                      validation=data["val"], test=data["test"] if test else None, epochs=epochs,
-                     batch_size=BATCH, optimizer=ARMS[arm][0], init=p["init"], **settings)
+                     batch_size=BATCH, optimizer=ARMS[arm][0], init=p["init"], **ARMS[arm][2], **settings)
 
 
 def _best(curves) -> np.ndarray:
@@ -177,7 +184,7 @@ def _step_costs(problem: str, settings: dict, data: dict, rounds: int, reps: int
     params0, key = fnn.init(jax.random.key(0), net, p["init"]), jax.random.key(1)
     step, state = {}, {}
     for arm, s in settings.items():
-        opt = fnn.get_optimizer(ARMS[arm][0], s["lr"], **{k: a for k, a in s.items() if k != "lr"})
+        opt = fnn.get_optimizer(ARMS[arm][0], s["lr"], **ARMS[arm][2], **{k: a for k, a in s.items() if k != "lr"})
         step[arm] = fnn.make_update_step(net, p["loss"], opt, donate=False)
         state[arm] = (params0, opt.init(params0))
         state[arm] = step[arm](*state[arm], *batches[0], key)[:2]  # compiled outside the clock
@@ -214,31 +221,42 @@ def _problem(problem: str, cfg: dict) -> dict:
             "tuning": tuning, "runs": runs, "arms": _analyse(runs, per_epoch), "step_cost": costs}
 
 
+TESTED = {"kfac": "K-FAC", "gauss_newton": "Gauss-Newton"}  # arms tested against Adam
+
+
+def _claim_series(res: dict, arm: str) -> list:
+    """(claim, per-seed log-ratio to Adam, reference, seeds that never reached) of one arm."""
+    k, a, budget = res["arms"][arm], res["arms"]["adam"], res["budget_steps"]
+    steps = lambda xs: np.log([budget if s is None else s for s in xs])
+    never = sum(s is None for s in k["steps_to_adam_val"])
+    val = steps(k["steps_to_adam_val"]) - steps(a["steps_to_adam_val"])
+    wall = val + np.log(res["step_cost"]["ratio_to_adam"][arm])
+    log = lambda key: np.log(k[key]) - np.log(a[key])
+    goals = [("goal: steps <= 0.5x Adam's", val, GOALS["steps"], never),
+             ("goal: wall-clock <= 0.8x Adam's", wall, GOALS["wall-clock"], never)] if arm == "kfac" else []
+    return [("steps to Adam's best validation loss", val, 1.0, never), *goals[:1],
+            ("wall-clock to Adam's best validation loss", wall, 1.0, never), *goals[1:],
+            ("steps to Adam's test loss at its chosen step",
+             steps(k["steps_to_adam_test"]) - steps(a["steps_to_adam_test"]), 1.0,
+             sum(s is None for s in k["steps_to_adam_test"])),
+            ("test loss at the validation-chosen step", log("test_loss_at_choice"), 1.0, 0),
+            ("test loss at the end of the budget", log("test_loss_final"), 1.0, 0)]
+
+
 def _claims(problems: dict) -> list[dict]:
-    """K-FAC against Adam per problem: per-seed log-ratios against 1 and the goals, Holm over all."""
+    """K-FAC and Gauss-Newton against Adam per problem: per-seed log-ratios against 1 (and K-FAC's
+    against the goals), Holm over all."""
     rows = []
     for name, res in problems.items():
-        k, a, budget = res["arms"]["kfac"], res["arms"]["adam"], res["budget_steps"]
-        steps = lambda xs: np.log([budget if s is None else s for s in xs])
-        never = sum(s is None for s in k["steps_to_adam_val"])
-        val = steps(k["steps_to_adam_val"]) - steps(a["steps_to_adam_val"])
-        wall = val + np.log(res["step_cost"]["ratio_to_adam"]["kfac"])
-        log = lambda key: np.log(k[key]) - np.log(a[key])
-        for claim, d, ref, n in [("steps to Adam's best validation loss", val, 1.0, never),
-                                 ("goal: steps <= 0.5x Adam's", val, GOALS["steps"], never),
-                                 ("wall-clock to Adam's best validation loss", wall, 1.0, never),
-                                 ("goal: wall-clock <= 0.8x Adam's", wall, GOALS["wall-clock"], never),
-                                 ("steps to Adam's test loss at its chosen step",
-                                  steps(k["steps_to_adam_test"]) - steps(a["steps_to_adam_test"]), 1.0,
-                                  sum(s is None for s in k["steps_to_adam_test"])),
-                                 ("test loss at the validation-chosen step", log("test_loss_at_choice"), 1.0, 0),
-                                 ("test loss at the end of the budget", log("test_loss_final"), 1.0, 0)]:
-            c = paired(d, np.full(len(d), np.log(ref)))
-            m = c.mean + np.log(ref)  # the mean log-ratio itself
-            rows.append({"problem": name, "claim": claim, "reference": ref, "ratio": float(np.exp(m)),
-                         "ci95": [float(np.exp(m - c.half_width)), float(np.exp(m + c.half_width))],
-                         "p_value": c.p_value, "below": c.losses, "ties": c.ties, "above": c.wins, "n": c.n,
-                         "never_reached": int(n), "per_seed": np.exp(d).tolist()})
+        for arm in TESTED:
+            for claim, d, ref, n in _claim_series(res, arm):
+                c = paired(d, np.full(len(d), np.log(ref)))
+                m = c.mean + np.log(ref)  # the mean log-ratio itself
+                rows.append({"problem": name, "arm": arm, "claim": claim, "reference": ref,
+                             "ratio": float(np.exp(m)),
+                             "ci95": [float(np.exp(m - c.half_width)), float(np.exp(m + c.half_width))],
+                             "p_value": c.p_value, "below": c.losses, "ties": c.ties, "above": c.wins, "n": c.n,
+                             "never_reached": int(n), "per_seed": np.exp(d).tolist()})
     for row, p in zip(rows, holm([r["p_value"] for r in rows])):
         row["p_holm"] = p
         row["verdict"] = _verdict(row)
@@ -246,15 +264,15 @@ def _claims(problems: dict) -> list[dict]:
 
 
 def _verdict(row: dict) -> str:
-    side = "below" if row["ratio"] < row["reference"] else "above"
+    side, who = ("below" if row["ratio"] < row["reference"] else "above"), TESTED[row["arm"]]
     if row["claim"].startswith("goal"):
         if row["never_reached"]:
-            return f"not met: K-FAC never reached the level on {row['never_reached']} of {row['n']} seeds"
+            return f"not met: {who} never reached the level on {row['never_reached']} of {row['n']} seeds"
         if row["p_holm"] < 0.05:
             return "met" if side == "below" else "not met"
         return f"not established: the interval spans {row['reference']:g}"
     if row["p_holm"] < 0.05:
-        return f"K-FAC {side} Adam"
+        return f"{who} {side} Adam"
     return f"not distinguishable from 1; the interval allows {row['ci95'][0]:.2f}-{row['ci95'][1]:.2f}"
 
 
@@ -308,16 +326,16 @@ def _problem_lines(name: str, res: dict) -> list[str]:
 
 
 def _claims_lines(claims: list[dict]) -> list[str]:
-    rows = [[c["problem"], c["claim"], f"{c['ratio']:.3g} [{c['ci95'][0]:.3g}, {c['ci95'][1]:.3g}]",
+    rows = [[c["problem"], TESTED[c["arm"]], c["claim"], f"{c['ratio']:.3g} [{c['ci95'][0]:.3g}, {c['ci95'][1]:.3g}]",
              f"{c['p_value']:.2g}", f"{c['p_holm']:.2g}", f"{c['below']}/{c['ties']}/{c['above']}",
              c["never_reached"], c["verdict"]] for c in claims]
-    return ["## K-FAC against Adam, paired over the reported seeds (Holm over every row)", "",
-            "Ratio: K-FAC's over Adam's, the geometric mean over seeds with its 95% t-interval (of the mean "
+    return ["## K-FAC and Gauss-Newton against Adam, paired over the reported seeds (Holm over every row)", "",
+            "Ratio: the arm's over Adam's, the geometric mean over seeds with its 95% t-interval (of the mean "
             "log-ratio); p: paired t-test of the mean log-ratio against the row's reference (1, or the goal); "
-            "seeds below/tied/above the reference. A seed where K-FAC never reached the level counts the "
+            "seeds below/tied/above the reference. A seed where the arm never reached the level counts the "
             "budget's steps (a lower bound). Wall-clock is steps × the median per-step cost of this run's "
             "interleaved timing, so its interval leaves out the timing's own spread (the quartiles above).", "",
-            table(["problem", "claim", "ratio [95%]", "p", "p Holm", "below/tie/above", "never", "verdict"], rows),
+            table(["problem", "arm", "claim", "ratio [95%]", "p", "p Holm", "below/tie/above", "never", "verdict"], rows),
             ""]
 
 
@@ -338,7 +356,7 @@ def _draw_curves(ax, res: dict, name: str):
 
 
 def _draw_ratios(ax, claims: list[dict], name: str):
-    shown = [c for c in claims if c["problem"] == name and not c["claim"].startswith("goal")]
+    shown = [c for c in claims if c["problem"] == name and c["arm"] == "kfac" and not c["claim"].startswith("goal")]
     for i, c in enumerate(shown):
         ax.scatter(np.full(len(c["per_seed"]), i) + np.linspace(-0.15, 0.15, len(c["per_seed"])), c["per_seed"],
                    s=12, color="0.4", zorder=3)

@@ -239,16 +239,21 @@ def test_second_order(tmp_path):
     r = _run("second_order", tmp_path)
     assert not set(r["selection_seeds"]) & set(r["seeds"])  # tuned on seeds that are not reported
     res = r["problems"]["digits"]
-    assert set(res["arms"]) == {"momentum", "adam", "kfac"} and set(res["tuning"]["kfac"]["setting"]) == {
-        "lr", "damping"}
+    assert set(res["arms"]) == {"sgd", "momentum", "adam", "kfac", "gauss_newton"}
+    assert set(res["tuning"]["kfac"]["setting"]) == set(res["tuning"]["gauss_newton"]["setting"]) == {"lr", "damping"}
     for arm, run in res["runs"].items():
         assert np.asarray(run["test_loss"]).shape == (len(r["seeds"]), res["epochs"])
         assert np.isfinite(run["val_loss"]).all() and np.isfinite(run["test_loss"]).all()
         assert res["step_cost"]["seconds"][arm] > 0
     adam = res["arms"]["adam"]  # Adam reaches its own best validation loss where it chose it
     assert adam["steps_to_adam_val"] == adam["val_chosen_step"]
-    claims = {c["claim"]: c for c in r["claims"]}
-    assert len(claims) == 7 and all(c["p_value"] <= c["p_holm"] <= 1 for c in claims.values())
+    assert len(r["claims"]) == 7 + 5 and all(c["p_value"] <= c["p_holm"] <= 1 for c in r["claims"])
+    gn = {c["claim"]: c for c in r["claims"] if c["arm"] == "gauss_newton"}
+    assert not any(name.startswith("goal") for name in gn)  # the goals are K-FAC's
+    gn_wall = gn["wall-clock to Adam's best validation loss"]["ratio"]
+    gn_steps = gn["steps to Adam's best validation loss"]["ratio"]
+    assert gn_wall == pytest.approx(gn_steps * res["step_cost"]["ratio_to_adam"]["gauss_newton"])
+    claims = {c["claim"]: c for c in r["claims"] if c["arm"] == "kfac"}
     steps = claims["steps to Adam's best validation loss"]
     assert claims["goal: steps <= 0.5x Adam's"]["ratio"] == pytest.approx(steps["ratio"])
     wall = claims["wall-clock to Adam's best validation loss"]["ratio"]
