@@ -89,3 +89,36 @@ def test_cross_entropies_equal_the_slide_formulas_at_ordinary_values(x64):
     p = jnp.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
     H = -(np.asarray(p) * np.log(np.asarray(jax.nn.softmax(logits)))).sum(1)
     np.testing.assert_allclose(fnn.get_loss("softmax_cross_entropy").value(logits, p), H, rtol=1e-14)
+
+
+def _accurate_ce_hessian(z):
+    # diag(p) − p pᵀ entry by entry, each to relative precision: H_ii = p_i Σ_{j≠i} p_j (not p_i − p_i²).
+    p = jax.nn.softmax(z, axis=-1)
+    eye = jnp.eye(z.shape[-1], dtype=bool)
+    others = jnp.sum(jnp.where(eye, 0.0, p[..., None, :]), axis=-1)
+    return jnp.where(eye, (p * others)[..., None, :], -p[..., :, None] * p[..., None, :])
+
+
+def test_softmax_cross_entropy_hessian_factor_has_c_minus_1_columns(x64):
+    loss = fnn.get_loss("softmax_cross_entropy")
+    key = jax.random.key(3)
+    ordinary = 3 * jax.random.normal(key, (8, 10), jnp.float64)
+    # One p ≈ 1 (and p ≈ 1e-18), p ≈ 1e-30 against O(1), a tie, logits ±1000, p ≈ 1 in the last class.
+    extreme = jnp.array([[40.0, 0.0, 0.0, 0.0, 0.0], [0.0, -69.08, 3.0, 1.0, -2.0], [0.0] * 5,
+                         [1000.0, -1000.0, 0.0, 5.0, 2.0], [-1000.0] * 4 + [1000.0], [0.0] * 4 + [69.08]])
+    for z in (ordinary, extreme):
+        for v in (jnp.arange(z.shape[0]) % z.shape[1], 2 * jax.random.uniform(key, z.shape, jnp.float64)):
+            s = loss.hessian_factor(z, v)
+            assert s.shape == (*z.shape, z.shape[1] - 1) and bool(jnp.all(jnp.isfinite(s)))
+            h = s @ jnp.swapaxes(s, -1, -2)
+            expected = jax.vmap(jax.hessian(loss.value))(z, v)
+            np.testing.assert_allclose(h, expected, rtol=1e-12, atol=1e-15)
+            # Entry by entry to relative precision, down to the 1e-60 products of tiny probabilities.
+            scale = (jnp.sum(v, -1) if v.ndim == 2 else 1.0) * jnp.ones(z.shape[0])
+            np.testing.assert_allclose(h, scale[:, None, None] * _accurate_ce_hessian(z), rtol=1e-14, atol=0)
+    # Two classes: one column, √(p₀p₁) (1, −1) up to sign; one class: H = 0 and no columns.
+    s = loss.hessian_factor(jnp.array([[0.3, -1.2]]), jnp.array([0]))
+    p = jax.nn.softmax(jnp.array([0.3, -1.2]))
+    np.testing.assert_allclose(jnp.abs(s[0, :, 0]), jnp.sqrt(p[0] * p[1]) * jnp.ones(2), rtol=1e-14)
+    assert s[0, 0, 0] * s[0, 1, 0] < 0
+    assert loss.hessian_factor(jnp.array([[2.0], [-5.0]]), jnp.array([0, 0])).shape == (2, 1, 0)

@@ -201,10 +201,21 @@ def _ce_scale(z, v):
 
 
 def _ce_factor(z, v):
-    # H = s (diag(p) − p pᵀ) = S Sᵀ with S = √s (diag(√p) − p √pᵀ), since Σ_c p_c = 1.
-    p = jax.nn.softmax(z, axis=-1)
-    root = jnp.sqrt(p)
-    factor = root[..., :, None] * _eye(z) - p[..., :, None] * root[..., None, :]
+    # H = s (diag(p) − p pᵀ) = s D (I − u uᵀ) D with u = √p = D 1 (‖u‖ = 1), D = diag(u): I − u uᵀ
+    # projects onto u⊥ (rank C − 1). The Householder reflector P = I − w wᵀ/(1 + u_m), w = u + e_m,
+    # sends e_m to −u, so its other C − 1 columns are an orthonormal basis of u⊥ and
+    # S = √s D P[:, c ≠ m] is (..., C, C − 1): S_ic = √s u_i (δ_ic − w_i u_c / (1 + u_m)). The pivot
+    # m = argmax p keeps every entry free of cancellation (p_i / (1 + u_m) ≤ ½ for i ≠ m).
+    u = jnp.sqrt(jax.nn.softmax(z, axis=-1))
+    classes, batch = z.shape[-1], z.shape[:-1]
+    m = jnp.argmax(u, axis=-1)[..., None]  # (..., 1)
+    kept = jnp.broadcast_to(jnp.arange(classes - 1), (*batch, classes - 1))
+    kept = kept + (kept >= m).astype(kept.dtype)  # (..., C − 1): every class but m, in order
+    w = u + (jnp.broadcast_to(jnp.arange(classes), z.shape) == m).astype(u.dtype)
+    u_c = jnp.take_along_axis(u, kept, axis=-1)[..., None, :]
+    delta = (jnp.broadcast_to(jnp.arange(classes)[:, None], (*batch, classes, 1)) == kept[..., None, :]).astype(u.dtype)
+    u_m = jnp.take_along_axis(u, m, axis=-1)[..., None]  # (..., 1, 1)
+    factor = u[..., :, None] * (delta - w[..., :, None] * u_c / (1 + u_m))
     return jnp.sqrt(_ce_scale(z, v))[..., None, None] * factor
 
 
