@@ -222,3 +222,25 @@ def test_hessian_needs_second_derivatives_and_the_ggn_does_not():
         fnn.top_eigenpairs(net, "mse", params, x, v, jax.random.key(0), k=1)
     assert np.isfinite(fnn.hutchinson_trace(net, "mse", params, x, v, jax.random.key(0), num_samples=2,
                                             curvature="ggn"))
+
+
+def test_partial_reorthogonalisation_keeps_the_basis_semi_orthogonal_and_the_top_eigenvalues(x64):
+    # A spectrum with well-separated large eigenvalues (they converge first and make plain
+    # Lanczos lose orthogonality) above a cluster: partial reorthogonalisation must keep
+    # |QᵀQ − I| ≤ √ε and give the top 20 as full reorthogonalisation does.
+    rng = np.random.default_rng(0)
+    n, m = 300, 120
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    lam = np.concatenate([np.linspace(100, 10, 10), np.linspace(5, 4.5, 20), rng.normal(size=n - 30)])
+    a = jnp.asarray((q * lam) @ q.T)
+    v0 = jnp.asarray(rng.normal(size=n))
+    top = {}
+    for mode in ("full", "partial"):
+        res = fnn.lanczos(lambda u: a @ u, v0, m, reorthogonalise=mode)
+        gram = np.asarray(res.basis @ res.basis.T)
+        assert np.abs(gram - np.eye(m)).max() <= np.sqrt(np.finfo(np.float64).eps)
+        top[mode] = np.sort(np.linalg.eigvalsh(np.asarray(fnn.spectrum.tridiagonal(res.alpha, res.beta))))[::-1][:20]
+    np.testing.assert_allclose(top["partial"], np.sort(lam)[::-1][:20], rtol=1e-10)
+    np.testing.assert_allclose(top["partial"], top["full"], rtol=1e-10)
+    with pytest.raises(ValueError, match="reorthogonalise must be one of"):
+        fnn.lanczos(lambda u: a @ u, v0, m, reorthogonalise="none")
