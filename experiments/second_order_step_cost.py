@@ -16,7 +16,11 @@ learning rate or momentum, and the same T. In every round each arm runs twice, o
 BLAS library's default threads and once limited to one (``threadpoolctl``): the factorizations of a
 refresh (Cholesky, ``eigh``) are LAPACK calls (OpenBLAS) inside XLA's program, and OpenBLAS's own
 threads compete with XLA's on a shared CPU. A second copy of the Adam step gives the run's
-resolution (full mode). The FLOP count of each part of a K-FAC step is written beside the times.
+resolution (full mode). The FLOP count of each part of a K-FAC step is written beside the times;
+fnn multiplies the gradient block by the factors from its low-rank form ``ȳᵀδ`` where that costs fewer
+FLOPs (:mod:`fnn.training.kronecker`), so its preconditioning is the "as fnn takes it" rows.
+``--mnist-kfac`` runs only the MNIST size and the arms Adam (twice), K-FAC with one sampled target
+(π and exact damping) and kfac-jax's fisher-1 π step (a run of minutes instead of most of an hour).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import optax
 from threadpoolctl import threadpool_limits
 
 import fnn
+from fnn.training.kronecker import flops as sandwich_flops, order
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import figure, main, table  # noqa: E402
@@ -44,6 +49,10 @@ LOSS = "softmax_cross_entropy"
 T = 10  # inverse_update_period of every K-FAC arm
 LR, DAMPING = 1e-3, 0.1  # small steps keep the carried params finite over many timed steps
 BLAS = {"default": None, "1 thread": 1}  # OpenBLAS threads (threadpoolctl), each round under both
+MNIST_KFAC_ARMS = ("adam", "adam (2nd copy)", "kfac MC-1 pi", "kfac MC-1 exact", "kfac-jax fisher-1 pi")
+MNIST_KFAC = "--mnist-kfac" in sys.argv  # the flag is this script's own, taken out before common.main
+if MNIST_KFAC:
+    sys.argv.remove("--mnist-kfac")
 
 
 def _fnn_arms(quick: bool) -> dict:
@@ -58,7 +67,8 @@ def _fnn_arms(quick: bool) -> dict:
             "gauss_newton (10 CG)": fnn.get_optimizer("gauss_newton", 1.0, cg_iterations=10, cg_tol=1e-30)}
     if quick:
         return {"adam": arms["adam"], "kfac MC-1 pi": arms["kfac MC-1 pi"]}
-    return {"adam": arms["adam"], "adam (2nd copy)": fnn.get_optimizer("adam", LR), **arms}
+    arms = {"adam": arms["adam"], "adam (2nd copy)": fnn.get_optimizer("adam", LR), **arms}
+    return {k: a for k, a in arms.items() if k in MNIST_KFAC_ARMS} if MNIST_KFAC else arms
 
 
 def _fnn_step(net, opt, params, x, v, key):
@@ -129,6 +139,8 @@ def _arms(sizes, batch: int, quick: bool) -> dict:
         return arms
     _kfac_jax_shim(kfac_jax)
     for name, mode in (("kfac-jax fisher-1 pi", "fisher_gradients"), ("kfac-jax GGN exact pi", "ggn_exact")):
+        if MNIST_KFAC and name not in MNIST_KFAC_ARMS:
+            continue
         arms[name] = _kfac_jax_step(kfac_jax, net, mode, params, x, v, key)
     return arms
 
@@ -146,6 +158,11 @@ def _flops(sizes, batch: int) -> dict:
              "G from C columns (KFLR)": 2 * batch * sizes[-1] * sum(o * o for _, o in pairs),
              "precondition, pi: A⁻¹ Ḡ G⁻¹": sum(2 * (i + 1) * o * (i + 1 + o) for i, o in pairs),
              "precondition, exact: 4 rotations": sum(4 * (i + 1) * o * (i + 1 + o) for i, o in pairs),
+             "precondition, pi, as fnn takes it (ȳᵀδ where cheaper)": sum(
+                 sandwich_flops(order(i + 1, o, batch), i + 1, o, batch) for i, o in pairs),
+             "precondition, exact, as fnn takes it (rotation in from ȳᵀδ where cheaper)": sum(
+                 sandwich_flops(order(i + 1, o, batch), i + 1, o, batch) + 2 * (i + 1) * o * (i + 1 + o)
+                 for i, o in pairs),
              "pi inverses (Cholesky, L⁻¹, L⁻ᵀL⁻¹) / T": 10 / 3 * cube / T,
              "eigh (about 9n³) / T": 9 * cube / T}
     return {k: v / 1e9 for k, v in parts.items()}
@@ -195,14 +212,18 @@ def _version(package: str) -> str | None:
 
 def run(quick: bool) -> dict:
     sizes = [((64, 64, 10), 64)] if quick else [((64, 64, 10), 64), ((784, 1024, 1024, 10), 256)]
+    sizes = sizes[1:] if MNIST_KFAC and not quick else sizes
     rounds, reps = (2, T) if quick else (3, T)  # 3 rounds: a round at the MNIST size is minutes on a loaded CPU
-    return {"inverse_update_period": T, "learning_rate": LR, "damping": DAMPING,
+    return {"inverse_update_period": T, "learning_rate": LR, "damping": DAMPING, "mnist_kfac_only": MNIST_KFAC,
             "jax": jax.__version__, "cpu_threads": os.cpu_count(), "kfac_jax": _version("kfac-jax"),
             "step_cost": [_step_costs(s, b, rounds, reps, quick) for s, b in sizes]}
 
 
 def report(results: dict):
     lines = [__doc__.strip().splitlines()[0], ""]
+    if results.get("mnist_kfac_only"):
+        lines += ["This run (`--mnist-kfac`): the MNIST size and the arms Adam, K-FAC MC-1 and kfac-jax fisher-1 only.",
+                  ""]
     for cost in results["step_cost"]:
         one = cost["one_blas_thread"]
         lines += [f"## {'-'.join(map(str, cost['sizes']))}, B = {cost['batch']} "

@@ -1,6 +1,7 @@
 """K-FAC, EKFAC, the diagonal-GGN preconditioner, Gauss-Newton by CG and Newton against their dense
 definitions (jax.jacfwd / jax.hessian, float64), and the same numbers under jit, vmap and the mesh."""
 
+import functools
 import json
 
 import jax
@@ -490,3 +491,139 @@ def test_gauss_newton_default_damping_floor_prevents_the_minibatch_stall(x64):
     assert old[2] < 0.25 and old[1] > old[0], old  # λ fell 4x or more and the risk rose
     assert new[2] >= 1.0 and new[1] < 0.67 * new[0], new
     assert new[1] <= 1.05 * fixed[1], (new, fixed)
+
+
+# The gradient's low-rank form (fnn.training.kronecker): K-FAC's products with the gradient block from
+# ȳᵀδ where that is cheaper, only for the gradient it is the form of. Wide layers and a small batch, so
+# the first two layers take the low-rank order and the last (16→3) the dense one.
+WIDE, LOW_RANK_LAYERS = (12, 16, 16, 3), 2
+KFAC_MODES = [dict(damping_mode="pi"), dict(damping_mode="exact"), dict(ekfac=True)]
+
+
+def _dense_only(factors):
+    """The factors without their low-rank gradient: the dense path."""
+    return [{k: a for k, a in f.items() if k != "gradient"} for f in factors]
+
+
+def _wide_step(acts, loss_name, settings, mc_samples=0, **pass_settings):
+    net, loss, params, x, v = _setup(acts, loss_name, batch=3, sizes=WIDE)
+    opt = fnn.kfac(1.0, 0.1, curvature_ema=0.0, mc_samples=mc_samples, **settings)
+    key = jax.random.key(5) if mc_samples else None
+    _, grads, extra = fnn.curvature_pass(opt, net, loss, params, x, v, key=key, **pass_settings)
+    return opt, params, grads, extra["factors"]
+
+
+def test_the_low_rank_order_is_picked_by_flops():
+    from fnn.training.kronecker import flops, order
+    assert order(785, 1024, 256) == "both" and order(1025, 1024, 256) == "both"  # MNIST's hidden layers
+    assert order(1025, 10, 256) == "dense" and order(1025, 1024, 4096) == "dense"
+    ratio = flops("dense", 1025, 1024, 256) / flops("both", 1025, 1024, 256)
+    assert 2.6 < ratio < 2.8
+    assert [order(n, 16, 3) for n in (13, 17)] == ["both", "both"] and order(17, 3, 3) == "dense"  # WIDE
+
+
+LOW_RANK_CASES = [(CASES[0], 0, 0), (CASES[0], 2, 1), (CASES[1], 1, 1), (CASES[1], 0, 1), (CASES[2], 2, 0),
+                  (CASES[2], 0, 1), (CASES[3], 1, 0), (CASES[3], 0, 0)]  # (case, mode, mc_samples): each meets each
+
+
+@pytest.mark.parametrize("case,mode,mc_samples", LOW_RANK_CASES)
+def test_low_rank_step_equals_the_dense_step(case, mode, mc_samples, x64):
+    """Every activation and loss, π and exact damping, EKFAC, KFLR and MC factors, with example weights:
+    the jitted step from ȳᵀδ equals the dense one to float64 round-off; and the low-rank products are the
+    ones taken (errors doubled with the gradient's W, b kept double the low-rank layers' steps)."""
+    weights = jnp.asarray([0.5, 2.0, 1.0])
+    opt, params, grads, factors = _wide_step(*case, KFAC_MODES[mode], mc_samples, weights=weights)
+    assert all("gradient" in f for f in factors)
+    update = jax.jit(opt.update)
+    state = opt.init(params)
+    low, _ = update(grads, state, params, factors=factors)
+    dense, _ = update(grads, state, params, factors=_dense_only(factors))
+    assert_rel_close(low, dense, 1e-12)
+    doubled = [dict(f, gradient=dict(f["gradient"], errors=2 * f["gradient"]["errors"])) for f in factors]
+    twice, _ = update(grads, state, params, factors=doubled)
+    assert_rel_close(twice[:LOW_RANK_LAYERS], jax.tree.map(lambda a: 2 * a, dense[:LOW_RANK_LAYERS]), 1e-12)
+    assert_rel_close(twice[LOW_RANK_LAYERS:], dense[LOW_RANK_LAYERS:], 1e-12)
+
+
+def _changed(grads, params, how):
+    if how == "decay":
+        return jax.tree.map(lambda g, p: g + 1e-3 * p, grads, params)
+    if how == "noise":  # as DP noise or any user change between curvature_pass and update
+        return jax.tree.map(lambda g: g + 1e-6 * jnp.cos(jnp.arange(g.size).reshape(g.shape)), grads)
+    return jax.tree.map(lambda g: g * 0.5, grads)  # as clipping would scale it
+
+
+@pytest.mark.parametrize("how,settings", list(zip(["decay", "noise", "scaled"], KFAC_MODES)))
+def test_low_rank_form_is_not_used_for_another_gradient(settings, how, x64):
+    """grads changed after the pass (weight decay, noise, clipping): the step is the dense step of the
+    changed grads, not the low-rank step of the pass's own gradient (which differs)."""
+    opt, params, grads, factors = _wide_step(("tanh", "relu"), "softmax_cross_entropy", settings)
+    update, state = jax.jit(opt.update), opt.init(params)
+    other = _changed(grads, params, how)
+    got, _ = update(other, state, params, factors=factors)
+    assert_rel_close(got, update(other, state, params, factors=_dense_only(factors))[0], 1e-12)
+    own = update(grads, state, params, factors=factors)[0]
+    assert ravel_pytree(jax.tree.map(lambda a, b: a - b, got, own))[0].std() > 1e-9
+
+
+@pytest.mark.parametrize("settings", KFAC_MODES[:2])
+def test_weight_decay_l2_reg_and_a_decay_chain_precondition_their_own_gradient(settings, x64):
+    """l2 in the pass (no low-rank form then, or a traced l2 that the check refuses), kfac's l2_reg, and
+    optax.chain(add_decayed_weights, kfac): each equals its dense step."""
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy", batch=3, sizes=WIDE)
+    opt = fnn.kfac(1.0, 0.1, curvature_ema=0.0, **settings)
+    state = opt.init(params)
+    _, grads, extra = fnn.curvature_pass(opt, net, loss, params, x, v, l2=1e-3)
+    assert not any("gradient" in f for f in extra["factors"])
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def traced_l2(l2, dense):
+        _, g, e = fnn.curvature_pass(opt, net, loss, params, x, v, l2=l2)
+        return opt.update(g, state, params, factors=_dense_only(e["factors"]) if dense else e["factors"])[0]
+    for l2 in (0.0, 1e-3):
+        assert_rel_close(traced_l2(jnp.asarray(l2), False), traced_l2(jnp.asarray(l2), True), 1e-12)
+    _, grads, extra = fnn.curvature_pass(opt, net, loss, params, x, v)
+    decayed = fnn.kfac(1.0, 0.1, curvature_ema=0.0, l2_reg=1e-3, **settings)
+    chain = optax.chain(optax.add_decayed_weights(1e-3), opt)
+    for o in (decayed, chain):
+        low = o.update(grads, o.init(params), params, factors=extra["factors"])[0]
+        assert_rel_close(low, o.update(grads, o.init(params), params, factors=_dense_only(extra["factors"]))[0], 1e-12)
+    assert_rel_close(chain.update(grads, chain.init(params), params, factors=extra["factors"])[0],
+                     opt.update(_changed(grads, params, "decay"), state, params, factors=extra["factors"])[0], 1e-12)
+
+
+def _conds(jaxpr) -> int:
+    """The number of cond equations in ``jaxpr``, nested jaxprs included."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "cond"
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                sub = getattr(sub, "jaxpr", sub)
+                if isinstance(sub, Jaxpr):
+                    count += _conds(sub)
+    return count
+
+
+def test_low_rank_stays_a_cond_under_vmap_and_each_run_steps_on_its_own_gradient(x64):
+    """Two runs vmapped with the shared step: the low-rank choice stays a cond (one per low-rank layer,
+    beside the refresh's), and each run's step is its own dense step, whether both gradients are their
+    pass's own (low-rank for both) or one was changed (dense for both)."""
+    from fnn.training.kronecker import all_runs
+    net, loss, params, x, v = _setup(("tanh", "relu"), "softmax_cross_entropy", batch=3, sizes=WIDE)
+    opt = fnn.kfac(1.0, 0.1, curvature_ema=0.0, damping_mode="pi")
+    state = opt.init(params)
+    passes = [fnn.curvature_pass(opt, net, loss, params, xb, v)[1:] for xb in (x, 1.5 * x[::-1])]
+    lanes = jax.tree.map(lambda a, b: jnp.stack([a, b]), *[(g, e["factors"]) for g, e in passes])
+
+    def run(g, f):
+        return with_shared_step(opt, jnp.int32(0)).update(g, state, params, factors=f)[0]
+    assert _conds(jax.make_jaxpr(jax.vmap(run))(*lanes).jaxpr) == 1 + LOW_RANK_LAYERS
+    for changed in (False, True):
+        g = jax.tree.map(lambda a: a.at[1].multiply(1.0 + 1e-3 * changed), lanes[0])
+        got = jax.jit(jax.vmap(run))(g, lanes[1])
+        for i in range(2):
+            one = jax.tree.map(lambda a: a[i], (g, lanes[1]))
+            assert_rel_close(jax.tree.map(lambda a: a[i], got), jax.jit(run)(one[0], _dense_only(one[1])), 1e-12)
+    nested = jax.vmap(jax.vmap(all_runs))
+    assert bool(jnp.all(nested(jnp.ones((2, 3), bool)))) and not bool(jnp.any(nested(jnp.eye(2, 3, dtype=bool))))

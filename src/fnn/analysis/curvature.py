@@ -18,7 +18,14 @@ function carries a :class:`Curvature` (``opt.update.curvature``) that says which
   gradients scaled by ``1/√M`` (KFAC, Monte Carlo). So ``A_l ⊗ G_l`` approximates the
   block of the GGN of the *mean* risk (weight decay not included), whatever the batch size.
   With ``eigen_stats`` (EKFAC) each entry also holds ``"inputs"`` ``ȳ`` ``(B, d_{l−1}+1)``
-  and ``"deltas"`` ``√ŵ_b δz^{(s)}`` ``(S, B, d_l)``.
+  and ``"deltas"`` ``√ŵ_b δz^{(s)}`` ``(S, B, d_l)``. Unless ``l2`` is a nonzero number, each
+  entry also holds ``"gradient"``: the layer's gradient in its low-rank form, ``{"inputs": ȳ
+  (B, d_{l−1}+1), "errors": δz_l (B, d_l), "W", "b"}`` with ``δz_l`` the backpropagated errors
+  of the risk (``ŵ_b`` included), so ``ȳᵀ δz_l = [∂W; ∂bᵀ]``, and ``"W"``, ``"b"`` that
+  product as the backward pass returned it (weight decay not included). :func:`fnn.kfac`
+  preconditions ``ȳ`` and ``δz_l`` in place of the dense block where that is cheaper, and only
+  when the ``grads`` it is given equal ``"W"`` and ``"b"`` exactly
+  (:mod:`fnn.training.kronecker`).
 - ``"ggn_diagonal"`` → ``ggn_diag=``: the diagonal of that GGN, shaped like ``params``.
 - ``"ggn_vp"`` → ``ggn_vp=`` (``u ↦ (G + λ_{l2} P_W) u`` by the hand-written R-operator),
   ``value=`` ``R(θ)`` and ``value_fn=`` (``θ' ↦ R(θ')`` on the same batch and dropout masks),
@@ -36,7 +43,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from fnn.core.backprop import Objective, backward
+from fnn.core.backprop import Objective, backward, backward_step
 from fnn.core.losses import Loss, risk_grad
 from fnn.core.network import MLP, Params
 from fnn.analysis.columns import column_deltas
@@ -114,20 +121,34 @@ def _columns(net: MLP, loss: Loss, params, out, v, cache, mc_samples: int, key) 
     return column_deltas(net, params, cache, douts)
 
 
-def kronecker_factors(net: MLP, params, cache, columns: list[Array], w: Array, eigen_stats: bool) -> list[dict]:
+def kronecker_factors(net: MLP, params, cache, columns: list[Array], w: Array, eigen_stats: bool,
+                      gradient: tuple[Params, list[Array]] | None = None) -> list[dict]:
     """Per layer ``{"A", "G"}`` (and EKFAC's ``"inputs"``, ``"deltas"``) from the forward
     cache, the backpropagated columns ``(B, S, d_l)`` and the normalised weights ``ŵ`` ``(B,)``:
-    one GEMM each, ``G`` over the ``B·S`` rows ``√ŵ_b δz^{(s)}_b`` (a reshape, no transpose)."""
+    one GEMM each, ``G`` over the ``B·S`` rows ``√ŵ_b δz^{(s)}_b`` (a reshape, no transpose).
+    ``gradient``: ``(grads, errors)`` of :func:`_backward_with_errors`, kept as ``"gradient"``."""
     out = []
-    for y, d in zip(cache.inputs, columns):
+    for l, (y, d) in enumerate(zip(cache.inputs, columns)):
         ybar = jnp.concatenate([y, jnp.ones((y.shape[0], 1), y.dtype)], axis=1)
         scaled = d * jnp.sqrt(w)[:, None, None]
         rows = jnp.reshape(scaled, (-1, d.shape[-1]))
         entry = {"A": (ybar * w[:, None]).T @ ybar, "G": rows.T @ rows}
         if eigen_stats:
             entry["inputs"], entry["deltas"] = ybar, jnp.swapaxes(scaled, 0, 1)
+        if gradient is not None:
+            entry["gradient"] = {"inputs": ybar, "errors": gradient[1][l], **gradient[0][l]}
         out.append(entry)
     return out
+
+
+def _backward_with_errors(net: MLP, params, cache, dout: Array) -> tuple[Params, list[Array]]:
+    """:func:`fnn.core.backprop.backward`'s gradients, and each layer's errors ``δz_l``
+    ``(B, d_l)``, with ``ȳ_{l−1}ᵀ δz_l = [∂W_l; ∂b_lᵀ]`` (the same pass; nothing recomputed)."""
+    grads, errors, delta_y = [None] * net.num_layers, [None] * net.num_layers, dout
+    for l in reversed(range(net.num_layers)):
+        step = backward_step(net, params, cache, l, delta_y, input_grad=l > 0)
+        grads[l], errors[l], delta_y = step.grads, step.delta_z, step.delta_in
+    return grads, errors
 
 
 def _ggn_diag(cache, columns: list[Array], w: Array) -> Params:
@@ -180,8 +201,8 @@ def value_grad_curvature(objective: Objective, curvature: Curvature, params: Par
     """
     net, loss = objective.net, objective.loss
     value, out, cache = objective.evaluate(params, x, v, weights, key)
-    grads = _with_l2(backward(net, params, cache, risk_grad(loss, out, v, weights)), params, objective.l2)
-    w = _normalised(weights, out)
+    raw, errors = _backward_with_errors(net, params, cache, risk_grad(loss, out, v, weights))
+    grads, w = _with_l2(raw, params, objective.l2), _normalised(weights, out)
     if curvature.kind in ("kronecker", "ggn_diagonal"):
         mc_key = None
         if curvature.needs_key:
@@ -189,7 +210,10 @@ def value_grad_curvature(objective: Objective, curvature: Curvature, params: Par
             mc_key = jax.random.fold_in(key, 1)
         cols = _columns(net, loss, params, out, v, cache, curvature.mc_samples, mc_key)
         if curvature.kind == "kronecker":
-            return value, grads, {"factors": kronecker_factors(net, params, cache, cols, w, curvature.eigen_stats)}
+            # With weight decay the gradient is not ȳᵀδz: no low-rank form (a traced l2 is checked by kfac).
+            low_rank = None if not isinstance(objective.l2, jax.Array) and objective.l2 else (raw, errors)
+            return value, grads, {"factors": kronecker_factors(net, params, cache, cols, w, curvature.eigen_stats,
+                                                               low_rank)}
         return value, grads, {"ggn_diag": _ggn_diag(cache, cols, w)}
     if curvature.kind == "ggn_vp":
         value_fn = lambda p: objective.evaluate(p, x, v, weights, key)[0]  # noqa: E731

@@ -23,7 +23,9 @@ select that runs both branches, the eigendecompositions every step; so ``update`
 ``step=``, the step count every run shares, unbatched (:func:`with_shared_step`), and
 :func:`fnn.sweep` passes it: the refresh stays conditional and runs every ``T`` steps. Each
 layer's weights and bias form one block ``[W; bᵀ]`` ``(d_{l−1}+1, d_l)`` with ``vec`` row-major,
-so its curvature is ``A ⊗ G``.
+so its curvature is ``A ⊗ G``. ``update`` multiplies the gradient by the factors from its low-rank
+form ``ȳᵀδ`` (in the factors) where cheaper, only when ``grads`` is exactly that product
+(:mod:`fnn.training.kronecker` says why this is safe; π-damping at MNIST size: 2.9, not 7.2 GFLOP).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import optax
 from fnn.analysis.curvature import Curvature, attach, curvature_of
 from fnn.core.linalg import one_matrix_at_a_time
 from fnn.core.validation import check_choice, check_number, check_positive_int, keyword_hints
+from fnn.training.kronecker import sandwich
 
 Array = jax.Array
 DAMPING_MODES = ("exact", "pi")
@@ -122,10 +125,12 @@ def _ekfac_scale(f: dict, pre: dict) -> Array:
     return (y * y).T @ jnp.sum(d * d, axis=0)
 
 
-def _precondition(g: Array, pre: dict, damping, damping_mode: str, ekfac: bool) -> Array:
+def _precondition(g: dict, low_rank: dict | None, pre: dict, damping, damping_mode: str, ekfac: bool) -> Array:
+    """The preconditioned block ``(d_{l−1}+1, d_l)`` of one layer's ``g`` (``{"W", "b"}``); the
+    products with ``g`` from its low-rank form where that is cheaper (:func:`sandwich`)."""
     if damping_mode == "pi":
-        return pre["A_inv"] @ g @ pre["G_inv"]
-    rotated = pre["QA"].T @ g @ pre["QG"]
+        return sandwich(pre["A_inv"], pre["G_inv"], g, low_rank)
+    rotated = sandwich(pre["QA"].T, pre["QG"], g, low_rank)
     curvature = pre["scale"] if ekfac else pre["dA"][:, None] * pre["dG"][None, :]
     return pre["QA"] @ (rotated / (curvature + damping)) @ pre["QG"].T
 
@@ -168,19 +173,20 @@ def _new_precond(state, factors, averaged, hyper: dict, step=None) -> list:
 def _kfac_update(grads, state: KFACState, params, factors, hyper: dict, step=None):
     ekfac, mode, l2_reg = hyper["ekfac"], hyper["damping_mode"], hyper["l2_reg"]
     factors = _check_factors(factors, grads, ekfac)
-    damping = hyper["damping"] + l2_reg
+    damping, low_rank = hyper["damping"] + l2_reg, [f.get("gradient") for f in factors]
     if not isinstance(l2_reg, jax.Array) and l2_reg == 0:
         damping = hyper["damping"]
     elif params is None:
         raise ValueError("fnn.kfac with l2_reg > 0 needs params in update(grads, state, params, ...).")
     else:
         grads = jax.tree.map(lambda g, p: g + l2_reg * p, grads, params)
+        low_rank = low_rank if isinstance(l2_reg, jax.Array) else [None] * len(factors)  # traced: checked
     averaged = _averaged(state, factors, hyper["curvature_ema"])
     precond = _new_precond(state, factors, averaged, dict(hyper, damping=damping), step)
     rate = _learning_rate(hyper["learning_rate"], state.count)
     steps = []
-    for g, pre in zip(grads, precond):
-        p = _precondition(jnp.concatenate([g["W"], g["b"][None, :]], axis=0), pre, damping, mode, ekfac)
+    for g, pieces, pre in zip(grads, low_rank, precond):
+        p = _precondition(g, pieces, pre, damping, mode, ekfac)
         steps.append({"W": p[:-1], "b": p[-1]})
     if hyper["norm_constraint"] is not None:  # Ba et al. 2017: η² Pᵀg ≤ κ
         quadratic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(steps), jax.tree.leaves(grads)))
@@ -223,6 +229,12 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
     default/``use_exact_inverses``; its ``l2_reg`` only damps; fnn's ``mse`` is its squared error
     with ``weight=0.5``; its running average is normalised (``Σ ρ^{t−i}F_i / Σ ρ^{t−i}``), fnn's
     starts at the first batch. See the module docstring and the guide for the scaling conventions.
+
+    Cost: the products with the gradient block (``A⁻¹ Ḡ G⁻¹``, or ``Q_Aᵀ Ḡ Q_G``) are taken from
+    the factors' low-rank form ``Ḡ = ȳᵀδ`` ``((B, d_{l−1}+1), (B, d_l))`` where that is cheaper
+    for the layer's static shapes, and only where ``grads`` equals the pass's own ``Ḡ`` exactly
+    (checked each step, ``O(d_{l−1} d_l)``; weight decay, ``l2_reg``, a chain that changes the
+    gradient, clipping or noise get the dense product of ``grads``). The two agree to round-off.
 
     Args:
       learning_rate: ``η``, a number or an optax schedule ``count -> η``.
