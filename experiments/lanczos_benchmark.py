@@ -1,7 +1,9 @@
 """What Lanczos costs in Hessian-vector products, and how many of the top-20 Hessian
 eigenpairs it converges: the Lanczos rows of ``quantities_benchmark.py`` alone, so they can
 be rerun without the PyTorch, BackPACK, Opacus and ``vmap(grad)`` rows (which take most of
-that script's time), at 40, 60 and 80 steps.
+that script's time), at 40, 80 and 160 steps (partial reorthogonalisation, the default), and
+at 80 steps with full reorthogonalisation. An untimed run of 300 steps then counts, for every
+``m``, how many of the top 20 have converged in ``T_m``: the products a converged top-20 needs.
 
 One process per size (softmax cross-entropy, ReLU, float32): the rows are a hand-written
 Hessian-vector product (its own forward pass included) and ``fnn.top_eigenpairs`` with
@@ -23,8 +25,10 @@ import statistics
 from pathlib import Path
 
 import jax
+import numpy as np
 
 import fnn
+from fnn.analysis.spectrum import _top_eigenpairs, curvature_matvec, lanczos_segments
 from fnn.bench.harness import calibrate, time_rows
 from fnn.io.files import atomic_write, write_json
 
@@ -32,8 +36,11 @@ from common import provenance
 from quantities_benchmark import CONFIGS, TOP_K, float64_check
 
 RESULTS = Path(__file__).parent / "results"
-STEPS = (40, 60, 80)
+STEPS = (40, 80, 160)
+FULL = 80  # the steps of the row with full reorthogonalisation (as before partial was the default)
+LONG = 300  # the steps of the untimed run that finds how many steps a converged top-20 needs
 HVP = "Hessian-vector product (fnn)"
+FULL_ROW = f"Lanczos top-{TOP_K}, {FULL} steps, full reorthogonalisation"
 
 
 def _rows(sizes, batch) -> dict:
@@ -46,6 +53,8 @@ def _rows(sizes, batch) -> dict:
     for m in STEPS:
         fns[f"Lanczos top-{TOP_K}, {m} steps"] = lambda p, x, v, m=m: fnn.top_eigenpairs(
             net, loss, p, x, v, jax.random.key(3), k=TOP_K, num_iters=m)
+    fns[FULL_ROW] = lambda p, x, v: _top_eigenpairs(net, loss, "hessian", (TOP_K, FULL, False), 0, p, x, v,
+                                                    jax.random.key(3))
     rows = {}
     for name, fn in fns.items():
         def run(k, fn=fn, kept=[]):
@@ -56,6 +65,34 @@ def _rows(sizes, batch) -> dict:
         run.last = lambda kept=run.__defaults__[-1]: kept[0]
         rows[name] = run
     return rows
+
+
+def steps_to_converge(sizes, batch, steps=LONG, rel=1e-6) -> dict:
+    """From one run of ``steps`` Lanczos steps (partial reorthogonalisation, the benchmark's start
+    vector), for every ``m`` the number of the top-20 Ritz pairs of ``T_m`` with residual bound
+    ``|β_m s_{m,j}| ≤ rel |θ_j|``: how many operator products a converged top-20 needs (Krylov
+    convergence, not the implementation's overhead)."""
+    net, loss = fnn.MLP(sizes, "relu"), fnn.get_loss("softmax_cross_entropy")
+    params = fnn.init(jax.random.key(0), net, "he")
+    k1, k2 = jax.random.split(jax.random.key(1))
+    x, v = jax.random.normal(k1, (batch, sizes[0])), jax.random.randint(k2, (batch,), 0, sizes[-1])
+
+    @jax.jit
+    def run(p):
+        matvec, theta = curvature_matvec(net, loss, p, x, v)
+        start, restart = jax.random.split(jax.random.key(3))
+        return lanczos_segments(matvec, jax.random.rademacher(start, theta.shape, theta.dtype), steps, restart, True)[:2]
+
+    alpha, beta = (np.asarray(a, np.float64) for a in run(params))
+    counts = []
+    for m in range(TOP_K, steps + 1):
+        t = np.diag(alpha[:m]) + np.diag(beta[:m - 1], 1) + np.diag(beta[:m - 1], -1)
+        theta, s = np.linalg.eigh(t)
+        top = np.argsort(-theta)[:TOP_K]
+        counts.append(int(np.sum(np.abs(beta[m - 1] * s[-1, top]) <= rel * np.abs(theta[top]))))
+    first = next((m for m, c in zip(range(TOP_K, steps + 1), counts) if c == TOP_K), None)
+    return {"steps": steps, "rel": rel, "converged_by_steps": dict(zip(range(TOP_K, steps + 1), counts)),
+            "first_all_converged": first}
 
 
 def _converged(res, rel) -> int:
@@ -75,6 +112,10 @@ def bench(name: str, rounds: int) -> dict:
             "steps": m, "ms": med[row], "hvps": med[row] / med[HVP], "hvps_per_step": med[row] / med[HVP] / m,
             "converged_1e-6": _converged(res, 1e-6), "converged_1e-4": _converged(res, 1e-4),
             "eigenvalues": [float(a) for a in res.eigenvalues], "residuals": [float(a) for a in res.residuals]})
+    res = rows[FULL_ROW].last()
+    out["full"] = {"steps": FULL, "ms": med[FULL_ROW], "hvps": med[FULL_ROW] / med[HVP],
+                   "converged_1e-6": _converged(res, 1e-6), "converged_1e-4": _converged(res, 1e-4)}
+    out["krylov"] = steps_to_converge(sizes, batch)
     return out
 
 
@@ -91,6 +132,14 @@ def markdown(results: list[dict], check: dict | None = None) -> str:
                   "|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['steps']} | {r['ms']:.1f} | {r['hvps']:.1f} | {r['hvps_per_step']:.2f} | "
                   f"{r['converged_1e-6']} | {r['converged_1e-4']} |" for r in res["lanczos"]]
+        full, kry = res["full"], res["krylov"]
+        by, first = kry["converged_by_steps"], kry["first_all_converged"] or f"> {kry['steps']}"
+        lines += [f"| {full['steps']}, full reorthogonalisation | {full['ms']:.1f} | {full['hvps']:.1f} | "
+                  f"{full['hvps'] / full['steps']:.2f} | {full['converged_1e-6']} | {full['converged_1e-4']} |", "",
+                  f"Krylov convergence (one untimed run of {kry['steps']} steps, residual bound ≤ 1e-6 |θ| from "
+                  f"T_m alone): top-{TOP_K} converged after m = " + ", ".join(
+                      f"{m}: {by[m]}" for m in (20, 30, 40, 50, 80, 120, 160, 200, 250, 300) if m in by)
+                  + f"; all {TOP_K} first at m = {first}."]
         last = res["lanczos"][-1]
         lines += ["", f"Top-{TOP_K} after {last['steps']} steps: " + ", ".join(f"{a:.4g}" for a in last["eigenvalues"])
                   + "; residuals " + ", ".join(f"{a:.1e}" for a in last["residuals"]) + ".", ""]
