@@ -64,17 +64,20 @@ def _torch():
 def gflop(sizes, batch) -> dict:
     """GFLOP of one call of each computation (2 per multiply-add, GEMMs only).
 
-    fnn's GGN diagonal: the forward pass, the ``k = d_L`` factor columns per example through every
-    layer above the first (``(B·k, d_l) @ W_lᵀ``), and one ``(y²)ᵀ Σ_s δz²`` GEMM per layer.
-    BackPACK's pass does all that plus the gradient's backward (``loss.backward()`` runs it).
+    fnn's GGN diagonal: the forward pass, the ``k = d_L − 1`` factor columns per example (softmax
+    cross-entropy's Hessian has rank ``d_L − 1``) through every layer above the first
+    (``(B·k, d_l) @ W_lᵀ``), and one ``(y²)ᵀ Σ_s δz²`` GEMM per layer. BackPACK's pass does the
+    same with ``k = d_L`` columns (its ``d_L × d_L`` square-root factor), plus the gradient's
+    backward (``loss.backward()`` runs it).
     """
-    k, layers = sizes[-1], list(zip(sizes[:-1], sizes[1:]))
+    layers = list(zip(sizes[:-1], sizes[1:]))
     forward = sum(2 * batch * a * b for a, b in layers)
     backward = forward + sum(2 * batch * a * b for a, b in layers[1:])  # no ∂R/∂x for the input layer
-    columns = sum(2 * batch * k * a * b for a, b in layers[1:])
+    columns = lambda k: sum(2 * batch * k * a * b for a, b in layers[1:])
     squares = forward
-    return {"plain gradient": (forward + backward) / 1e9, "fnn GGN diagonal": (forward + columns + squares) / 1e9,
-            "BackPACK DiagGGNExact": (forward + backward + columns + squares) / 1e9}
+    return {"plain gradient": (forward + backward) / 1e9,
+            "fnn GGN diagonal": (forward + columns(sizes[-1] - 1) + squares) / 1e9,
+            "BackPACK DiagGGNExact": (forward + backward + columns(sizes[-1]) + squares) / 1e9}
 
 
 def _problem(sizes, batch):

@@ -6,8 +6,8 @@ params and optimizer state (buffers donated, as kfac-jax donates its own); arms 
 rounds of ``reps`` steps each, so load on the machine falls on every arm alike; the figure is the
 median over rounds of seconds per step. With ``reps`` a multiple of the inverse-update period T
 every round holds the same number of refresh steps, so K-FAC's eigendecompositions / inverses are
-amortised over T. Arms: K-FAC with KFLR (exact, every output column) or KFAC (one sampled target)
-factors, each with ``damping_mode="exact"`` (eigendecompositions) and ``"pi"`` (factored damping,
+amortised over T. Arms: K-FAC with KFLR (exact: the C − 1 columns of the loss-Hessian factor) or KFAC
+(one sampled target) factors, each with ``damping_mode="exact"`` (eigendecompositions) and ``"pi"`` (factored damping,
 Cholesky inverses), EKFAC, the diagonal-GGN preconditioner and Gauss-Newton by 10 CG steps; where
 kfac-jax is installed, its K-FAC on the same network with sampled-Fisher factors
 (``estimation_mode="fisher_gradients"``, comparable to fnn's one-sample KFAC) and exact GGN factors
@@ -152,10 +152,11 @@ def _flops(sizes, batch: int) -> dict:
     back = 2 * batch * sum(i * o for i, o in pairs[1:])  # δ through every layer but the first
     cube = sum((i + 1) ** 3 + o ** 3 for i, o in pairs)
     parts = {"forward + backward (the gradient)": 4 * batch * inner + back,
-             "one sampled column backward (MC-1)": back, "C exact columns backward (KFLR)": sizes[-1] * back,
+             "one sampled column backward (MC-1)": back,
+             "C − 1 exact columns backward (KFLR)": (sizes[-1] - 1) * back,
              "A = ȳᵀȳ/B": 2 * batch * sum((i + 1) ** 2 for i, _ in pairs),
              "G from one column (MC-1)": 2 * batch * sum(o * o for _, o in pairs),
-             "G from C columns (KFLR)": 2 * batch * sizes[-1] * sum(o * o for _, o in pairs),
+             "G from C − 1 columns (KFLR)": 2 * batch * (sizes[-1] - 1) * sum(o * o for _, o in pairs),
              "precondition, pi: A⁻¹ Ḡ G⁻¹": sum(2 * (i + 1) * o * (i + 1 + o) for i, o in pairs),
              "precondition, exact: 4 rotations": sum(4 * (i + 1) * o * (i + 1 + o) for i, o in pairs),
              "precondition, pi, as fnn takes it (ȳᵀδ where cheaper)": sum(

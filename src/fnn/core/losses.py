@@ -42,7 +42,9 @@ class Loss(NamedTuple):
       nonzero_targets: the loss divides by the target (``mape``), so targets
         must not be zero.
       hessian_factor: ``(y, v) -> S`` of shape ``(..., d, k)`` with ``S Sᵀ = ∂²ℓ/∂y²`` per
-        example (for :func:`fnn.ggn_diagonal` and :func:`fnn.kfac_factors`).
+        example (for :func:`fnn.ggn_diagonal` and :func:`fnn.kfac_factors`, which backpropagate
+        its ``k`` columns): ``k = d`` for mse, huber and binary cross-entropy, one zero column for
+        mae and mape, ``k = d − 1`` for softmax cross-entropy, whose Hessian has rank ``d − 1``.
       hessian_vp: ``(y, v, u) -> (∂²ℓ/∂y²) u`` per example (for :func:`fnn.hvp`, :func:`fnn.ggn_vp`).
       sample: ``(key, y) -> v̂``, a target drawn from the predictive distribution the loss is
         the negative log-likelihood of (for the Monte-Carlo GGN); ``None`` when it is not one.
