@@ -205,10 +205,12 @@ def test_value_and_grad_is_the_values_of_the_jax_transform_of_bridged_loss(xor):
 def test_fit_sweep_and_the_cli_share_one_default_optimizer(xor):
     defaults = (optim.DEFAULT_OPTIMIZER, optim.DEFAULT_LEARNING_RATE, optim.DEFAULT_MOMENTUM)
     assert defaults == ("adam", 1e-3, 0.9)
-    for table in (config.DEFAULTS, SWEEP_DEFAULTS):
-        assert (table["optimizer"], table["lr"], table["momentum"]) == defaults
+    assert (SWEEP_DEFAULTS["optimizer"], SWEEP_DEFAULTS["lr"], SWEEP_DEFAULTS["momentum"]) == defaults
+    # fnn train leaves lr and momentum to the optimizer: Adam's 1e-3, and no momentum (Adam has none).
     args = build_parser().parse_args(["train"])
-    assert (args.optimizer, args.lr, args.momentum) == defaults
+    assert (args.optimizer, args.lr, args.momentum) == (config.DEFAULTS["optimizer"], None, None) == ("adam", None, None)
+    resolved = config.resolve_optimizer({k: getattr(args, k) for k in config.DEFAULTS})
+    assert (resolved["optimizer"], resolved["lr"], resolved["momentum"]) == ("adam", 1e-3, None)
     assert fnn.get_optimizer() is fnn.get_optimizer(*defaults)
     p_default, h_default = _fit(xor)
     p_adam, h_adam = _fit(xor, optimizer=optax.adam(1e-3))

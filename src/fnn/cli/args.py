@@ -142,7 +142,9 @@ def _add_train_args(p: argparse.ArgumentParser, explicit_only: bool = False, swe
 def _add_optimization_args(add, d: dict) -> None:
     add("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS),
                    help="gd is plain gradient descent written out; the rest are optax (default: %(default)s)")
-    add("--lr", type=_positive_float, default=d["lr"], help="learning rate (default: %(default)s)")
+    add("--lr", type=_positive_float, default=d["lr"],
+        help="learning rate (default: each optimizer's own: 1 for gauss_newton and newton, 0.01 for kfac, "
+             "ekfac and ggn_diag, 0.001 for the others; config.json records the rate used)")
     add("--schedule", default=d["schedule"], choices=list(SCHEDULES),
                    help="learning-rate schedule over the run, peaking at --lr (default: %(default)s)")
     add("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], metavar="N",
@@ -151,7 +153,9 @@ def _add_optimization_args(add, d: dict) -> None:
     add("--early-stopping", type=_positive_int, default=d["early_stopping"], metavar="PATIENCE",
                    help="stop when the validation loss has not improved for PATIENCE epochs, keeping "
                         "best.npz (needs --validation)")
-    add("--momentum", type=_rate, default=d["momentum"], help="for momentum/nesterov (default: %(default)s)")
+    add("--momentum", type=_rate, default=d["momentum"],
+        help="for momentum/nesterov (default: 0.9; null in config.json for the optimizers that ignore it; "
+             "K-FAC's own is --kfac-momentum)")
     add("--batch-size", type=_positive_int, default=d["batch_size"], help="(default: %(default)s)")
     add("--epochs", type=_positive_int, default=d["epochs"], help="(default: %(default)s)")
     add("--seed", type=_seed, default=d["seed"], help="seed for data split, init, shuffling (default: %(default)s)")
@@ -191,6 +195,14 @@ def _add_second_order_args(add, d: dict) -> None:
              "(KFAC, Monte Carlo) (default: 0)")
     add("--cg-iterations", type=_positive_int, default=d["cg_iterations"], metavar="N",
         help="gauss_newton: conjugate-gradient iterations per step (default: 20)")
+    add("--damping-mode", default=d["damping_mode"], choices=["exact", "pi"],
+        help="kfac: exact damping (A ⊗ G + λI) or factored pi-damping; ekfac takes exact only (default: exact)")
+    add("--norm-constraint", type=_positive_float, default=d["norm_constraint"], metavar="KAPPA",
+        help="kfac/ekfac: scale each step by min(1, sqrt(KAPPA / (η² Pᵀg))), Ba et al.'s KL clipping "
+             "(default: off)")
+    add("--kfac-momentum", type=_rate, default=d["kfac_momentum"], metavar="MU",
+        help="kfac/ekfac: momentum of the preconditioned step, m ← μ m + P (default: 0; --momentum is "
+             "for momentum/nesterov)")
 
 
 def _listing(p: argparse.ArgumentParser):
@@ -213,10 +225,12 @@ def _listing(p: argparse.ArgumentParser):
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="CONFIG",
                    help="repeat a run: take every setting from RUN/config.json (or the run folder); flags "
-                        "given as well override it")
+                        "given as well override it (a new --optimizer drops the run's learning rate and the "
+                        "settings it does not take)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use the persistent compilation cache (also: FNN_NO_COMPILE_CACHE=1)")
-    p.add_argument("--out", default=None, help="run folder, new or empty (default: runs/DATASET-TIMESTAMP)")
+    p.add_argument("--out", default=None, help="run folder, new or empty (default: runs/DATASET-TIMESTAMP, "
+                   "with -2, -3, ... when taken)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the run in folder RUN from its checkpoint, with its configuration; only "
                         f"{', '.join(flag(k) for k in CHANGEABLE_ON_RESUME)} may be given anew")
@@ -268,7 +282,8 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     sw.add_argument("--select", default=None, metavar="METRIC",
                     help="the final metric that picks the best grid point (default: test_accuracy for "
                          "classification, else test_loss; with --validation, on the validation split)")
-    sw.add_argument("--out", default=None, help="sweep folder, new or empty (default: sweeps/DATASET-TIMESTAMP)")
+    sw.add_argument("--out", default=None,
+                    help="sweep folder, new or empty (default: sweeps/DATASET-TIMESTAMP, with -2, -3, ... when taken)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.add_argument("--no-plot", action="store_true", help="do not write curves.png")
     sw.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")

@@ -8,23 +8,26 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fnn.training.optim import DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER
+from fnn.training.optim import DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER, OPTIMIZERS, default_learning_rate
 
-# The configuration of a run, with the defaults of `fnn train`.
+# The configuration of a run, with the defaults of `fnn train`. lr and momentum None: the
+# optimizer's own (see resolve_optimizer_settings); a run's config.json records the values used.
 DEFAULTS: dict[str, Any] = dict(
     dataset="digits", hidden=[128, 128], activation="relu", loss="auto", init="he",
-    optimizer=DEFAULT_OPTIMIZER, lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM, batch_size=32, epochs=30, seed=0,
+    optimizer=DEFAULT_OPTIMIZER, lr=None, momentum=None, batch_size=32, epochs=30, seed=0,
     method="manual", l2=0.0, dropout=0.0, validation=False, data_dir="data/mnist",
     devices=1, x64=False, clip_norm=None, noise_multiplier=0.0, diagnostics=False,
     schedule="constant", warmup_epochs=None, early_stopping=None, target=None, init_scale=1.0,
     damping=None, inverse_update_period=None, curvature_ema=None, mc_samples=None, cg_iterations=None,
+    norm_constraint=None, damping_mode=None, kfac_momentum=None,
 )
 # The second-order optimizers' own settings (None: that optimizer's default; see fnn.get_optimizer).
-SECOND_ORDER_KEYS = ("damping", "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations")
+SECOND_ORDER_KEYS = ("damping", "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations",
+                     "norm_constraint", "damping_mode", "kfac_momentum")
 # What `fnn sweep` may give several values: traced in one program, or one program per value.
 SWEEP_FLAGS = ("lr", "momentum", "l2", "dropout", "init_scale", "damping", "optimizer", "batch_size", "schedule",
                "warmup_epochs", "init", "epochs", "method", "activation", "inverse_update_period",
-               "curvature_ema", "mc_samples", "cg_iterations")
+               "curvature_ema", "mc_samples", "cg_iterations", "norm_constraint", "damping_mode", "kfac_momentum")
 # Keys added after the first release: a config.json without them gets these values.
 LATER_KEYS = {"clip_norm": None, "noise_multiplier": 0.0, "diagnostics": False, "schedule": "constant",
               "warmup_epochs": None, "early_stopping": None, "target": None, "init_scale": 1.0,
@@ -52,7 +55,7 @@ CONFIG_RULES = {
     "init": (lambda v: isinstance(v, str), "an init scheme name"),
     "optimizer": (lambda v: isinstance(v, str), "an optimizer name"),
     "lr": (lambda v: _is_real(v, 0, strict=True), "a positive finite number"),
-    "momentum": (lambda v: _is_real(v, 0, 1), "a number in [0, 1)"),
+    "momentum": (lambda v: v is None or _is_real(v, 0, 1), "a number in [0, 1) or null"),
     "batch_size": (lambda v: _is_int(v, 1), "a positive integer"),
     "epochs": (lambda v: _is_int(v, 1), "a positive integer"),
     "seed": (lambda v: _is_int(v, 0) and v < 2**63, "an integer in [0, 2**63)"),
@@ -75,6 +78,9 @@ CONFIG_RULES = {
     "curvature_ema": (lambda v: v is None or _is_real(v, 0, 1), "a number in [0, 1) or null"),
     "mc_samples": (lambda v: v is None or _is_int(v, 0), "an integer >= 0 or null"),
     "cg_iterations": (lambda v: v is None or _is_int(v, 1), "a positive integer or null"),
+    "norm_constraint": (lambda v: v is None or _is_real(v, 0, strict=True), "a positive finite number or null"),
+    "damping_mode": (lambda v: v is None or v in ("exact", "pi"), "exact, pi or null"),
+    "kfac_momentum": (lambda v: v is None or _is_real(v, 0, 1), "a number in [0, 1) or null"),
     "target": (lambda v: v is None or isinstance(v, (str, int)) and not isinstance(v, bool),
                "a column name, a column index or null"),
 }
@@ -139,3 +145,48 @@ def resume_config(stored: dict, given: dict, run_dir: Path) -> dict:
 
 def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def takes(optimizer: str, key: str) -> bool:
+    """Whether ``optimizer`` (a name of :func:`fnn.get_optimizer`) uses the configuration key
+    ``key``: ``momentum`` (momentum and nesterov) or one of :data:`SECOND_ORDER_KEYS`."""
+    build = OPTIMIZERS.lookup(optimizer)
+    return getattr(build, "uses_momentum", False) if key == "momentum" else key in getattr(build, "settings", ())
+
+
+def resolve_optimizer(config: dict) -> dict:
+    """A new run's configuration with the values its optimizer uses: ``lr`` None becomes the
+    optimizer's own rate (:func:`fnn.training.optim.default_learning_rate`); ``momentum`` becomes
+    null for an optimizer that ignores it (0.9 when None for momentum and nesterov). Raises
+    ``ValueError`` for a ``momentum`` given to a second-order optimizer (K-FAC's is ``kfac_momentum``)."""
+    config, name = dict(config), config["optimizer"]
+    if config["lr"] is None:
+        config["lr"] = default_learning_rate(name)
+    if takes(name, "momentum"):
+        config["momentum"] = DEFAULT_MOMENTUM if config["momentum"] is None else config["momentum"]
+    elif config["momentum"] is not None and getattr(OPTIMIZERS.lookup(name), "settings", None) is not None:
+        own = " (its own momentum is --kfac-momentum)" if takes(name, "kfac_momentum") else ""
+        raise ValueError(f"--momentum is for the momentum and nesterov optimizers; {name} does not use it{own}: "
+                         "drop it.")
+    else:
+        config["momentum"] = None
+    return config
+
+
+def inherit(stored: dict, explicit: dict, source, warn=None) -> dict:
+    """``fnn train --config``: the stored configuration with the ``explicit`` flags on top. The stored
+    ``momentum`` and second-order settings the (new) optimizer does not use are dropped (explicit
+    ones stay, and are refused by the optimizer with one line); when ``explicit`` changes the
+    optimizer, so is the stored ``lr`` (then the new optimizer's own, unless ``--lr`` is given),
+    and ``warn`` is told in one line when that changes the rate."""
+    config = {**stored, **explicit}
+    name = config["optimizer"]
+    for key in ("momentum", *SECOND_ORDER_KEYS):
+        if key not in explicit and not takes(name, key):
+            config[key] = None
+    if name != stored["optimizer"] and "lr" not in explicit:
+        config["lr"] = default_learning_rate(name)
+        if warn is not None and config["lr"] != stored["lr"]:
+            warn(f"--optimizer {name} does not inherit {source}'s {stored['optimizer']} learning rate "
+                 f"{stored['lr']}: it trains at its own {config['lr']} (give --lr to choose).")
+    return config

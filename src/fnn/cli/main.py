@@ -24,7 +24,7 @@ import fnn.cli.process as process  # noqa: E402
 from fnn.core.gradcheck import gradcheck  # noqa: E402
 from fnn.training.parallel import make_mesh  # noqa: E402
 from fnn.io.cache import compile_cache  # noqa: E402
-from fnn.cli.config import flag  # noqa: E402
+from fnn.cli.config import flag, inherit  # noqa: E402
 from fnn.cli.records import check_data_file, read_data_record  # noqa: E402
 from fnn.cli.runs import DEFAULTS, Plan, RunFolder, build, prepare  # noqa: E402
 from fnn.cli.sweeprun import SweepPlan, best_lines, configurations, summary_markdown  # noqa: E402
@@ -161,7 +161,8 @@ def _given(args, explicit: dict) -> dict:
         stored = folder.read_config()
         if "dataset" not in explicit:
             _warn("train", check_data_file(stored, read_data_record(folder.path), folder.path, new_run=True))
-        return {**stored, **{k: explicit[k] for k in DEFAULTS if k in explicit}}
+        given = {k: explicit[k] for k in DEFAULTS if k in explicit}
+        return inherit(stored, given, folder.path, lambda warning: _warn("train", warning))
     if args.resume:
         return {k: explicit[k] for k in DEFAULTS if k in explicit}
     return {k: getattr(args, k) for k in DEFAULTS}
@@ -324,8 +325,7 @@ def evaluate(run: str, best: bool = False, split: str | None = None, allow_chang
     if split == "validation" and not config["validation"]:
         raise ValueError(f"The run in {folder} has no validation split (it ran without --validation): "
                          "use --split test or --split train.")
-    if config["x64"]:
-            jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", True) if config["x64"] else None
     data, net, loss = build(config)
     ckpt = folder.load_checkpoint(net, best=best)
     path = folder.best_path if best else folder.checkpoint_path

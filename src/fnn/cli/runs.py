@@ -31,14 +31,14 @@ from fnn.io.files import atomic_write, check_writable_folder, read_json, remove_
 from fnn.io.folders import HeldFolder
 from fnn.core.losses import Loss, get_loss
 from fnn.core.network import MLP, init
-from fnn.training.optim import get_optimizer, make_update_fn
+from fnn.training.optim import DEFAULT_MOMENTUM, get_optimizer, make_update_fn
 from fnn.training.schedules import make_schedule
 from fnn.training.parallel import make_mesh
 from fnn.data.tables import as_binary, is_data_file, load_table
 from fnn.io.plots import figure_png, plot_diagnostics, plot_history
 from fnn.training.train import EarlyStopping, TrainState, check_batch_size
 from fnn.core.validation import check_params_finite, validate
-from fnn.cli.config import DEFAULTS, LATER_KEYS, SECOND_ORDER_KEYS, check_config, resume_config
+from fnn.cli.config import DEFAULTS, LATER_KEYS, SECOND_ORDER_KEYS, check_config, resolve_optimizer, resume_config
 from fnn.cli.records import check_data_file, data_record, named_validation, not_a_run, read_data_record
 from fnn.cli.records import resolve_dataset
 from fnn.cli.records import provenance as _provenance  # (sweeprun imports it from here too)
@@ -94,11 +94,12 @@ def make_optimizer(config: dict, steps_per_epoch: int):
     """The run's optimizer: constant learning rate, or the ``schedule`` over the run's steps
     (with ``warmup_epochs``), held in the optimizer state so that the history records it."""
     settings = {k: config.get(k) for k in SECOND_ORDER_KEYS if config.get(k) is not None}
+    momentum = DEFAULT_MOMENTUM if config["momentum"] is None else config["momentum"]  # null: unused
     if config["schedule"] == "constant" and not config["warmup_epochs"]:
-        return get_optimizer(config["optimizer"], config["lr"], config["momentum"], **settings)
+        return get_optimizer(config["optimizer"], config["lr"], momentum, **settings)
     warmup = None if config["warmup_epochs"] is None else config["warmup_epochs"] * steps_per_epoch
     schedule = make_schedule(config["schedule"], config["lr"], config["epochs"] * steps_per_epoch, warmup)
-    return get_optimizer(config["optimizer"], schedule, config["momentum"], **settings)
+    return get_optimizer(config["optimizer"], schedule, momentum, **settings)
 
 
 @dataclasses.dataclass
@@ -159,9 +160,11 @@ def _prepare(given: dict, out: str | None, resume: str | None, folder: "RunFolde
             raise ValueError(f"The run in {folder.path} follows a {stored['schedule']} schedule over its "
                              f"{stored['epochs']} epochs: a resumed run cannot change --epochs (start a new run).")
     else:
-        config = {**DEFAULTS, **given, "dataset": resolve_dataset(given.get("dataset", DEFAULTS["dataset"]))}
+        config = resolve_optimizer({**DEFAULTS, **given,
+                                    "dataset": resolve_dataset(given.get("dataset", DEFAULTS["dataset"]))})
         name = Path(config["dataset"]).stem if is_data_file(config["dataset"]) else config["dataset"]
-        folder = RunFolder(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        # The default name is unique: create() takes it, or the next free -2, -3, ...
+        folder = RunFolder(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}", unique=out is None)
         folder.check_free()
     if config["early_stopping"] and not config["validation"]:
         raise ValueError("--early-stopping watches the validation loss: add --validation (stopping on the "
@@ -208,8 +211,8 @@ class RunFolder(HeldFolder):
 
     FILES = RUN_FILES
 
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, unique: bool = False):
+        super().__init__(path, unique)
         self._curves_at = time.monotonic()  # curves every CURVES_EVERY_S of training, and at the end
         self.saved_epoch: int | None = None  # the epoch of the last checkpoint.npz this process saved
 

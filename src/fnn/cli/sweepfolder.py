@@ -33,8 +33,9 @@ class SweepFolder(HeldFolder):
 
     FILES = FINAL_FILES
 
-    def __init__(self, path: str | os.PathLike, settings: dict, command: list[str] | None = None):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, settings: dict, command: list[str] | None = None,
+                 unique: bool = False):
+        super().__init__(path, unique)
         self.settings = json.loads(json.dumps(settings, default=_plain))
         self.command = command
 

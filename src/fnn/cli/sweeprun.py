@@ -22,6 +22,7 @@ import numpy as np
 
 from fnn.cli.config import DEFAULTS, SECOND_ORDER_KEYS, SWEEP_FLAGS, check_config, flag
 from fnn.io.files import atomic_write, write_json
+from fnn.training.optim import DEFAULT_MOMENTUM, default_learning_rate
 from fnn.training.parallel import make_mesh
 from fnn.io.plots import figure_png, plot_sweep
 from fnn.cli.records import data_record, resolve_dataset
@@ -65,6 +66,9 @@ def configurations(values: dict[str, list]) -> tuple[list[int], dict, dict]:
     if base.get("diagnostics"):
         raise ValueError("--diagnostics is not available in a sweep: use fnn train --diagnostics for one run.")
     base = {**DEFAULTS, **base}
+    base["momentum"] = DEFAULT_MOMENTUM if base["momentum"] is None else base["momentum"]
+    if base["lr"] is None and "optimizer" not in grid:  # else each point's optimizer's own (fnn.sweep)
+        base["lr"] = default_learning_rate(base["optimizer"])
     base["dataset"] = resolve_dataset(base["dataset"])  # the sweep folder records where its data file is
     return seeds, base, grid
 
@@ -77,6 +81,8 @@ class SweepPlan:
         activations = self.activations = grid.pop("activation", [base["activation"]])
         self.points = [{**base, **dict(zip(grid, combo))} for combo in itertools.product(*grid.values())] \
             if grid else [dict(base)]
+        for point in self.points:  # no --lr: each optimizer's own (as fnn.sweep does with lr=None)
+            point["lr"] = point["lr"] or default_learning_rate(point["optimizer"])
         for point in self.points:
             for activation in activations:
                 check_config({**point, "activation": activation}, "the sweep's flags")
@@ -98,10 +104,16 @@ class SweepPlan:
                       build({**base, "activation": activation, "seed": s}) for s in self.seeds]
             self.groups[activation] = (splits[0][1], splits[0][2], *_stack([d for d, _, _ in splits]))
         name = Path(base["dataset"]).stem if is_data_file(base["dataset"]) else base["dataset"]
-        self.folder = Path(out or f"sweeps/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        self.store = SweepFolder(self.folder, {"seeds": seeds, "base": base, "grid": grid, "select": select,
-                                               "activations": activations})
+        # The default name is unique: make() takes it, or the next free -2, -3, ...
+        self.store = SweepFolder(out or f"sweeps/{name}-{time.strftime('%Y%m%d-%H%M%S')}", {
+            "seeds": seeds, "base": base, "grid": grid, "select": select, "activations": activations},
+            unique=out is None)
         self.store.check_free()  # empty, or an unfinished sweep of these settings (continued)
+
+    @property
+    def folder(self) -> Path:
+        """The sweep folder (a default name gets its -2, -3, ... when the store makes it)."""
+        return self.store.path
 
     def _check_memory(self, net) -> None:
         weights = sum(a * b + b for a, b in zip(net.sizes[:-1], net.sizes[1:]))

@@ -7,10 +7,15 @@ starts racing for one folder cannot both pass. When the holder is done
 (:meth:`~HeldFolder.close`), a folder that holds nothing worth keeping (a run without a
 checkpoint, a sweep without one trained group) is removed again, with every folder above
 it that this process created: an interrupted start leaves nothing behind.
+
+A folder with a default name (``unique=True``, e.g. ``runs/DATASET-TIMESTAMP``) is never shared:
+:meth:`~HeldFolder.make` takes the first of ``PATH``, ``PATH-2``, ``PATH-3``, ... that it can
+create (``mkdir`` is atomic, so two starts in the same second get two folders).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -30,8 +35,9 @@ class HeldFolder:
     FILES: tuple[str, ...] = ()
     FLAG = "--out"
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, unique: bool = False):
         self.path = Path(path)
+        self.unique = unique  # a default name: make() takes the next free PATH-2, PATH-3, ... if taken
         self.writer = jax.process_index() == 0
         self.lock: FolderLock | None = None
         self._made: list[Path] = []  # the folders this process created, deepest first
@@ -55,7 +61,10 @@ class HeldFolder:
 
     def check_free(self) -> None:
         """Raises unless the folder is free for a new start: not held by another process, and
-        :meth:`check_contents` passes. Touches nothing."""
+        :meth:`check_contents` passes. Touches nothing. A ``unique`` folder is always free
+        (:meth:`make` picks a free name)."""
+        if self.unique:
+            return
         holder = lock_holder(self.path) if self.lock is None else None
         if holder:
             raise FolderBusyError(f"{self.path} is in use by {holder}: wait for it to finish, or choose "
@@ -69,8 +78,11 @@ class HeldFolder:
           FolderBusyError: another process holds it (nothing of theirs is touched).
           ValueError: another start filled it since :meth:`check_free`.
         """
-        self._made = [p for p in (self.path, *self.path.parents) if not p.exists()]
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.unique:
+            self._made = self._claim()
+        else:
+            self._made = [p for p in (self.path, *self.path.parents) if not p.exists()]
+            self.path.mkdir(parents=True, exist_ok=True)
         self.hold()
         try:
             self.check_contents()
@@ -78,6 +90,22 @@ class HeldFolder:
             self.release()  # not ours to touch
             raise
         remove_stale_temps(self.path)
+
+    def _claim(self) -> list[Path]:
+        """Creates the first of ``PATH``, ``PATH-2``, ``PATH-3``, ... that does not exist and makes it
+        :attr:`path`; returns the folders this created, deepest first."""
+        made = [p for p in self.path.parents if not p.exists()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        base = self.path
+        for n in itertools.count(1):
+            path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:  # another run's, or another start's of this second
+                continue
+            self.path, self.unique = path, False
+            return [path, *made]
+        raise AssertionError("unreachable")
 
     def hold(self) -> None:
         """Locks the existing folder for this process (process 0 only); raises :class:`FolderBusyError`."""

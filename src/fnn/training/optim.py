@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from fnn.core.backprop import Objective, get_method
-from fnn.analysis.curvature import attach, curvature_of, value_grad_curvature
+from fnn.analysis.curvature import attach, check_curvature_loss, curvature_of, value_grad_curvature
 from fnn.training.hessian_free import gauss_newton, newton
 from fnn.core.losses import Loss
 from fnn.core.network import MLP
@@ -67,6 +67,7 @@ def check_learning_rate(learning_rate: float) -> None:
 def _momentum_sgd(nesterov: bool):
     def factory(learning_rate, momentum):
         return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+    factory.uses_momentum = True  # the table's momentum: the others ignore it
     return factory
 
 
@@ -86,17 +87,35 @@ def two_argument(build):
 
 def _second_order(factory, **fixed):
     """A table entry for a second-order transformation: its own settings by keyword (see
-    :func:`get_optimizer`); the table's momentum is not passed on."""
-    known = set(inspect.signature(factory).parameters) - {"learning_rate", *fixed}
+    :func:`get_optimizer`); the table's momentum is not passed on, K-FAC's own ``momentum`` is
+    the setting ``kfac_momentum``."""
+    signature = inspect.signature(factory).parameters
+    known = {_RENAMED.get(k, k) for k in signature} - {"learning_rate", *fixed}
 
     def build(learning_rate, momentum, **settings):
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(f"{factory.__name__} takes no setting {', '.join(unknown)}: it takes "
                              f"{', '.join(sorted(known))}.")
-        return factory(learning_rate, **fixed, **settings)
-    build.takes_settings = True
+        own = {_NATIVE.get(k, k): a for k, a in settings.items()}
+        return factory(learning_rate, **fixed, **own)
+    build.takes_settings, build.settings = True, frozenset(known)
+    build.learning_rate = signature["learning_rate"].default  # its own default rate
     return build
+
+
+# A second-order transformation's keyword -> its setting's name in get_optimizer (whose momentum
+# is the first-order optimizers'), and back.
+_RENAMED = {"momentum": "kfac_momentum"}
+_NATIVE = {b: a for a, b in _RENAMED.items()}
+
+
+def default_learning_rate(spec: str) -> float:
+    """The learning rate optimizer ``spec`` (a name of :func:`get_optimizer`) trains with unless told:
+    a second-order transformation's own default (1.0 for ``gauss_newton`` and ``newton``, 1e-2 for
+    ``kfac``, ``ekfac`` and ``ggn_diag``), else ``DEFAULT_LEARNING_RATE`` (1e-3). What ``fnn train``
+    and ``fnn sweep`` use without ``--lr``. Raises ``ValueError`` for an unknown name."""
+    return getattr(OPTIMIZERS.lookup(spec), "learning_rate", DEFAULT_LEARNING_RATE)
 
 
 # name -> factory(learning_rate, momentum); each takes a traced rate under inject_hyperparams.
@@ -135,7 +154,9 @@ def get_optimizer(
     The second-order ones, ``"kfac"``, ``"ekfac"``, ``"ggn_diag"``, ``"gauss_newton"`` and
     ``"newton"`` (:func:`fnn.kfac`, :func:`fnn.ggn_diag_precond`, :func:`fnn.gauss_newton`,
     :func:`fnn.newton`), take their own settings as keywords (``damping=``,
-    ``inverse_update_period=``, ...) and ignore ``momentum``; the others take none.
+    ``inverse_update_period=``, ...; K-FAC's own ``momentum`` as ``kfac_momentum=``) and ignore
+    ``momentum``; the others take none. Their natural learning rates differ from this default
+    (``fnn.training.optim.default_learning_rate``, what ``fnn train`` uses without ``--lr``).
 
     Equal arguments give the same optimizer object. Optax transformations compare by identity,
     so this is what lets a second ``fit``/``make_update_step`` with equal settings reuse the
@@ -214,6 +235,7 @@ def _with_curvature(objective: Objective, curvature, method: str, clip_norm) -> 
     if method != "manual" or clip_norm is not None:
         raise ValueError("Second-order optimizers take their curvature from the hand-written pass: use "
                          "method='manual' and no clip_norm.")
+    check_curvature_loss(objective.loss, curvature)
 
     def gradient(p, x, v, w, key):
         value, grads, extra = value_grad_curvature(objective, curvature, p, x, v, w, key)

@@ -43,7 +43,7 @@ from fnn.core.losses import Loss, get_loss
 from fnn.core.metrics import _to_device
 from fnn.core.network import MLP, Params, init
 from fnn.training.optim import (DEFAULT_LEARNING_RATE, DEFAULT_MOMENTUM, DEFAULT_OPTIMIZER, OPTIMIZERS,
-                                check_learning_rate)
+                                check_learning_rate, default_learning_rate)
 from fnn.training.schedules import learning_rates
 from fnn.analysis.stats import summarise
 from fnn.training.sweepprograms import SECOND_ORDER, Recipe, epoch_program, metrics_program
@@ -51,12 +51,14 @@ from fnn.core.validation import check_coefficient, validate
 
 SWEEPABLE = ("lr", "momentum", "l2", "dropout", "init_scale", "damping")
 GROUPED = ("optimizer", "batch_size", "schedule", "warmup_epochs", "method", "init", "epochs",
-           "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations")
+           "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations", "norm_constraint",
+           "damping_mode", "kfac_momentum")
 # damping and the second-order settings after it: None is the optimizer's own default.
 DEFAULTS = dict(lr=DEFAULT_LEARNING_RATE, momentum=DEFAULT_MOMENTUM, l2=0.0, dropout=0.0, init_scale=1.0,
                 optimizer=DEFAULT_OPTIMIZER, batch_size=32,
                 schedule="constant", warmup_epochs=None, method="manual", init="he", epochs=10,
-                damping=None, inverse_update_period=None, curvature_ema=None, mc_samples=None, cg_iterations=None)
+                damping=None, inverse_update_period=None, curvature_ema=None, mc_samples=None, cg_iterations=None,
+                norm_constraint=None, damping_mode=None, kfac_momentum=None)
 # Settings of the whole sweep, given by keyword like DEFAULTS' but never swept.
 RUN_OPTIONS = dict(progress=False, clip_norm=None, noise_multiplier=0.0, mesh=None)
 
@@ -118,7 +120,8 @@ def sweep(net: MLP, loss: str | Loss, x, v, *, seeds: int | list[int] = 1, grid:
         maximised, others minimised. Raises ``ValueError`` before training for a name the
         history will not have.
       **settings: the values of :data:`DEFAULTS` every run shares unless the grid says
-        otherwise (``lr``, ``optimizer``, ``epochs``, ``batch_size``, ...), and the settings of
+        otherwise (``lr``, ``optimizer``, ``epochs``, ``batch_size``, ...; ``lr=None``: each point's
+        optimizer's own rate, e.g. 1.0 for ``gauss_newton``), and the settings of
         the whole sweep (:data:`RUN_OPTIONS`), which the grid cannot vary:
 
         - ``progress`` (``False``): show a progress bar over epochs;
@@ -190,6 +193,8 @@ def _plan(seeds, grid: dict, settings: dict) -> tuple[list[int], list[dict]]:
     names = list(grid)
     points = [{**base, **dict(zip(names, combo))} for combo in itertools.product(*(grid[k] for k in names))]
     for point in points:
+        if point["lr"] is None:  # the optimizer's own rate
+            point["lr"] = default_learning_rate(point["optimizer"])
         _check_point(point)
     return [int(s) for s in seeds], points
 

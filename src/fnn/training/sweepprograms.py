@@ -27,7 +27,8 @@ from fnn.training.schedules import make_schedule, with_schedule
 from fnn.training.second_order import with_shared_step
 
 # The second-order optimizers' own settings a sweep passes on (None: the optimizer's default).
-SECOND_ORDER = ("damping", "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations")
+SECOND_ORDER = ("damping", "inverse_update_period", "curvature_ema", "mc_samples", "cg_iterations",
+                "norm_constraint", "damping_mode", "kfac_momentum")
 
 
 @dataclasses.dataclass(frozen=True)
