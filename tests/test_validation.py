@@ -251,7 +251,7 @@ def test_divergence_keeps_a_state_whose_training_loss_is_finite():
     assert np.isfinite(fnn.evaluate(net, "mse", state.params, data.x_train, data.y_train)["loss"])
     batches = len(data.x_train) // 32
     assert state.epoch == err.step // batches
-    assert state.batch == err.step % batches - 1  # from before the step that blew up (replayed)
+    assert state.batch == err.step % batches  # from before the step that blew up (replayed)
     # Resuming from it is deterministic: it diverges at the same step again.
     with pytest.raises(fnn.NonFiniteLossError) as again:
         fnn.fit(net, "mse", params, data.x_train, data.y_train, state=state, **kwargs)

@@ -15,6 +15,7 @@ from fnn.training.epoch import make_chunk_fn, make_epoch_fn
 from fnn.core.metrics import _host_metrics, _to_device
 from fnn.core.network import Params
 from fnn.training.parallel import replicate
+from fnn.analysis.curvature import curvature_of
 from fnn.analysis.quantities import diagnostics as quantities_diagnostics
 from fnn.training.schedules import current_learning_rate
 
@@ -23,26 +24,29 @@ Array = jax.Array
 # Epochs longer than this many batches run in equal chunks of at most this many, so that the
 # progress bar moves (and an interrupt lands) within a chunk's time; shorter ones are one call.
 CHUNK_BATCHES = 128
+# A second-order optimizer diverges when its damping is too small for its curvature estimate.
+SECOND_ORDER_ADVICE = "Raise the damping or lower the learning rate (or check the data)."
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when training produces a non-finite loss; carries the last good state.
 
     Attributes:
-      step: the global step (0-based, counting every batch of every epoch) whose
-        loss was NaN or Inf, or the last step of an epoch whose end-of-epoch
-        training loss was.
-      state: the :class:`TrainState` from before the step that made things
-        non-finite: finite parameters whose training loss is finite. Its
-        ``batch`` field says how far into its epoch it is, so ``fit(...,
-        state=err.state)`` continues from exactly there.
+      step: the global step (0-based, counting every batch of every epoch) that made
+        things non-finite: the first step after ``state``, so ``step == state.epoch *
+        batches + state.batch`` (``batches`` per epoch).
+      state: the :class:`TrainState` kept: the latest state of the trajectory whose
+        parameters, optimizer state and training loss (on the whole training set) are all
+        finite, found by replaying the epoch from its start with the same batches and keys
+        (bit for bit the state the run had there). Its ``batch`` field says how far into
+        its epoch it is, so ``fit(..., state=err.state)`` continues from exactly there.
     """
 
-    def __init__(self, step: int, state: "TrainState", reason: str = "loss"):
+    def __init__(self, step: int, state: "TrainState", reason: str = "loss",
+                 advice: str = "Lower the learning rate or check the data."):
         super().__init__(
             f"The training {reason} became non-finite at step {step}. Training stopped; the last state "
-            f"with a finite loss (epoch {state.epoch + 1}, after {state.batch} of its batches) is kept. "
-            "Lower the learning rate or check the data."
+            f"with a finite loss (epoch {state.epoch + 1}, after {state.batch} of its batches) is kept. {advice}"
         )
         self.step = step
         self.state = state
@@ -116,6 +120,7 @@ class Trainer:
     def __init__(self, net, loss, optimizer, config: TrainConfig, x, v, *, test=None, validation=None,
                  diagnostics=False):
         self.net, self.loss, self.mesh = net, loss, config.mesh
+        self.advice = {"advice": SECOND_ORDER_ADVICE} if curvature_of(optimizer) is not None else {}
         self.batches = len(x) // config.batch_size
         # Not donated: the state an epoch starts from is kept, to recover the last good state.
         if self.batches > CHUNK_BATCHES:
@@ -233,16 +238,22 @@ class Trainer:
             first_bad = self.batches  # every batch loss was finite, the state after them is not
         else:
             first_bad = state.batch + int(bad[0])
-        raise NonFiniteLossError(state.epoch * self.batches + min(first_bad, self.batches - 1),
-                                 self.last_good(state, first_bad))
+        kept = self.last_good(state, first_bad)
+        raise NonFiniteLossError(kept.epoch * self.batches + kept.batch, kept, **self.advice)
 
     def last_good(self, state: TrainState, first_bad: int) -> TrainState:
-        """The latest state before batch ``first_bad`` of this epoch with a finite training loss:
-        replayed by the same compiled epoch, stopped short."""
+        """The latest state of this epoch, after fewer than ``first_bad`` batches (the state
+        after ``first_bad`` is known to be bad), whose parameters, optimizer state and
+        training loss are all finite; ``state`` (the epoch's start, checked when it was made)
+        if none is.
+
+        Each candidate, latest first, is replayed from ``state`` by the same compiled epoch
+        stopped short (``limit``): the same batches, keys and dropout masks, so the state is
+        bit for bit the one the run had after that many batches. One replay per candidate:
+        usually one or two, at most ``first_bad - state.batch - 1``.
+        """
         self.on_batches = None
-        for limit in sorted({max(first_bad - 1, state.batch), state.batch}, reverse=True):
-            if limit == state.batch:
-                return state  # the state the epoch started from was checked when it was made
+        for limit in range(first_bad - 1, state.batch, -1):
             params, opt_state, _ = self.run_epoch(state, state.batch, limit)
             if self.good(params, opt_state):
                 return TrainState(params, opt_state, state.epoch, state.key, limit)
