@@ -34,7 +34,7 @@ from fnn.core.backprop import (
     l2_penalty,
     value_and_grad,
 )
-from fnn.analysis.curvature import Curvature, curvature_pass
+from fnn.analysis.curvature import Curvature, chain, curvature_pass
 from fnn.core.gradcheck import GradcheckReport, gradcheck
 from fnn.training.hessian_free import gauss_newton, newton
 from fnn.core.losses import LOSSES, Loss, get_loss, huber, risk, risk_grad
@@ -83,7 +83,7 @@ __all__ = [
     "huber", "init", "l2_penalty", "leaky_relu", "make_schedule", "make_update_fn", "make_update_step", "plain_gd",
     "plot_history", "risk", "risk_grad", "sweep", "trace", "value_and_grad",
     "per_example_grads", "per_example_grad_norms", "gradient_moments", "ggn_diagonal", "kfac_factors", "hvp",
-    "ggn_vp", "Curvature", "curvature_pass", "kfac", "ggn_diag_precond", "gauss_newton", "newton",
+    "ggn_vp", "Curvature", "chain", "curvature_pass", "kfac", "ggn_diag_precond", "gauss_newton", "newton",
     "Eigenpairs", "LanczosResult", "SpectralDensity", "lanczos", "top_eigenpairs", "spectral_density",
     "hutchinson_trace", "hutchpp_trace", "spectrum", "traces",
     "checkpoint", "data", "layers", "parallel", "plots", "privacy", "quantities", "schedules", "tables", "validation",

@@ -39,12 +39,14 @@ global, so every device sees the factors of the whole batch (averaged over devic
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fnn.core.backprop import Objective, backward, backward_step
-from fnn.core.losses import Loss, risk_grad
+from fnn.core.losses import Loss, mae, risk_grad
 from fnn.core.network import MLP, Params
 from fnn.analysis.columns import column_deltas
 from fnn.analysis.quantities import _r_forward, hvp as _hvp
@@ -92,6 +94,48 @@ def attach(transformation, curvature: Curvature):
     """``transformation`` with ``curvature`` recorded on its ``update`` function (returned)."""
     transformation.update.curvature = curvature
     return transformation
+
+
+def chain(*transforms, curvature: Curvature | None = None) -> optax.GradientTransformationExtraArgs:
+    """``optax.chain(*transforms)`` that asks for the curvature its second-order member needs, so
+    :func:`fnn.fit`, :func:`fnn.make_update_fn` and :func:`fnn.curvature_pass` compute it::
+
+        opt = fnn.chain(optax.clip_by_global_norm(1.0), fnn.kfac(0.1, 1.0))
+
+    optax's own ``chain`` hides the member's ``update.curvature``, so the curvature would not
+    be computed. ``optax.chain`` gives the curvature keywords (``factors=``, ...) to every
+    member that takes extra arguments; optax's usual transformations (clipping, decay,
+    scaling) ignore them. A member that changes the gradient before K-FAC makes it take the
+    dense product (``fnn.training.kronecker``). ``curvature``: for a member that hides its own,
+    e.g. ``optax.inject_hyperparams(fnn.kfac, static_args=("inverse_update_period",
+    "mc_samples"))(learning_rate=0.1, damping=1.0)``, give ``fnn.kfac().update.curvature``
+    (with the same ``mc_samples``/``ekfac``). Raises ``ValueError`` when members ask for
+    different curvature (one pass computes one kind).
+    """
+    found = {c for c in map(curvature_of, transforms) if c is not None} | ({curvature} if curvature is not None else set())
+    if len(found) > 1:
+        raise ValueError(f"fnn.chain takes one kind of curvature, but its members ask for {sorted(found, key=str)}: "
+                         "chain one second-order optimizer.")
+    chained = optax.chain(*transforms)
+    return attach(chained, found.pop()) if found else chained
+
+
+def missing_curvature(what: str, keywords: str) -> ValueError:
+    """The error of a second-order ``update`` called without its curvature keywords."""
+    return ValueError(f"{what} got no {keywords}: fnn.fit, fnn.make_update_fn and fnn.curvature_pass(opt, ...) "
+                      "compute it when opt.update.curvature asks for it; inside optax.chain build the chain "
+                      "with fnn.chain(...), which keeps that request.")
+
+
+def check_curvature_loss(loss: Loss, curvature: Curvature) -> None:
+    """Warns (a ``UserWarning``, once per call site) when ``loss`` has no curvature in the output
+    (mae, mape: their ``hessian_factor`` is zero), so the GGN that K-FAC, the GGN diagonal and
+    Gauss-Newton use is zero and their step is the gradient divided by the damping."""
+    if curvature.kind != "hessian" and loss.hessian_factor is mae.hessian_factor:
+        warnings.warn(f"Loss {loss.name} has zero curvature in the output (its second derivative is 0 almost "
+                      "everywhere), so the GGN is zero and this optimizer's step is the gradient divided by the "
+                      "damping: use newton, a first-order optimizer, or a loss with curvature (mse, huber).",
+                      UserWarning, stacklevel=3)
 
 
 def _normalised(weights, out: Array) -> Array:
@@ -236,7 +280,10 @@ def curvature_pass(optimizer, net: MLP, loss, params: Params, x: Array, v: Array
     """
     curvature = curvature_of(optimizer)
     if curvature is None:
-        raise ValueError("This optimizer takes no curvature: use fnn.value_and_grad and optimizer.update.")
+        raise ValueError("This optimizer asks for no curvature (no opt.update.curvature): for a first-order one use "
+                         "fnn.value_and_grad and optimizer.update; a second-order one inside optax.chain needs "
+                         "fnn.chain(...) in place of optax.chain.")
     objective = Objective(net, loss, l2, dropout)
     validate(net, objective.loss, params, x, v, weights)
+    check_curvature_loss(objective.loss, curvature)
     return value_grad_curvature(objective, curvature, params, x, v, weights, key)

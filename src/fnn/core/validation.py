@@ -294,6 +294,27 @@ def check_choice(value, name: str, choices) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}.")
 
 
+def check_static(what: str, **values) -> None:
+    """Raises, naming ``optax.inject_hyperparams``' ``static_args``, when a setting that must be a
+    Python number (a loop count, a sample count) arrives as an array, as that wrapper makes every
+    number it is given (or a default) into one."""
+    arrays = [name for name, value in values.items() if isinstance(value, (jax.Array, np.ndarray))]
+    if arrays:
+        static = ", ".join(repr(name) for name in values)
+        raise ValueError(f"{what}'s {', '.join(arrays)} must be a Python int, got an array: under "
+                         f"optax.inject_hyperparams give static_args=({static},), and wrap the result in "
+                         f"fnn.chain(opt, curvature={what}(<those static_args>).update.curvature) "
+                         "(the wrapper hides the curvature its update needs); for a learning-rate schedule "
+                         "alone use fnn.get_optimizer(name, schedule, ...), which does both.")
+
+
+def check_damping(damping, what: str, why: str) -> None:
+    """Raises unless ``damping`` is a finite number ``> 0`` (or a traced array, unchecked)."""
+    check_number(damping, "damping")
+    if not isinstance(damping, jax.Array) and damping == 0:
+        raise ValueError(f"{what} needs damping > 0: {why}; give e.g. damping=1.0.")
+
+
 def check_positive_int(value, name: str) -> None:
     """Raises unless ``value`` is a positive Python integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from fnn.analysis.curvature import Curvature, attach
+from fnn.analysis.curvature import Curvature, attach, missing_curvature
 from fnn.core import linalg
-from fnn.core.validation import check_number, check_positive_int, keyword_hints
+from fnn.core.validation import check_damping, check_number, check_positive_int, check_static, keyword_hints
 from fnn.training.second_order import _check_layers, _learning_rate
 
 Array = jax.Array
@@ -75,8 +75,7 @@ def _lm_damping(damping, rho, hyper: dict):
 def _gn_update(grads, state: GaussNewtonState, params, extra: dict, hyper: dict):
     ggn_vp, value, value_fn = extra.get("ggn_vp"), extra.get("value"), extra.get("value_fn")
     if ggn_vp is None or value is None or value_fn is None or params is None:
-        raise ValueError("fnn.gauss_newton needs params, ggn_vp=, value= and value_fn=: use fnn.make_update_fn "
-                         "or fnn.fit, or fnn.curvature_pass(opt, ...) in your own step.")
+        raise missing_curvature("fnn.gauss_newton", "params, ggn_vp=, value= and value_fn=")
     lam = state.damping
     start = jax.tree.map(lambda d: hyper["cg_warm_start"] * d, state.direction)
     direction = _cg(lambda u: _axpy(lam, u, ggn_vp(u)), jax.tree.map(jnp.negative, grads), start,
@@ -128,13 +127,15 @@ def gauss_newton(learning_rate=1.0, damping: float = 1.0, *, cg_iterations: int 
 
     Args:
       learning_rate: ``η`` (1 is the Gauss-Newton step), a number or an optax schedule.
-      damping: the initial ``λ > 0``.
+      damping: the initial ``λ > 0`` (the rule multiplies it, so from 0 it could never rise).
       cg_iterations, cg_tol: CG's iteration cap and relative residual tolerance.
       adaptive_damping, damping_adaptation_decay, max_damping: the LM rule.
       min_damping: λ's floor, ``None`` for the initial ``damping``.
       cg_warm_start: the fraction of the last direction CG starts from, in [0, 1].
     """
-    check_number(damping, "damping")
+    check_damping(damping, "fnn.gauss_newton", "Levenberg–Marquardt's rule multiplies λ, so from 0 it never "
+                  "rises, and (G + λI) is singular where G is")
+    check_static("fnn.gauss_newton", cg_iterations=cg_iterations)
     check_positive_int(cg_iterations, "cg_iterations")
     check_number(cg_tol, "cg_tol")
     check_number(damping_adaptation_decay, "damping_adaptation_decay", upper=1.0)
@@ -174,8 +175,20 @@ def dense_matrix(product, params) -> Array:
     return columns.T
 
 
+def _check_size(params, max_parameters: int) -> None:
+    """Raises, in one line, when the dense ``(P, P)`` Hessian of ``params`` is over the limit."""
+    leaves = jax.tree.leaves(params)
+    count = sum(int(jnp.size(a)) for a in leaves)
+    if count > max_parameters:
+        size = count * count * jnp.dtype(leaves[0].dtype).itemsize
+        raise ValueError(f"fnn.newton forms the dense Hessian of all P = {count:,} parameters ({size:,} bytes, "
+                         f"P Hessian-vector products per step), over max_parameters={max_parameters:,}: use a "
+                         "smaller network, gauss_newton or kfac, or raise newton's max_parameters.")
+
+
 @keyword_hints
-def newton(learning_rate=1.0, damping: float = 1e-4) -> optax.GradientTransformationExtraArgs:
+def newton(learning_rate=1.0, damping: float = 1e-4, *,
+           max_parameters: int = 5000) -> optax.GradientTransformationExtraArgs:
     """Exact (damped) Newton for networks small enough to form the Hessian (a few thousand
     parameters): the dense ``∇²R`` from ``P`` hand-written Hessian-vector products, then
 
@@ -186,22 +199,32 @@ def newton(learning_rate=1.0, damping: float = 1e-4) -> optax.GradientTransforma
     Hessian can be indefinite: then ``u`` need not descend unless ``λ`` exceeds its most
     negative eigenvalue.
 
+    A step costs ``P`` Hessian-vector products, ``P² × itemsize`` bytes for ``∇²R`` and an
+    ``O(P³)`` solve: at fnn's default 64-128-128-10 network (``P`` = 26,122) 2.7 GB in float32
+    and minutes per step. So ``init`` (and ``update``, before any product) raise ``ValueError``,
+    naming ``P`` and the Hessian's bytes, when ``P > max_parameters``.
+
     Args:
       learning_rate: ``η``, a number or an optax schedule.
       damping: ``λ ≥ 0``.
+      max_parameters: the largest ``P`` accepted (default 5000: 100 MB in float32); raise it
+        knowingly.
     """
     check_number(damping, "damping")
+    check_static("fnn.newton", max_parameters=max_parameters)
+    check_positive_int(max_parameters, "max_parameters")
     if not callable(learning_rate):
         check_number(learning_rate, "learning_rate")
 
     def init(params):
         _check_layers(params, "fnn.newton")
+        _check_size(params, max_parameters)
         return NewtonState(jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, *, hvp=None, **extra):
+        _check_size(grads, max_parameters)
         if hvp is None:
-            raise ValueError("fnn.newton needs hvp=: use fnn.make_update_fn or fnn.fit, or "
-                             "fnn.curvature_pass(opt, ...) in your own step.")
+            raise missing_curvature("fnn.newton", "hvp=")
         flat, unravel = ravel_pytree(grads)
         hessian = dense_matrix(hvp, grads)
         hessian = 0.5 * (hessian + hessian.T) + damping * jnp.eye(flat.shape[0], dtype=flat.dtype)

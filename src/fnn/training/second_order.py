@@ -5,7 +5,7 @@ with the curvature keyword its ``update.curvature`` names (:mod:`fnn.analysis.cu
 :func:`fnn.make_update_fn` (so :func:`fnn.fit`, ``fnn train``, ``fnn sweep``) computes in the same
 forward and backward pass as the gradient. In your own ``jit`` step::
 
-    opt = fnn.kfac(learning_rate=0.1, damping=1e-3)
+    opt = fnn.kfac(learning_rate=0.1, damping=1.0)
     state = opt.init(params)
     value, grads, extra = fnn.curvature_pass(opt, net, "softmax_cross_entropy", params, x, v)
     updates, state = opt.update(grads, state, params, **extra)      # extra = {"factors": [...]}
@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn.analysis.curvature import Curvature, attach, curvature_of
+from fnn.analysis.curvature import Curvature, attach, curvature_of, missing_curvature
 from fnn.core.linalg import one_matrix_at_a_time
-from fnn.core.validation import check_choice, check_number, check_positive_int, keyword_hints
+from fnn.core.validation import (check_choice, check_damping, check_number, check_positive_int, check_static,
+                                 keyword_hints)
 from fnn.training.kronecker import sandwich
 
 Array = jax.Array
@@ -68,8 +69,7 @@ def _check_layers(params, what: str) -> None:
 
 def _check_factors(factors, params, ekfac: bool) -> list:
     if factors is None:
-        raise ValueError("fnn.kfac needs factors=: use fnn.make_update_fn or fnn.fit, or "
-                         "fnn.curvature_pass(opt, ...) in your own step.")
+        raise missing_curvature("fnn.kfac", "factors=")
     factors = factors() if callable(factors) else factors
     if len(factors) != len(params):
         raise ValueError(f"factors has {len(factors)} layers but params has {len(params)}.")
@@ -201,7 +201,7 @@ def _kfac_update(grads, state: KFACState, params, factors, hyper: dict, step=Non
 
 
 @keyword_hints
-def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.95,
+def kfac(learning_rate=1e-2, damping: float = 1.0, *, curvature_ema: float = 0.95,
          inverse_update_period: int = 5, damping_mode: str = "exact", ekfac: bool = False, mc_samples: int = 0,
          l2_reg: float = 0.0, momentum: float = 0.0, norm_constraint: float | None = None
          ) -> optax.GradientTransformationExtraArgs:
@@ -238,7 +238,8 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
 
     Args:
       learning_rate: ``η``, a number or an optax schedule ``count -> η``.
-      damping: ``λ ≥ 0`` (Tikhonov), in mean-risk curvature units.
+      damping: ``λ`` (Tikhonov), in mean-risk curvature units, ``λ + l2_reg > 0``; the default 1
+        trains digits and moons where 1e-3 diverged (the guide's second-order section).
       curvature_ema: weight of the old factors in their exponential average, in [0, 1).
       inverse_update_period: ``T``: eigendecompose / invert every ``T`` steps.
       damping_mode: ``"exact"`` or ``"pi"``.
@@ -253,13 +254,14 @@ def kfac(learning_rate=1e-2, damping: float = 1e-3, *, curvature_ema: float = 0.
     On a CPU run with ``OPENBLAS_NUM_THREADS=1``: a refresh's Cholesky/``eigh`` are OpenBLAS calls
     whose threads compete with XLA's (see the manual's Benchmarks page, "K-FAC step cost").
     """
-    check_number(damping, "damping")
+    for value, name in [(damping, "damping"), (l2_reg, "l2_reg"), (norm_constraint or 1.0, "norm_constraint")]:
+        check_number(value, name)
+    check_damping(damping if isinstance(l2_reg, jax.Array) else damping + l2_reg, "fnn.kfac",
+                  "the damping (plus l2_reg) is all that keeps (A ⊗ G + λI) invertible where A ⊗ G is singular")
     check_number(curvature_ema, "curvature_ema", upper=1.0)
-    check_number(l2_reg, "l2_reg")
     check_number(momentum, "momentum", upper=1.0)
+    check_static("fnn.kfac", inverse_update_period=inverse_update_period, mc_samples=mc_samples)
     check_positive_int(inverse_update_period, "inverse_update_period")
-    if norm_constraint is not None:
-        check_number(norm_constraint, "norm_constraint")
     check_choice(damping_mode, "damping_mode", DAMPING_MODES)
     if ekfac and damping_mode != "exact":
         raise ValueError("EKFAC rescales in the eigenbasis: use damping_mode='exact' with ekfac=True.")
@@ -324,8 +326,9 @@ def ggn_diag_precond(learning_rate=1e-2, damping: float = 1e-3, *, decay: float 
       power: the exponent, ``> 0``.
       mc_samples: 0 (exact) or ``M ≥ 1`` (sampled; the update step then needs a key).
     """
-    check_number(damping, "damping")
+    check_damping(damping, "fnn.ggn_diag_precond", "it divides by D̂ + λ, and D̂ is 0 where the GGN diagonal is")
     check_number(decay, "decay", upper=1.0)
+    check_static("fnn.ggn_diag_precond", mc_samples=mc_samples)
     check_number(power, "power")
     if not callable(learning_rate):
         check_number(learning_rate, "learning_rate")
@@ -336,8 +339,7 @@ def ggn_diag_precond(learning_rate=1e-2, damping: float = 1e-3, *, decay: float 
 
     def update(grads, state, params=None, *, ggn_diag=None, **extra):
         if ggn_diag is None:
-            raise ValueError("fnn.ggn_diag_precond needs ggn_diag=: use fnn.make_update_fn or fnn.fit, or "
-                             "fnn.curvature_pass(opt, ...) in your own step.")
+            raise missing_curvature("fnn.ggn_diag_precond", "ggn_diag=")
         count = state.count + 1
         diag = jax.tree.map(lambda old, new: decay * old + (1.0 - decay) * new, state.diag, ggn_diag)
         correction = 1.0 - decay ** count.astype(jax.tree.leaves(grads)[0].dtype)
