@@ -17,7 +17,7 @@ from fnn.analysis.curvature import curvature_of
 
 def _moons(hidden=16):
     data = fnn.data.load("moons", seed=0)
-    net = fnn.MLP((2, hidden, 2), ("tanh", "identity"))
+    net = fnn.MLP((2, hidden, 2), ("relu", "identity"))
     return data, net, fnn.init(jax.random.key(0), net, "he")
 
 
@@ -49,19 +49,19 @@ def test_fnn_train_newton_on_the_default_network_is_one_line_exit_2(tmp_path, ca
 
 @pytest.mark.parametrize("name", ["kfac", "ekfac"])
 def test_kfac_default_damping_trains_moons_where_the_old_one_diverged(name):
-    """The default damping (1) trains moons with 16 hidden units at η = 0.1; 1e-3, the old default,
-    reached a test loss in the hundreds of thousands (or non-finite) there."""
+    """The default damping (1) trains moons with 16 hidden units at η = 0.1 (test accuracy 0.945 in
+    30 epochs); 1e-3, the old default, reached a test loss of 165,331 (K-FAC) or non-finite (EKFAC)."""
     data, net, params = _moons()
     assert curvature_of(fnn.get_optimizer(name, 0.1)) is not None
     assert inspect.signature(fnn.kfac).parameters["damping"].default == 1.0
 
     def run(**settings):
         _, history = fnn.fit(net, "softmax_cross_entropy", params, data.x_train, data.y_train, key=jax.random.key(1),
-                             optimizer=fnn.get_optimizer(name, 0.1, **settings), epochs=10, batch_size=32,
+                             optimizer=fnn.get_optimizer(name, 0.1, **settings), epochs=30, batch_size=32,
                              test=(data.x_test, data.y_test), progress=False)
         return history
     history = run()
-    assert history["test_accuracy"][-1] >= 0.9 and history["test_loss"][-1] < 0.3, history["test_loss"]
+    assert history["test_accuracy"][-1] >= 0.92 and history["test_loss"][-1] < 0.25, history["test_loss"]
     try:
         old = run(damping=1e-3)["test_loss"][-1]
     except fnn.NonFiniteLossError:
