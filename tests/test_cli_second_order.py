@@ -1,6 +1,7 @@
 """The CLI's second-order path: each optimizer's own learning rate, K-FAC's own flags, --config
 switching optimizers, and default run/sweep folders that two starts never share."""
 
+import inspect
 import json
 import os
 import re
@@ -40,11 +41,17 @@ def _config(folder: Path) -> dict:
 # --- 1. --lr: each optimizer's own -------------------------------------------------------------
 
 def test_the_default_rates_are_the_transformations_own():
-    assert [default_learning_rate(n) for n in ("adam", "sgd", "momentum", "gauss_newton", "newton", "kfac",
-                                               "ekfac", "ggn_diag")] == [1e-3, 1e-3, 1e-3, 1.0, 1.0, 1e-2, 1e-2, 1e-2]
+    own = {name: inspect.signature(f).parameters["learning_rate"].default for name, f in [
+        ("gauss_newton", fnn.gauss_newton), ("newton", fnn.newton), ("kfac", fnn.kfac), ("ekfac", fnn.kfac),
+        ("ggn_diag", fnn.ggn_diag_precond)]}
+    assert own["gauss_newton"] == own["newton"] == 1.0
+    assert {n: default_learning_rate(n) for n in [*own, "adam", "sgd", "momentum"]} == {
+        **own, "adam": 1e-3, "sgd": 1e-3, "momentum": 1e-3}
     assert build_parser().parse_args(["train"]).lr is None
     text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
-    assert "learning rate (default: each optimizer's own: 1 for gauss_newton and newton" in text
+    assert "learning rate (default: each optimizer's own: " in text
+    for part in ("1 for gauss_newton and newton", f"{own['kfac']:g} for kfac", "0.001 for the others"):
+        assert part in text
     guide = (ROOT / "docs" / "guides" / "training.md").read_text()
     assert "each optimizer's own" in guide and "--kfac-momentum" in guide
 
@@ -68,8 +75,11 @@ def test_gauss_newton_without_lr_trains_at_rate_one_and_replays_it(tmp_path, cap
     assert status == 0 and "gauss_newton lr=1.0" in out and _config(run)["lr"] == 1.0
 
 
+KFAC_RATE = inspect.signature(fnn.kfac).parameters["learning_rate"].default
+
+
 @pytest.mark.parametrize("optimizer,lr,momentum", [("adam", 1e-3, None), ("momentum", 1e-3, 0.9),
-                                                   ("kfac", 1e-2, None)])
+                                                   ("kfac", KFAC_RATE, None)])
 def test_config_json_records_the_rate_and_momentum_used(optimizer, lr, momentum, tmp_path, capsys):
     status, _, _ = _run(["train", *TINY, "--optimizer", optimizer, "--out", str(tmp_path / "r")], capsys)
     assert status == 0
@@ -177,7 +187,7 @@ def test_config_with_a_new_optimizer_drops_the_settings_it_does_not_take(kfac_ru
     status, out, err = _run(["train", "--config", str(kfac_run), "--optimizer", "adam", "--no-progress",
                              "--no-gradcheck", "--out", str(tmp_path / "adam")], capsys)
     assert status == 0 and "adam lr=0.001" in out
-    assert "does not inherit" in err and "learning rate 0.01: it trains at its own 0.001" in err
+    assert "does not inherit" in err and f"learning rate {KFAC_RATE}: it trains at its own 0.001" in err
     config = _config(tmp_path / "adam")
     assert all(config[k] is None for k in ("damping", "inverse_update_period", "curvature_ema", "kfac_momentum",
                                            "damping_mode", "momentum"))

@@ -16,7 +16,7 @@ from fnn.cli.config import CHANGEABLE_ON_RESUME, DEFAULTS, SWEEP_FLAGS, flag
 from fnn.data.datasets import DATASETS
 from fnn.core.losses import LOSSES
 from fnn.core.network import SCHEMES
-from fnn.training.optim import OPTIMIZERS
+from fnn.training.optim import DEFAULT_LEARNING_RATE, OPTIMIZERS, default_learning_rate
 from fnn.training.schedules import SCHEDULES
 from fnn.data.tables import is_data_file
 
@@ -143,8 +143,7 @@ def _add_optimization_args(add, d: dict) -> None:
     add("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS),
                    help="gd is plain gradient descent written out; the rest are optax (default: %(default)s)")
     add("--lr", type=_positive_float, default=d["lr"],
-        help="learning rate (default: each optimizer's own: 1 for gauss_newton and newton, 0.01 for kfac, "
-             "ekfac and ggn_diag, 0.001 for the others; config.json records the rate used)")
+        help=f"learning rate (default: each optimizer's own: {_own_rates()}; config.json records the rate used)")
     add("--schedule", default=d["schedule"], choices=list(SCHEDULES),
                    help="learning-rate schedule over the run, peaking at --lr (default: %(default)s)")
     add("--warmup-epochs", type=_non_negative_int, default=d["warmup_epochs"], metavar="N",
@@ -203,6 +202,17 @@ def _add_second_order_args(add, d: dict) -> None:
     add("--kfac-momentum", type=_rate, default=d["kfac_momentum"], metavar="MU",
         help="kfac/ekfac: momentum of the preconditioned step, m ← μ m + P (default: 0; --momentum is "
              "for momentum/nesterov)")
+
+
+def _own_rates() -> str:
+    """``1 for gauss_newton and newton, 0.01 for kfac, ekfac and ggn_diag, 0.001 for the others``."""
+    rates: dict[float, list[str]] = {}
+    for name in OPTIMIZERS:
+        rates.setdefault(default_learning_rate(name), []).append(name)
+    def names(a):
+        return " and ".join([", ".join(a[:-1]), a[-1]] if len(a) > 1 else a)
+    return ", ".join([f"{r:g} for {names(a)}" for r, a in rates.items() if r != DEFAULT_LEARNING_RATE]
+                     + [f"{DEFAULT_LEARNING_RATE:g} for the others"])
 
 
 def _listing(p: argparse.ArgumentParser):
