@@ -158,11 +158,17 @@ def _jit(fn, mesh, donate):
     return jax.jit(fn, donate_argnums=(0, 1) if donate else (), **kwargs)
 
 
-def _guarded_step(update, mesh, x, v, dropout_key, first, limit) -> Callable:
+def _guarded_step(update, mesh, x, v, dropout_key, first, limit, *, check_state: bool = False) -> Callable:
     """The scan body of one batch: gather (and, on a mesh, pad and shard) batch ``i``, update,
     and keep the update only for an active batch (``first <= i < limit``) whose loss is finite
-    and that no non-finite batch preceded. Carry ``(params, opt_state, ok)``; output the loss
-    (0 for inactive batches)."""
+    and that no rejected batch preceded. Carry ``(params, opt_state, ok)``; output the loss
+    (0 for inactive batches).
+
+    ``check_state`` also rejects a step whose new parameters or optimizer state are not all
+    finite (one reduction over them per step): :func:`fnn.sweep` needs it, as it keeps what
+    the program leaves. :func:`fnn.fit`'s epochs go without it: its trainer checks the state
+    after the epoch and replays to the last good one (``Trainer.last_good``), so a step that
+    only the state betrays must still be applied there for the trainer to see it."""
 
     def step(carry, inputs):
         params, opt_state, ok = carry
@@ -173,8 +179,11 @@ def _guarded_step(update, mesh, x, v, dropout_key, first, limit) -> Callable:
             xb, vb, weights = shard_batch(pad_batch(xb, vb, mesh), mesh)
         new_params, new_opt_state, metrics = update(params, opt_state, xb, vb, step_key, weights)
         active = (i >= first) & (i < limit)
-        ok = ok & (~active | jnp.isfinite(metrics["loss"]))
-        # A non-finite loss, and every step after it, leaves the state as it was.
+        finite = jnp.isfinite(metrics["loss"])
+        if check_state:
+            finite = finite & all_finite((new_params, new_opt_state))
+        ok = ok & (~active | finite)
+        # A rejected step, and every step after it, leaves the state as it was.
         apply = active & ok
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(apply, new, old),
@@ -183,6 +192,13 @@ def _guarded_step(update, mesh, x, v, dropout_key, first, limit) -> Callable:
         return (params, opt_state, ok), jnp.where(active, metrics["loss"], 0)
 
     return step
+
+
+def all_finite(tree) -> Array:
+    """Whether every floating-point leaf of ``tree`` is finite: a scalar bool array, traceable
+    (integer leaves, such as step counts, are always finite)."""
+    checks = [jnp.isfinite(a).all() for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
 
 
 def check_batch_size(batch_size: int, n: int) -> None:

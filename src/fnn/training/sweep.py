@@ -316,7 +316,9 @@ class _Group:
         bar = _bar(epochs, f"{S}×{G} runs") if progress else None
         for e in range(epochs):
             epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
-            params, opt_state, losses = epoch_fn(params, opt_state, hyper, *train, epoch_keys, e * self.batches)
+            # A diverged run stays frozen: its steps are not applied in any later epoch.
+            params, opt_state, losses, ok = epoch_fn(params, opt_state, hyper, *train, epoch_keys, e * self.batches,
+                                                     diverged == 0)
             losses = np.asarray(losses)
             metrics = {f"train_{k}": a for k, a in metrics_fn(params, *train).items()}
             for name, arrays in held.items():
@@ -324,7 +326,7 @@ class _Group:
             rates = learning_rates(opt_state)
             if rates is not None:
                 metrics["lr"] = rates
-            bad = ~np.isfinite(losses).all(-1) | ~np.isfinite(np.asarray(metrics["train_loss"]))
+            bad = ~np.asarray(ok) | ~np.isfinite(np.asarray(metrics["train_loss"]))
             diverged = np.where((diverged == 0) & bad, e + 1, diverged)
             gone = diverged > 0
             history["batch_loss"].append(np.where(gone, np.nan, losses.mean(-1)))

@@ -104,36 +104,39 @@ class Recipe:
 
 @program_cache
 def epoch_program(recipe: Recipe, axis: int | None):
-    """``epoch(params, opt_state, hyper, x, v, keys, start=0) -> (params, opt_state, losses)``: one
-    epoch of every run, ``(S, G, ...)`` states, ``hyper`` ``{setting: (G,)}``, ``keys`` ``(S,)``,
+    """``epoch(params, opt_state, hyper, x, v, keys, start=0, ok=None) -> (params, opt_state, losses, ok)``:
+    one epoch of every run, ``(S, G, ...)`` states, ``hyper`` ``{setting: (G,)}``, ``keys`` ``(S,)``,
     data per seed (``axis=0``) or shared (``None``), ``start`` the steps taken before the epoch
-    (an integer, the same for every run); ``losses`` ``(S, G, batches)``. One jitted function
-    per equal ``(recipe, axis)``."""
+    (an integer, the same for every run); ``losses`` ``(S, G, batches)``. ``ok`` ``(S, G)`` bool
+    (default all ``True``) says which runs train: a run with ``ok`` false stays as it is, and
+    one whose step gives a non-finite batch loss, parameters or optimizer state keeps the
+    state before that step and comes back with ``ok`` false. One jitted function per equal
+    ``(recipe, axis)``."""
     batch_size, needs_key = recipe.value({}, "batch_size"), recipe.needs_key
 
-    def one_seed(params, opt_state, hyper, x, v, key, start):
+    def one_seed(params, opt_state, hyper, x, v, key, start, ok):
         batches, dropout_key = epoch_order(key, x.shape[0], batch_size)
 
         def step(carry, inputs):
             def one_run(params, opt_state, ok, hyper):
                 update = recipe.update(hyper, start + inputs[1].astype(jnp.int32))  # unbatched: the runs share it
                 update.needs_key = needs_key
-                guarded = _guarded_step(update, None, x, v, dropout_key, 0, batches.shape[0])
+                guarded = _guarded_step(update, None, x, v, dropout_key, 0, batches.shape[0], check_state=True)
                 (params, opt_state, ok), loss = guarded((params, opt_state, ok), inputs)
                 return params, opt_state, ok, loss
 
             params, opt_state, ok, loss = jax.vmap(one_run)(*carry, hyper)
             return (params, opt_state, ok), loss
 
-        ok = jnp.ones(jax.tree.leaves(params)[0].shape[0], bool)
-        (params, opt_state, _), losses = jax.lax.scan(step, (params, opt_state, ok),
-                                                      (batches, jnp.arange(batches.shape[0])))
-        return params, opt_state, losses.T
+        (params, opt_state, ok), losses = jax.lax.scan(step, (params, opt_state, ok),
+                                                       (batches, jnp.arange(batches.shape[0])))
+        return params, opt_state, losses.T, ok
 
-    program = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, axis, axis, 0, None)))
+    program = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, axis, axis, 0, None, 0)))
 
-    def epoch(params, opt_state, hyper, x, v, keys, start=0):
-        return program(params, opt_state, hyper, x, v, keys, jnp.asarray(start, jnp.int32))
+    def epoch(params, opt_state, hyper, x, v, keys, start=0, ok=None):
+        ok = jnp.ones(jax.tree.leaves(params)[0].shape[:2], bool) if ok is None else jnp.asarray(ok, bool)
+        return program(params, opt_state, hyper, x, v, keys, jnp.asarray(start, jnp.int32), ok)
     return epoch
 
 
