@@ -157,6 +157,20 @@ def test_an_old_kfac_run_with_momentum_and_without_the_new_keys_resumes_unchange
         np.testing.assert_array_equal(a["W"], b["W"])
 
 
+def test_sweep_over_kfac_momentum_with_kfacs_other_flags(tmp_path, capsys):
+    status, out, _ = _run(["sweep", "--dataset", "xor", "--hidden", "4", "--epochs", "1", "--seeds", "1",
+                           "--optimizer", "kfac", "--kfac-momentum", "0", "0.5", "--damping-mode", "pi",
+                           "--norm-constraint", "0.01", "--no-progress", "--no-plot", "--out", str(tmp_path / "sw")],
+                          capsys)
+    assert status == 0 and "(1 seeds × --kfac-momentum 0.0 0.5)" in out
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [(r["config"]["lr"], r["config"]["kfac_momentum"], r["config"]["damping_mode"],
+             r["config"]["norm_constraint"]) for r in doc["runs"]] == [(KFAC_RATE, 0.0, "pi", 0.01),
+                                                                      (KFAC_RATE, 0.5, "pi", 0.01)]
+    final = [r["history"]["train_loss"][-1] for r in doc["runs"]]
+    assert np.all(np.isfinite(final)) and final[0] != final[1]  # the momentum reached the optimizer
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--optimizer", "kfac", "--momentum", "0.5"], "its own momentum is --kfac-momentum"),
     (["--optimizer", "gauss_newton", "--kfac-momentum", "0.5"], "gauss_newton takes no setting kfac_momentum"),
