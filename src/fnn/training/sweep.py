@@ -22,9 +22,10 @@ what ``fnn train --seed s`` does::
     params = fnn.init(k_init, net, init)                       # weights × init_scale
     fnn.fit(net, loss, params, x, v, key=k_run, optimizer=..., batch_size=..., l2=..., dropout=...)
 
-A run whose loss becomes non-finite keeps its last finite state (the step that would make
-it non-finite, and every later one, is not applied), is marked ``diverged`` from that
-epoch, and its metrics from then on are NaN; it is left out of the summary's statistics.
+A run diverges at its first step with a non-finite batch loss, new parameters or new optimizer
+state (not applied: the run keeps the finite state before it), or when its training loss is
+not finite after an epoch (it keeps that epoch's last state). It is marked ``diverged`` from
+that epoch, trains no further, and its metrics from then on are NaN; the summary leaves it out.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class SweepResult:
       params: the runs' final parameters, each leaf with a leading run axis ``(runs, ...)``.
       history: per-epoch arrays ``(runs, epochs)``: ``batch_loss``, ``train_*``, ``val_*``, ``test_*``
         (and ``lr`` under a schedule), as in :func:`fnn.fit`; NaN after a run diverged.
-      diverged: ``(runs,)``: the epoch in which each run's loss became non-finite (0: never).
+      diverged: ``(runs,)``: the epoch (1-based) in which each run diverged (0: never).
       summary: one dict per grid point: its settings, ``n`` seeds, ``diverged`` runs, and for
         every final metric ``m``: ``m_mean``, ``m_std``, ``m_ci95`` (half-width of the 95%
         t-interval over the seeds that did not diverge).
