@@ -112,8 +112,8 @@ _NATIVE = {b: a for a, b in _RENAMED.items()}
 
 def default_learning_rate(spec: str) -> float:
     """The learning rate optimizer ``spec`` (a name of :func:`get_optimizer`) trains with unless told:
-    a second-order transformation's own default (1.0 for ``gauss_newton`` and ``newton``, 1e-2 for
-    ``kfac``, ``ekfac`` and ``ggn_diag``), else ``DEFAULT_LEARNING_RATE`` (1e-3). What ``fnn train``
+    a second-order transformation's own default (1.0 for ``gauss_newton`` and ``newton``, 0.1 for
+    ``kfac`` and ``ekfac``, 1e-2 for ``ggn_diag``), else ``DEFAULT_LEARNING_RATE`` (1e-3). What ``fnn train``
     and ``fnn sweep`` use without ``--lr``. Raises ``ValueError`` for an unknown name."""
     return getattr(OPTIMIZERS.lookup(spec), "learning_rate", DEFAULT_LEARNING_RATE)
 

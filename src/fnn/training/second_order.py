@@ -201,7 +201,7 @@ def _kfac_update(grads, state: KFACState, params, factors, hyper: dict, step=Non
 
 
 @keyword_hints
-def kfac(learning_rate=1e-2, damping: float = 1.0, *, curvature_ema: float = 0.95,
+def kfac(learning_rate=0.1, damping: float = 1.0, *, curvature_ema: float = 0.95,
          inverse_update_period: int = 5, damping_mode: str = "exact", ekfac: bool = False, mc_samples: int = 0,
          l2_reg: float = 0.0, momentum: float = 0.0, norm_constraint: float | None = None
          ) -> optax.GradientTransformationExtraArgs:
