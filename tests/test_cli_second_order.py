@@ -56,6 +56,18 @@ def test_the_default_rates_are_the_transformations_own():
     assert "each optimizer's own" in guide and "--kfac-momentum" in guide
 
 
+def test_ggn_diag_defaults_train_digits_where_damping_1e_3_diverged(tmp_path, capsys):
+    """`fnn train --optimizer ggn_diag` on its defaults (η = 0.01, λ = 0.1) trains the default digits
+    network; λ = 1e-3, the old default, goes non-finite in the first epoch (a fresh user's report)."""
+    assert inspect.signature(fnn.ggn_diag_precond).parameters["damping"].default == 0.1
+    args = ["train", "--optimizer", "ggn_diag", "--no-progress", "--no-plot", "--no-gradcheck"]
+    status, _, err = _run([*args, "--damping", "0.001", "--epochs", "1", "--out", str(tmp_path / "old")], capsys)
+    assert status == 1 and "non-finite" in err and "Raise the damping" in err
+    status, _, _ = _run([*args, "--epochs", "10", "--out", str(tmp_path / "new")], capsys)
+    history = json.loads((tmp_path / "new" / "metrics.json").read_text())["history"]
+    assert status == 0 and history["test_accuracy"][-1] > 0.9
+
+
 def test_gauss_newton_without_lr_trains_at_rate_one_and_replays_it(tmp_path, capsys):
     run = tmp_path / "gn"
     args = ["train", "--optimizer", "gauss_newton", "--hidden", "32", "--epochs", "2", "--no-progress",

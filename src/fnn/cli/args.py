@@ -200,8 +200,8 @@ def _add_second_order_args(add, d: dict) -> None:
         help="kfac/ekfac: scale each step by min(1, sqrt(KAPPA / (η² Pᵀg))), Ba et al.'s KL clipping "
              "(default: off)")
     add("--kfac-momentum", type=_rate, default=d["kfac_momentum"], metavar="MU",
-        help="kfac/ekfac: momentum of the preconditioned step, m ← μ m + P (default: 0; --momentum is "
-             "for momentum/nesterov)")
+        help="kfac/ekfac: momentum of the preconditioned step, m ← μ m + P, without a (1 − μ), so the "
+             "step grows to about η/(1 − μ): lower --lr with it (default: 0; --momentum is for momentum/nesterov)")
 
 
 def _own_rates() -> str:
@@ -284,7 +284,7 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
         description="Train many runs: every seed (--seeds) with every combination of the values given to "
                     f"{', '.join(flag(k) for k in SWEEP_FLAGS)} (several values each). Traced settings "
                     "(learning rate, momentum, L2, dropout, init scale, damping) share one vmapped program; the others "
-                    "make one program per value. Each run equals fnn train with the same --seed and settings. "
+                    "make one program per value. Each run equals fnn train with the same --seed and settings, to rounding (which a run at the edge of divergence can amplify). "
                     "Writes sweep.json, summary.csv, summary.md, curves.png and params.npz.")
     _add_train_args(sw, sweep=True)
     sw.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[5], metavar="N",
