@@ -98,7 +98,11 @@ def test_three_quick_ctrl_cs_exit_130_without_a_traceback(tmp_path):
     run = tmp_path / "r"
     cmd = [sys.executable, "-m", "fnn", "train", "--dataset", "moons", "--hidden", "4", "--epochs", "100000",
            "--no-progress", "--no-gradcheck", "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A terminal's Ctrl-C reaches a process whose SIGINT has its default disposition. The test runner's
+    # worker may not have it (an ignored SIGINT is inherited, and Python then installs no handler), so
+    # the child gets the default, as from a shell.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # wait until training is under way
         if line.startswith("epoch"):
             break
