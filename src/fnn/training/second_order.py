@@ -321,9 +321,7 @@ def ggn_diag_precond(learning_rate=1e-2, damping: float = 0.1, *, decay: float =
 
     Args:
       learning_rate: ``η``, a number or an optax schedule.
-      damping: ``λ > 0`` keeps the division finite where the curvature vanishes; the default 0.1
-        trains digits (a sweep over seeds 0-2, 30 epochs: 1e-3 diverged on 3 of 3 seeds, 0.01, 0.1
-        and 1 reached test accuracies 0.951, 0.967 and 0.957).
+      damping: ``λ > 0`` keeps the division finite where the curvature vanishes (1e-3 diverged on digits).
       decay: weight of the old average, in [0, 1).
       power: the exponent, ``> 0``.
       mc_samples: 0 (exact) or ``M ≥ 1`` (sampled; the update step then needs a key).
