@@ -205,7 +205,7 @@ def _add_second_order_args(add, d: dict) -> None:
 
 
 def _own_rates() -> str:
-    """``1 for gauss_newton and newton, 0.01 for kfac, ekfac and ggn_diag, 0.001 for the others``."""
+    """The ``--lr`` help's list, read from the transformations' defaults, e.g. ``0.1 for kfac and ekfac, ...``."""
     rates: dict[float, list[str]] = {}
     for name in OPTIMIZERS:
         rates.setdefault(default_learning_rate(name), []).append(name)
